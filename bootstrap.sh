@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up fedprag from nothing: a Python 3.11 virtual environment in .venv with fedprag and its
+# pinned dependencies installed in one pip resolve. Re-running is a no-op unless pyproject.toml
+# changed. Use: ./bootstrap.sh && .venv/bin/fedprag eval
+set -euo pipefail
+cd "$(dirname "$0")"
+python=${PYTHON:-python3.11}
+if ! command -v "$python" >/dev/null; then
+  echo "bootstrap: $python not found; install Python 3.11 or set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
+want=$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.fedprag-installed
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "bootstrap: installing fedprag and its pinned dependencies into .venv (a few minutes)..." >&2
+  # This machine's pip config lists extra local indexes; their 'is ignored' warnings are noise.
+  .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test]" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+  echo "$want" > "$stamp"
+fi

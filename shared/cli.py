@@ -1,0 +1,140 @@
+"""The ``fedprag`` command line: one entry point, one subcommand group per job.
+
+    fedprag model build-tiny     train (or find cached) the built-in base model
+    fedprag data make            write the knowledge benchmark as Parquet
+    fedprag data validate        check a dataset directory against the schema
+    fedprag eval                 compare closed-book, standard RAG, PRAG and PRAG-combine
+
+Every command reads the one typed configuration (``--config FILE``, ``FEDPRAG__SECTION__FIELD``
+environment variables, ``--set section.field=value``); command flags are shorthands for fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from shared import log
+from shared.config import ConfigError, FedpragConfig, load_config
+from shared.data.schema import DatasetError
+from shared.models.loading import ModelLoadError
+
+Handler = Callable[[argparse.Namespace, FedpragConfig], int]
+
+
+def _set_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects section.field=value, got '{pair}'")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _cmd_build_tiny(args: argparse.Namespace, config: FedpragConfig) -> int:
+    from shared.models.tiny.build import build_tiny
+    from shared.models.tiny.recipe import recipe_named
+
+    path = build_tiny(recipe_named(args.recipe), show_progress=not args.quiet)
+    metrics = (path / "metrics.json").read_text()
+    print(f"{path}\n{metrics}")
+    return 0
+
+
+def _cmd_data_make(args: argparse.Namespace, config: FedpragConfig) -> int:
+    from shared.data.benchmark import make_benchmark
+    from shared.data.schema import write_dataset
+
+    dataset = make_benchmark(config.benchmark)
+    write_dataset(dataset, args.out)
+    kinds = {k: sum(q.kind == k for q in dataset.questions) for k in sorted({q.kind for q in dataset.questions})}
+    print(f"wrote {len(dataset.passages)} passages over {config.benchmark.sites} sites and "
+          f"{len(dataset.questions)} questions {kinds} to {args.out}")
+    return 0
+
+
+def _cmd_data_validate(args: argparse.Namespace, config: FedpragConfig) -> int:
+    from shared.data.schema import read_dataset
+
+    dataset = read_dataset(args.dir)
+    print(f"ok: {len(dataset.passages)} passages, {len(dataset.questions)} questions, "
+          f"{len(dataset.augmentations)} augmentations")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace, config: FedpragConfig) -> int:
+    from shared.data.benchmark import make_benchmark
+    from shared.data.schema import read_dataset, write_dataset
+    from shared.eval.harness import evaluate
+    from shared.eval.methods import build_methods
+    from shared.models.loading import load_causal_lm
+
+    out = Path(config.eval.out)
+    methods = build_methods(list(config.eval.methods), config.prag)
+    data_dir = Path(config.eval.data) if config.eval.data else out / "data"
+    if not config.eval.data:
+        write_dataset(make_benchmark(config.benchmark), data_dir)
+    dataset = read_dataset(data_dir)
+    base = load_causal_lm(config.model.path)
+    report = evaluate(dataset, base, methods, config.harness, out / "work", show_progress=not args.quiet)
+    json_path, md_path = report.write(out)
+    print(report.to_markdown())
+    print(f"results: {md_path} and {json_path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedprag", description="Federated parametric RAG.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument("--set", metavar="SECTION.FIELD=VALUE", action="append", default=[],
+                        help="override one configuration field (repeatable)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    model = groups.add_parser("model", help="base models").add_subparsers(dest="command", required=True)
+    build = model.add_parser("build-tiny", help="train or find the cached built-in model")
+    build.add_argument("--recipe", default="default", help="recipe name: default (about 5 min) or small (tests)")
+    build.set_defaults(handler=_cmd_build_tiny)
+
+    data = groups.add_parser("data", help="datasets").add_subparsers(dest="command", required=True)
+    make = data.add_parser("make", help="write the knowledge benchmark (Parquet)")
+    make.add_argument("--out", required=True, help="output dataset directory")
+    make.add_argument("--people", type=int, dest="benchmark.people", help="fictional people (one passage each)")
+    make.add_argument("--sites", type=int, dest="benchmark.sites", help="number of data-owner sites")
+    make.add_argument("--alpha", type=float, dest="benchmark.alpha", help="Dirichlet concentration of the site split")
+    make.add_argument("--seed", type=int, dest="benchmark.seed", help="random seed")
+    make.set_defaults(handler=_cmd_data_make)
+    validate = data.add_parser("validate", help="check a dataset directory against the schema")
+    validate.add_argument("dir", help="dataset directory")
+    validate.set_defaults(handler=_cmd_data_validate)
+
+    ev = groups.add_parser("eval", help="compare methods on one dataset; prints the results table")
+    ev.add_argument("--data", dest="eval.data", help="dataset directory (default: generate the benchmark)")
+    ev.add_argument("--model", dest="model.path", help="'tiny', 'tiny:<recipe>' or a local HF checkpoint")
+    ev.add_argument("--methods", dest="eval.methods", help="comma-separated method names")
+    ev.add_argument("--out", dest="eval.out", help="output directory for results (default runs/eval)")
+    ev.set_defaults(handler=_cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, load the configuration, run the command; errors exit 2 with a message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    log.configure()
+    overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    try:
+        overrides.update(_set_pairs(args.set))
+        config = load_config(args.config, overrides)
+        return args.handler(args, config)
+    except (ConfigError, DatasetError, ModelLoadError, FileNotFoundError) as exc:
+        print(f"fedprag: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

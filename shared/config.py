@@ -1,0 +1,150 @@
+"""fedprag's one typed configuration: defaults ← TOML file ← environment ← command line.
+
+Every section is a frozen dataclass owned by the code it configures. Values from the TOML file,
+from ``FEDPRAG__<SECTION>__<FIELD>`` environment variables and from ``--set section.field=value``
+flags are coerced to the field's type and validated at start; every error names the field.
+
+Example ``fedprag.toml``::
+
+    [model]
+    path = "tiny"            # or a local Hugging Face checkpoint directory
+
+    [benchmark]
+    people = 60
+    sites = 6
+
+    [prag]
+    epochs = 2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.data.benchmark import BenchmarkSpec
+from shared.eval.harness import HarnessConfig
+from shared.methods.prag.config import PRAGConfig
+
+ENV_PREFIX = "FEDPRAG__"
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or out of range."""
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    path: str = "tiny"
+    """``tiny``, ``tiny:<recipe>`` or a local Hugging Face causal-LM checkpoint directory."""
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    methods: tuple[str, ...] = ("closed_book", "standard_rag", "prag", "prag_combine")
+    data: str = ""
+    """A dataset directory; empty means the default benchmark, generated on first use."""
+    out: str = "runs/eval"
+
+
+@dataclass(frozen=True)
+class FedpragConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec)
+    prag: PRAGConfig = field(default_factory=PRAGConfig)
+    eval: EvalSection = field(default_factory=EvalSection)
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
+
+    def validate(self) -> None:
+        try:
+            self.benchmark.validate()
+            self.prag.validate()
+            self.harness.validate()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def _coerce(value: object, kind: object, where: str) -> object:
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v.strip() if isinstance(v, str) else v, typing.get_args(kind)[0], where) for v in items)
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        if kind in (int, float, str):
+            return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {getattr(kind, '__name__', kind)}, got {value!r}") from None
+    raise ConfigError(f"{where}: unsupported type {kind}")
+
+
+def _apply(section: object, values: Mapping[str, object], where: str) -> object:
+    hints = typing.get_type_hints(type(section))
+    changes = {}
+    for key, value in values.items():
+        if key not in hints:
+            known = ", ".join(f.name for f in dataclasses.fields(section))
+            raise ConfigError(f"{where}{key}: unknown field (known: {known})")
+        current = getattr(section, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}{key}: expected a table")
+            changes[key] = _apply(current, value, f"{where}{key}.")
+        else:
+            changes[key] = _coerce(value, hints[key], f"{where}{key}")
+    return dataclasses.replace(section, **changes)
+
+
+def _nest(dotted: Mapping[str, object]) -> dict[str, object]:
+    tree: dict[str, object] = {}
+    for key, value in dotted.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})  # type: ignore[assignment]
+        node[leaf] = value
+    return tree
+
+
+def _merge(base: dict, extra: Mapping) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out.get(key, {}), value) if isinstance(value, Mapping) else value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, object] | None = None,
+                environ: Mapping[str, str] | None = None) -> FedpragConfig:
+    """Build and validate the configuration.
+
+    ``overrides`` maps dotted names (``prag.epochs``) to values, as given on the command line.
+    """
+    layers: dict[str, object] = {}
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file {file} not found")
+        try:
+            layers = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {file}: {exc}") from None
+    env = environ if environ is not None else os.environ
+    from_env = {k[len(ENV_PREFIX):].lower().replace("__", "."): v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+    layers = _merge(_merge(layers, _nest(from_env)), _nest(overrides or {}))
+    config = _apply(FedpragConfig(), layers, "")
+    config.validate()
+    return config  # type: ignore[return-value]

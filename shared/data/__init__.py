@@ -1,0 +1,1 @@
+"""The dataset schema, the fictional knowledge benchmark, and passage augmentation."""

@@ -1,0 +1,1 @@
+"""Evaluation: answer metrics, batched generation, and the harness that compares methods."""

@@ -1,0 +1,128 @@
+"""The evaluation harness: every method on the same base model, data and retrieval.
+
+For each method it encodes the corpus once, answers every question in batches, times single
+queries end to end (embed → search → adapter → generate), and records peak memory.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from shared.data.schema import Dataset
+from shared.eval.generate import generate_answers
+from shared.eval.methods import EvalContext, Method
+from shared.eval.metrics import exact_match, token_f1
+from shared.eval.report import KindScore, MethodResult, Report
+from shared.eval.resources import PeakMemory, machine_description
+from shared.lora.layers import applied, attach_lora
+from shared.log import get_logger
+from shared.models.loading import BaseModel
+from shared.retrieval.encoder import SentenceEncoder
+from shared.retrieval.index import PassageIndex, recall_at_k
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class HarnessConfig:
+    top_k: int = 3
+    batch_size: int = 32
+    latency_queries: int = 24
+    max_new_tokens: int = 12
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("top_k", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"harness.{name}: must be a positive integer")
+        if self.latency_queries < 0:
+            raise ValueError("harness.latency_queries: must be zero or more")
+
+
+class Retriever:
+    """The shared retrieval step: embed with MiniLM, search one faiss index over all passages."""
+
+    def __init__(self, dataset: Dataset, work_dir: Path, show_progress: bool):
+        self.encoder = SentenceEncoder()
+        texts = [p.text for p in dataset.passages]
+        embeddings = np.concatenate([self.encoder.embed(texts[s:s + 256]) for s in
+                                     tqdm(range(0, len(texts), 256), desc="embed passages", disable=not show_progress)])
+        self.index = PassageIndex.build(embeddings, list(range(len(texts))))
+        self.index.save(work_dir / "passages.faiss")
+
+    def top_k(self, questions: list[str], k: int) -> list[list[int]]:
+        _, rows = self.index.search(self.encoder.embed(questions), k)
+        return [[int(r) for r in row if r >= 0] for row in rows]
+
+
+def _score(dataset: Dataset, predictions: list[str]) -> dict[str, KindScore]:
+    by_kind: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for question, prediction in zip(dataset.questions, predictions):
+        by_kind[question.kind].append((exact_match(prediction, question.answers), token_f1(prediction, question.answers)))
+    return {kind: KindScore(em=statistics.fmean(e for e, _ in v), f1=statistics.fmean(f for _, f in v), n=len(v))
+            for kind, v in sorted(by_kind.items())}
+
+
+def _answer(ctx: EvalContext, method: Method, rows: list[int], retrieved: list[list[int]], max_new_tokens: int) -> list[str]:
+    prompt_texts, adapter = method.inputs(ctx, rows, retrieved)
+    with applied(ctx.layers, adapter):
+        return generate_answers(ctx.base.model, ctx.base.tokenizer, prompt_texts, max_new_tokens)
+
+
+def run_method(ctx: EvalContext, method: Method, retriever: Retriever, config: HarnessConfig) -> tuple[MethodResult, list[str]]:
+    """Encode, answer every question, and time single queries for one method."""
+    questions = ctx.dataset.questions
+    with PeakMemory() as memory:
+        cost = method.encode(ctx)
+        predictions: list[str] = []
+        with tqdm(total=len(questions), desc=f"answer {method.name}", unit="q", disable=not ctx.show_progress) as bar:
+            for start in range(0, len(questions), config.batch_size):
+                rows = list(range(start, min(start + config.batch_size, len(questions))))
+                predictions += _answer(ctx, method, rows, [ctx.retrieved[r] for r in rows], config.max_new_tokens)
+                bar.update(len(rows))
+        latencies = []
+        sample = random.Random(config.seed).sample(range(len(questions)), min(config.latency_queries, len(questions)))
+        for row in sample:
+            started = time.perf_counter()
+            retrieved = retriever.top_k([questions[row].text], config.top_k)
+            _answer(ctx, method, [row], retrieved, config.max_new_tokens)
+            latencies.append((time.perf_counter() - started) * 1000)
+    result = MethodResult(
+        method=method.name, scores=_score(ctx.dataset, predictions),
+        encode_seconds_per_passage=cost.seconds_per_passage, stored_bytes=cost.stored_bytes,
+        latency_ms_p50=float(np.percentile(latencies, 50)) if latencies else 0.0,
+        latency_ms_p95=float(np.percentile(latencies, 95)) if latencies else 0.0,
+        peak_memory_mb=memory.peak_mb,
+    )
+    log.info("eval.method.done", method=method.name, **{f"em_{k}": round(s.em, 4) for k, s in result.scores.items()})
+    return result, predictions
+
+
+def evaluate(dataset: Dataset, base: BaseModel, methods: list[Method], config: HarnessConfig,
+             work_dir: Path, show_progress: bool = True) -> Report:
+    """Run ``methods`` on ``dataset`` with one shared retrieval; returns the report."""
+    config.validate()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    retriever = Retriever(dataset, work_dir, show_progress)
+    retrieved = retriever.top_k([q.text for q in dataset.questions], config.top_k)
+    position = dataset.passage_index()
+    gold = [[position[g] for g in q.gold_passage_ids] for q in dataset.questions]
+    recall = {kind: recall_at_k([r for r, q in zip(retrieved, dataset.questions) if q.kind == kind],
+                                [g for g, q in zip(gold, dataset.questions) if q.kind == kind], config.top_k)
+              for kind in sorted({q.kind for q in dataset.questions})}
+    ctx = EvalContext(dataset=dataset, base=base, layers=attach_lora(base.model), retrieved=retrieved,
+                      work_dir=work_dir, show_progress=show_progress)
+    results = [run_method(ctx, method, retriever, config)[0] for method in methods]
+    return Report(
+        machine=machine_description(), base_model=str(base.path.name), base_model_digest=base.digest[:16],
+        passages=len(dataset.passages), questions=len(dataset.questions), top_k=config.top_k,
+        recall_at_k=recall, results=results,
+    )

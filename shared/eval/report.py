@@ -1,0 +1,79 @@
+"""The harness's results: one row per method, written as JSON and as a Markdown table."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.io import atomic_write_text
+
+
+@dataclass
+class KindScore:
+    em: float
+    f1: float
+    n: int
+
+
+@dataclass
+class MethodResult:
+    method: str
+    scores: dict[str, KindScore]
+    encode_seconds_per_passage: float
+    stored_bytes: int
+    latency_ms_p50: float
+    latency_ms_p95: float
+    peak_memory_mb: float
+
+
+@dataclass
+class Report:
+    machine: dict[str, object]
+    base_model: str
+    base_model_digest: str
+    passages: int
+    questions: int
+    top_k: int
+    recall_at_k: dict[str, float]
+    results: list[MethodResult] = field(default_factory=list)
+
+    def kinds(self) -> list[str]:
+        order = ["single", "ood", "multihop"]
+        found = {k for r in self.results for k in r.scores}
+        return [k for k in order if k in found] + sorted(found - set(order))
+
+    def to_markdown(self) -> str:
+        kinds = self.kinds()
+        head = ["method"] + [f"{k} EM" for k in kinds] + [f"{k} F1" for k in kinds] + \
+               ["enc s/passage", "stored bytes", "p50 ms", "p95 ms", "peak MB"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in self.results:
+            cells = [r.method] + [f"{r.scores[k].em:.3f}" if k in r.scores else "–" for k in kinds] + \
+                    [f"{r.scores[k].f1:.3f}" if k in r.scores else "–" for k in kinds] + \
+                    [f"{r.encode_seconds_per_passage:.3f}", f"{r.stored_bytes:,}", f"{r.latency_ms_p50:.1f}",
+                     f"{r.latency_ms_p95:.1f}", f"{r.peak_memory_mb:.0f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        counts = ", ".join(f"{k}: {self.results[0].scores[k].n}" for k in kinds) if self.results else ""
+        recall = ", ".join(f"{k} {v:.3f}" for k, v in self.recall_at_k.items())
+        machine = ", ".join(f"{k} {v}" for k, v in self.machine.items())
+        return "\n".join([
+            f"Base model `{self.base_model}` ({self.base_model_digest}); {self.passages} passages, "
+            f"{self.questions} questions ({counts}); retrieval recall@{self.top_k}: {recall}.",
+            "",
+            *lines,
+            "",
+            f"Machine: {machine}.",
+        ]) + "\n"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    def write(self, out_dir: str | Path, stem: str = "eval") -> tuple[Path, Path]:
+        """Write ``<stem>.json`` and ``<stem>.md`` atomically; returns their paths."""
+        out = Path(out_dir)
+        json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
+        atomic_write_text(json_path, self.to_json())
+        atomic_write_text(md_path, self.to_markdown())
+        return json_path, md_path

@@ -1,0 +1,115 @@
+"""LoRA on a frozen base model, with a different low-rank update for every row of a batch.
+
+Every encoding method ends in the same place: for each request, some low-rank factors per adapted
+module. PRAG concatenates the top-k passages' LoRAs, Poly-PRAG mixes a shared expert pool, and
+DistilledPRAG generates factors from documents. :class:`LoRALinear` applies them all the same way,
+
+    y = W x + scale · B_b (g_b ⊙ A_b x)
+
+where ``A_b`` is ``[r, in]``, ``B_b`` is ``[out, r]`` and the optional gate ``g_b`` weights the
+``r`` rank components per request. The factors carry a batch dimension (or 1, to share one update
+across the batch), so requests with different adapters run in one forward pass with no merge into
+``W`` and no adapter reload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+FFN_TARGETS: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """Low-rank factors for one module: ``A [b|1, r, in]``, ``B [b|1, out, r]``, ``gate [b|1, r]``."""
+
+    A: Tensor
+    B: Tensor
+    scale: float
+    gate: Tensor | None = None
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus whichever per-request low-rank update is currently set."""
+
+    def __init__(self, base: nn.Linear):
+        super().__init__()
+        self.base = base
+        self.delta: LowRank | None = None
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.base(x)
+        delta = self.delta
+        if delta is None:
+            return y
+        h = x @ delta.A.transpose(-1, -2)  # [b, t, r]
+        if delta.gate is not None:
+            h = h * delta.gate.unsqueeze(1)
+        return y + delta.scale * (h @ delta.B.transpose(-1, -2))
+
+
+Adapter = Mapping[str, LowRank]
+"""Factors for every adapted module, keyed by the module's name in the base model."""
+
+
+def attach_lora(model: nn.Module, targets: tuple[str, ...] = FFN_TARGETS) -> dict[str, LoRALinear]:
+    """Wrap every ``nn.Linear`` whose attribute name is in ``targets``; freeze the base model.
+
+    Idempotent: calling it again returns the layers already attached.
+    """
+    for param in model.parameters():
+        param.requires_grad_(False)
+    layers: dict[str, LoRALinear] = {}
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if child_name not in targets:
+                continue
+            full = f"{name}.{child_name}" if name else child_name
+            if isinstance(child, nn.Linear):
+                child = LoRALinear(child)
+                setattr(module, child_name, child)
+            if isinstance(child, LoRALinear):
+                layers[full] = child
+    if not layers:
+        raise ValueError(f"no nn.Linear modules named {targets} in {type(model).__name__}")
+    return layers
+
+
+@contextlib.contextmanager
+def applied(layers: Mapping[str, LoRALinear], adapter: Adapter | None) -> Iterator[None]:
+    """Set ``adapter`` on the layers for the duration of the block (``None`` means the bare model)."""
+    if adapter is not None:
+        unknown = set(adapter) - set(layers)
+        if unknown:
+            raise KeyError(f"adapter names modules the model does not adapt: {sorted(unknown)[:3]}")
+    try:
+        for name, layer in layers.items():
+            layer.delta = None if adapter is None else adapter.get(name)
+        yield
+    finally:
+        for layer in layers.values():
+            layer.delta = None
+
+
+def init_factors(layers: Mapping[str, LoRALinear], count: int, rank: int, seed: int) -> dict[str, tuple[Tensor, Tensor]]:
+    """``count`` copies of one shared LoRA initialisation: A Kaiming-uniform, B zero (so Δ=0)."""
+    generator = torch.Generator().manual_seed(seed)
+    factors = {}
+    for name, layer in layers.items():
+        bound = 1.0 / layer.in_features ** 0.5
+        a = (torch.rand(rank, layer.in_features, generator=generator) * 2 - 1) * bound
+        factors[name] = (a.expand(count, -1, -1).clone(), torch.zeros(count, layer.out_features, rank))
+    return factors

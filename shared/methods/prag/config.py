@@ -1,0 +1,39 @@
+"""PRAG's hyper-parameters (DESIGN.md §2.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.lora.layers import FFN_TARGETS
+
+
+@dataclass(frozen=True)
+class PRAGConfig:
+    """The published recipe (r=2, alpha=32, FFN targets, 3 QA pairs, batch 1, 1–2 epochs).
+
+    ``lr`` defaults higher than the paper's 3e-4 because the built-in model is 1,000× smaller than
+    LLaMA-1B; ``parallel`` passages are trained side by side as independent LoRAs, which with
+    AdamW's element-wise updates is exactly batch-1 training of each, only faster.
+    """
+
+    rank: int = 2
+    alpha: float = 32.0
+    targets: tuple[str, ...] = FFN_TARGETS
+    qa_pairs: int = 3
+    epochs: int = 2
+    lr: float = 3e-3
+    init_seed: int = 0
+    parallel: int = 32
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def validate(self) -> None:
+        for name in ("rank", "qa_pairs", "epochs", "parallel"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"prag.{name}: must be a positive integer")
+        if self.qa_pairs < 3:
+            raise ValueError("prag.qa_pairs: PRAG's training sequences need at least 3 QA pairs")
+        if self.lr <= 0:
+            raise ValueError("prag.lr: must be positive")

@@ -1,0 +1,86 @@
+"""Load a base model: any Hugging Face causal LM from a local path, or the built-in ``tiny``.
+
+Nothing is ever downloaded: loading runs with the hub switched off, so a model id that is not a
+local directory fails with a clear error instead of reaching the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+SUPPORTED_FAMILIES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "mistral")
+BUILTIN_PREFIX = "tiny"
+
+
+class ModelLoadError(ValueError):
+    """The model path is missing, not a causal LM checkpoint, or of an unsupported family."""
+
+
+@dataclass
+class BaseModel:
+    """A loaded, frozen base model with its tokenizer and identity."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    path: Path
+    family: str
+    digest: str
+
+
+def model_digest(path: Path) -> str:
+    """Identify a checkpoint by its config and its weight files' names, sizes and headers.
+
+    Cheap for multi-gigabyte models (no full read), yet changes whenever the weights do.
+    """
+    h = hashlib.sha256((path / "config.json").read_bytes())
+    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        h.update(weights.name.encode())
+        h.update(str(weights.stat().st_size).encode())
+        with open(weights, "rb") as fh:
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()
+
+
+def resolve_model_path(spec: str) -> Path:
+    """Turn a model spec into a checkpoint directory.
+
+    ``tiny`` or ``tiny:<recipe>`` builds (or finds cached) the built-in model; anything else is a
+    local directory holding a Hugging Face checkpoint.
+    """
+    if spec == BUILTIN_PREFIX or spec.startswith(BUILTIN_PREFIX + ":"):
+        from shared.models.tiny.build import build_tiny
+        from shared.models.tiny.recipe import recipe_named
+
+        return build_tiny(recipe_named(spec.partition(":")[2] or "default"))
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise ModelLoadError(f"model.path: '{spec}' is not a directory (weights are never downloaded; "
+                             "pass a local Hugging Face checkpoint or 'tiny')")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"model.path: '{spec}' has no config.json; it is not a Hugging Face checkpoint")
+    return path
+
+
+def load_causal_lm(spec: str, dtype: torch.dtype = torch.float32) -> BaseModel:
+    """Load a frozen causal LM and its tokenizer from ``spec`` (see :func:`resolve_model_path`)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = resolve_model_path(spec)
+    family = json.loads((path / "config.json").read_text()).get("model_type", "")
+    if family not in SUPPORTED_FAMILIES:
+        raise ModelLoadError(f"model.path: model_type '{family}' is not supported (supported: {SUPPORTED_FAMILIES})")
+    AutoConfig.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return BaseModel(model=model, tokenizer=tokenizer, path=path, family=family, digest=model_digest(path))

@@ -1,0 +1,182 @@
+"""Build the built-in model: train a tokenizer, pretrain a tiny Llama, check it, cache it.
+
+The result is an ordinary Hugging Face checkpoint directory (``config.json``, safetensors weights,
+tokenizer files) that :func:`shared.models.loading.load_causal_lm` loads like any other model.
+It is cached under ``$FEDPRAG_HOME/models`` keyed by the recipe's hash, so a second build is free.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm.auto import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from shared import prompts
+from shared.data import world
+from shared.data.benchmark import training_people
+from shared.eval.generate import generate_answers
+from shared.eval.metrics import exact_match
+from shared.io import atomic_dir
+from shared.log import get_logger
+from shared.models.tiny.corpus import Corpus
+from shared.models.tiny.recipe import TinyRecipe
+from shared.paths import fedprag_home
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+log = get_logger(__name__)
+
+
+def cached_path(recipe: TinyRecipe, cache_root: Path | None = None) -> Path:
+    """Where the model for ``recipe`` lives once built."""
+    root = cache_root or fedprag_home() / "models"
+    return root / f"tiny-{recipe.name}-{recipe.digest()[:12]}"
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``texts`` (never an unknown token)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD)
+
+
+def _model_config(recipe: TinyRecipe, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=recipe.hidden_size, num_hidden_layers=recipe.layers,
+        num_attention_heads=recipe.heads, num_key_value_heads=recipe.heads,
+        intermediate_size=recipe.intermediate_size, max_position_embeddings=recipe.max_positions,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _lr_at(step: int, recipe: TinyRecipe) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < recipe.warmup_steps:
+        return recipe.lr * (step + 1) / recipe.warmup_steps
+    progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
+    return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _length_bucketed(corpus: Corpus, batch_size: int, pool_batches: int = 8) -> Iterator[list[tuple[str, str]]]:
+    """Batches of examples of similar length (less padding), in shuffled order."""
+    rng = random.Random(corpus.recipe.seed)
+    stream = corpus.stream()
+    while True:
+        pool = sorted((next(stream) for _ in range(batch_size * pool_batches)), key=lambda e: len(e[0]) + len(e[1]))
+        chunks = [pool[i:i + batch_size] for i in range(0, len(pool), batch_size)]
+        rng.shuffle(chunks)
+        yield from chunks
+
+
+def collate(tokenizer: PreTrainedTokenizerFast, examples: list[tuple[str, str]], max_length: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids with two label sets: every token, and the completion's tokens only.
+
+    Prompt and completion are tokenized separately, exactly as at inference time, where the
+    prompt is encoded alone and the completion is generated token by token.
+    """
+    rows = []
+    for prompt, completion in examples:
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        rows.append(((p + c)[:max_length], len(p)))
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    answer_labels = torch.full((len(rows), width), -100)
+    for i, (ids, prompt_len) in enumerate(rows):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        attention_mask[i, :len(ids)] = 1
+        answer_labels[i, prompt_len:len(ids)] = input_ids[i, prompt_len:len(ids)]
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "answer_labels": answer_labels}
+
+
+def _next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, corpus: Corpus,
+             recipe: TinyRecipe, show_progress: bool = True) -> float:
+    """Train with the loss on every token plus the loss on the answer; returns the final loss."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    batches = _length_bucketed(corpus, recipe.batch_size)
+    model.train()
+    smoothed = float("nan")
+    bar = tqdm(range(recipe.steps), desc=f"pretrain tiny-{recipe.name}", disable=not show_progress, unit="step")
+    for step in bar:
+        corpus.progress = step / recipe.steps
+        batch = collate(tokenizer, next(batches), recipe.max_positions)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, recipe)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = _next_token_loss(logits, batch["labels"]) + _next_token_loss(logits, batch["answer_labels"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        smoothed = loss.item() if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{smoothed:.3f}")
+    model.eval()
+    return smoothed
+
+
+def held_out_check(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, people: int = 40) -> dict[str, float]:
+    """Exact match on never-seen people, with their passage in context and without it."""
+    rng = random.Random(7)
+    reserved = frozenset(p.name for p in training_people())
+    questions, answers, passages = [], [], []
+    for person in world.make_people(7, people, reserved):
+        passage = world.write_passage(person, rng)
+        for attribute in world.ATTRIBUTES:
+            questions.append(world.ask(world.TEST_TEMPLATES, attribute, person.name, rng))
+            answers.append(person.facts[attribute])
+            passages.append(passage)
+    result = {}
+    for condition, texts in (
+        ("em_with_passage", [prompts.with_context([p], q) for p, q in zip(passages, questions)]),
+        ("em_closed_book", [prompts.closed_book(q) for q in questions]),
+    ):
+        predictions = []
+        for start in range(0, len(texts), 64):
+            predictions += generate_answers(model, tokenizer, texts[start:start + 64])
+        result[condition] = sum(exact_match(p, [a]) for p, a in zip(predictions, answers)) / len(answers)
+    return result
+
+
+def build_tiny(recipe: TinyRecipe, cache_root: Path | None = None, show_progress: bool = True) -> Path:
+    """Return the cached model directory for ``recipe``, training it first if needed."""
+    target = cached_path(recipe, cache_root)
+    if (target / "recipe.json").is_file():
+        return target
+    started = time.perf_counter()
+    torch.manual_seed(recipe.seed)
+    people = training_people()
+    tokenizer_corpus = Corpus(people, recipe, EOS)
+    tokenizer = train_tokenizer(["".join(tokenizer_corpus.sample()) for _ in range(4000)], recipe.vocab_size)
+    model = LlamaForCausalLM(_model_config(recipe, tokenizer))
+    log.info("tiny.build.start", recipe=recipe.name, parameters=sum(p.numel() for p in model.parameters()))
+    final_loss = pretrain(model, tokenizer, Corpus(people, recipe, EOS), recipe, show_progress)
+    metrics = {"final_loss": final_loss, **held_out_check(model, tokenizer),
+               "build_seconds": time.perf_counter() - started}
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (tmp / "recipe.json").write_text(json.dumps({"digest": recipe.digest(), **recipe.__dict__}, indent=2))
+    log.info("tiny.build.done", recipe=recipe.name, path=str(target), **metrics)
+    return target

@@ -1,0 +1,85 @@
+"""The pretraining corpus: an endless, seeded stream of examples about fictional people.
+
+Four kinds of example teach the skills parametric RAG relies on:
+
+* reading comprehension — the answer is in the context, among distractor passages;
+* multi-hop reading — a person's passage and their mentor's passage are both in context;
+* passage language modelling — plain passages about the fixed training population;
+* closed-book recall — questions about that same population, whose facts the model only ever
+  read as plain passages. This teaches it to answer from its weights, which is what lets a LoRA
+  trained on a new passage make the model answer questions about it.
+
+Reading examples use freshly drawn people every time, so their facts cannot be memorised and
+the only way to answer is to read the context.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+from shared import prompts
+from shared.data import world
+from shared.models.tiny.recipe import TinyRecipe
+
+
+class Corpus:
+    """Draws training examples; each ends with ``eos`` so the model learns where answers stop."""
+
+    def __init__(self, people: list[world.Person], recipe: TinyRecipe, eos: str):
+        self.people = people
+        self.recipe = recipe
+        self.eos = eos
+        self.rng = random.Random(recipe.seed)
+        self.progress = 0.0  # fraction of training done; set by the trainer, drives the curriculum
+        self.kinds = ["reading", "multihop", "passage_lm", "recall"]
+        self.weights = [recipe.mix_reading, recipe.mix_multihop, recipe.mix_passage_lm, recipe.mix_recall]
+
+    def _question(self, person: world.Person, attribute: str) -> tuple[str, str]:
+        templates = self.rng.choice(world.TRAINING_QUESTION_TEMPLATES)
+        return world.ask(templates, attribute, person.name, self.rng), person.facts[attribute]
+
+    def _passage(self, person: world.Person, needed: str) -> str:
+        """A passage with the ``needed`` fact; early in training it holds only a few other facts."""
+        ramp = min(1.0, self.progress / self.recipe.curriculum)
+        others = [a for a in world.ATTRIBUTES if a != needed]
+        count = len(others) if ramp >= 1 else self.rng.randint(0, round(ramp * len(others)))
+        keep = self.rng.sample(others, count)
+        return world.write_passage(person, self.rng, (needed, *keep))
+
+    def _context(self, gold: list[tuple[world.Person, str]]) -> list[str]:
+        """The gold passages plus distractors (distractors join once the curriculum is over)."""
+        room = self.recipe.max_context_passages - len(gold) if self.progress >= self.recipe.curriculum else 0
+        distractors = [(world.fresh_pair(self.rng)[0], self.rng.choice(world.ATTRIBUTES))
+                       for _ in range(self.rng.randint(0, room))]
+        passages = [self._passage(p, needed) for p, needed in gold + distractors]
+        self.rng.shuffle(passages)
+        return passages
+
+    def sample(self) -> tuple[str, str]:
+        """One training example as (prompt, completion); plain passages have an empty prompt."""
+        kind = self.rng.choices(self.kinds, self.weights)[0]
+        if kind == "reading":
+            person, _ = world.fresh_pair(self.rng)
+            first, *more = self.rng.sample(world.ATTRIBUTES, self.recipe.questions_per_context)
+            question, answer = self._question(person, first)
+            completion = prompts.completion(answer) + self.eos
+            for attribute in more:  # follow-up questions on the same context: more signal per token
+                question_n, answer_n = self._question(person, attribute)
+                completion += "\n" + prompts.closed_book(question_n) + prompts.completion(answer_n) + self.eos
+            return prompts.with_context(self._context([(person, first)]), question), completion
+        if kind == "multihop":
+            person, mentor = world.fresh_pair(self.rng)
+            attribute = self.rng.choice(sorted(world.MULTIHOP_TEMPLATES))
+            question = world.ask(world.MULTIHOP_TEMPLATES, attribute, person.name, self.rng)
+            prompt = prompts.with_context(self._context([(person, "mentor"), (mentor, attribute)]), question)
+            return prompt, prompts.completion(mentor.facts[attribute]) + self.eos
+        person = self.rng.choice(self.people)
+        if kind == "passage_lm":
+            return "", world.write_passage(person, self.rng) + self.eos
+        question, answer = self._question(person, self.rng.choice(world.ATTRIBUTES))
+        return prompts.closed_book(question), prompts.completion(answer) + self.eos
+
+    def stream(self) -> Iterator[tuple[str, str]]:
+        while True:
+            yield self.sample()

@@ -1,0 +1,62 @@
+"""Recipes for the built-in model: everything that decides its weights, hashed into its cache key."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+# Bump when the corpus or training code changes in a way that changes the weights.
+CODE_VERSION = 2
+
+
+@dataclass(frozen=True)
+class TinyRecipe:
+    """Architecture, corpus mix and optimisation of a tiny Llama-architecture model."""
+
+    name: str = "default"
+    vocab_size: int = 4096
+    hidden_size: int = 128
+    layers: int = 4
+    heads: int = 4
+    intermediate_size: int = 344
+    max_positions: int = 512
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    seed: int = 0
+    # Shares of the corpus mix: reading comprehension, multi-hop reading, passage language
+    # modelling, and closed-book recall of facts the model read as plain passages.
+    mix_reading: float = 0.55
+    mix_multihop: float = 0.10
+    mix_passage_lm: float = 0.20
+    mix_recall: float = 0.15
+    max_context_passages: int = 3
+    # Reading examples start with short passages and no distractors; full difficulty is reached
+    # at this fraction of training.
+    curriculum: float = 0.4
+    # Reading examples ask this many questions about one context, each answer ending in eos.
+    questions_per_context: int = 3
+
+    def digest(self) -> str:
+        """A stable hash of the recipe and the code version; the model cache key."""
+        payload = json.dumps({"code": CODE_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+RECIPES: dict[str, TinyRecipe] = {
+    "default": TinyRecipe(),
+    # A fast recipe for the integration tests: same architecture, fewer steps.
+    "small": TinyRecipe(name="small", steps=350),
+}
+
+
+def recipe_named(name: str) -> TinyRecipe:
+    """Look up a recipe by name, with an error listing the known ones."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ValueError(f"model.recipe: unknown recipe '{name}' (known: {', '.join(RECIPES)})") from None

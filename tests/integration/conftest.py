@@ -1,0 +1,12 @@
+"""Shared fixtures for integration tests: the small built-in model, built once per session."""
+
+import pytest
+
+from shared.models.loading import load_causal_lm
+
+
+@pytest.fixture(scope="session")
+def small_model_spec():
+    """Builds (or finds cached) the 'small' recipe of the built-in model: about 2 minutes on 2 cores."""
+    load_causal_lm("tiny:small")
+    return "tiny:small"

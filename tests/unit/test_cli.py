@@ -1,0 +1,42 @@
+"""The command line: bad input exits 2 with a message naming the file and row; --help explains."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from shared.cli import main
+from shared.data.schema import PASSAGES_FILE
+
+
+def test_data_make_then_validate(tmp_path, capsys):
+    assert main(["data", "make", "--out", str(tmp_path), "--people", "5", "--sites", "2"]) == 0
+    assert main(["data", "validate", str(tmp_path)]) == 0
+    assert "ok: 5 passages" in capsys.readouterr().out
+
+
+def test_bad_dataset_is_a_clear_error(tmp_path, capsys):
+    assert main(["data", "make", "--out", str(tmp_path), "--people", "5"]) == 0
+    rows = pq.read_table(tmp_path / PASSAGES_FILE).to_pylist()
+    rows[4]["text"] = ""
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / PASSAGES_FILE)
+    assert main(["data", "validate", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "fedprag: error:" in err and "passages.parquet, row 4" in err
+
+
+def test_bad_config_value_names_the_field(tmp_path, capsys):
+    assert main(["--set", "benchmark.people=many", "data", "make", "--out", str(tmp_path)]) == 2
+    assert "benchmark.people: expected int" in capsys.readouterr().err
+
+
+def test_unknown_model_path_never_downloads(tmp_path, capsys):
+    assert main(["eval", "--model", "meta-llama/Llama-3.2-1B", "--out", str(tmp_path), "--methods", "closed_book"]) == 2
+    assert "never downloaded" in capsys.readouterr().err
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("model", "data", "eval", "build-tiny"):
+        assert command in out

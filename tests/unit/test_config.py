@@ -1,0 +1,44 @@
+"""One typed configuration: file < environment < flags, and errors that name the field."""
+
+import pytest
+
+from shared.config import ConfigError, load_config
+
+
+def test_defaults_are_valid():
+    config = load_config(environ={})
+    assert config.model.path == "tiny"
+    assert config.prag.rank == 2 and config.prag.alpha == 32
+    assert config.harness.top_k == 3
+
+
+def test_precedence_file_env_flags(tmp_path):
+    file = tmp_path / "fedprag.toml"
+    file.write_text('[prag]\nepochs = 1\nrank = 4\n[benchmark]\npeople = 10\n[eval]\nmethods = ["prag"]\n')
+    config = load_config(file, overrides={"prag.rank": "8"}, environ={"FEDPRAG__PRAG__EPOCHS": "3"})
+    assert (config.prag.epochs, config.prag.rank, config.benchmark.people) == (3, 8, 10)
+    assert config.eval.methods == ("prag",)
+
+
+def test_comma_separated_lists_from_flags():
+    config = load_config(overrides={"eval.methods": "closed_book, standard_rag"}, environ={})
+    assert config.eval.methods == ("closed_book", "standard_rag")
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"prag.rank": "two"}, "prag.rank: expected int"),
+    ({"prag.rank": "0"}, "prag.rank: must be a positive integer"),
+    ({"prag.nonsense": "1"}, "prag.nonsense: unknown field"),
+    ({"benchmark.alpha": "-1"}, "benchmark.alpha"),
+    ({"harness.top_k": "0"}, "harness.top_k"),
+])
+def test_errors_name_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=field):
+        load_config(overrides=overrides, environ={})
+
+
+def test_bad_toml_names_the_file(tmp_path):
+    file = tmp_path / "bad.toml"
+    file.write_text("[prag\n")
+    with pytest.raises(ConfigError, match="bad.toml"):
+        load_config(file, environ={})

@@ -1,0 +1,37 @@
+"""Retrieval with the real all-MiniLM-L6-v2 encoder and a real faiss index on disk."""
+
+import numpy as np
+import pytest
+
+from shared.data.benchmark import BenchmarkSpec, make_benchmark
+from shared.retrieval.encoder import EMBEDDING_DIM, SentenceEncoder
+from shared.retrieval.index import PassageIndex, recall_at_k
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return SentenceEncoder()
+
+
+def test_embeddings_are_unit_vectors(encoder):
+    vectors = encoder.embed(["a harp", "a violin", "Quessa is a town"])
+    assert vectors.shape == (3, EMBEDDING_DIM) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+
+
+def test_questions_retrieve_their_gold_passage(encoder, tmp_path):
+    data = make_benchmark(BenchmarkSpec(people=30))
+    index = PassageIndex.build(encoder.embed([p.text for p in data.passages]), list(range(len(data.passages))))
+    index.save(tmp_path / "index.faiss")
+    loaded = PassageIndex.load(tmp_path / "index.faiss")
+    assert len(loaded) == 30
+    single = [q for q in data.questions if q.kind == "single"]
+    _, rows = loaded.search(encoder.embed([q.text for q in single]), 3)
+    position = data.passage_index()
+    recall = recall_at_k(rows.tolist(), [[position[g] for g in q.gold_passage_ids] for q in single], 3)
+    assert recall > 0.9
+
+
+def test_recall_at_k_counts_fraction_of_gold():
+    assert recall_at_k([[1, 2, 3], [4, 5, 6]], [[1], [9, 5]], k=3) == pytest.approx(0.75)
+    assert recall_at_k([[1, 2, 3]], [[3]], k=2) == 0.0
