@@ -86,33 +86,43 @@ def _cmd_eval(args: argparse.Namespace, config: FedpragConfig) -> int:
     return 0
 
 
+def _common_options(parser: argparse.ArgumentParser, default: object = None) -> None:
+    """Options every command takes, before or after the command name."""
+    suppress = default is argparse.SUPPRESS
+    parser.add_argument("--config", metavar="FILE", default=default, help="TOML configuration file")
+    parser.add_argument("--set", metavar="SECTION.FIELD=VALUE", action="append",
+                        default=argparse.SUPPRESS if suppress else [],
+                        help="override one configuration field (repeatable)")
+    parser.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                        help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedprag", description="Federated parametric RAG.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
-    parser.add_argument("--set", metavar="SECTION.FIELD=VALUE", action="append", default=[],
-                        help="override one configuration field (repeatable)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _common_options(parser)
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, argparse.SUPPRESS)
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
 
     model = groups.add_parser("model", help="base models").add_subparsers(dest="command", required=True)
-    build = model.add_parser("build-tiny", help="train or find the cached built-in model")
-    build.add_argument("--recipe", default="default", help="recipe name: default (about 5 min) or small (tests)")
+    build = model.add_parser("build-tiny", parents=[common], help="train or find the cached built-in model")
+    build.add_argument("--recipe", default="default", help="recipe name: default (about 12 min on 2 cores) or small (about 3 min; tests)")
     build.set_defaults(handler=_cmd_build_tiny)
 
     data = groups.add_parser("data", help="datasets").add_subparsers(dest="command", required=True)
-    make = data.add_parser("make", help="write the knowledge benchmark (Parquet)")
+    make = data.add_parser("make", parents=[common], help="write the knowledge benchmark (Parquet)")
     make.add_argument("--out", required=True, help="output dataset directory")
     make.add_argument("--people", type=int, dest="benchmark.people", help="fictional people (one passage each)")
     make.add_argument("--sites", type=int, dest="benchmark.sites", help="number of data-owner sites")
     make.add_argument("--alpha", type=float, dest="benchmark.alpha", help="Dirichlet concentration of the site split")
     make.add_argument("--seed", type=int, dest="benchmark.seed", help="random seed")
     make.set_defaults(handler=_cmd_data_make)
-    validate = data.add_parser("validate", help="check a dataset directory against the schema")
+    validate = data.add_parser("validate", parents=[common], help="check a dataset directory against the schema")
     validate.add_argument("dir", help="dataset directory")
     validate.set_defaults(handler=_cmd_data_validate)
 
-    ev = groups.add_parser("eval", help="compare methods on one dataset; prints the results table")
+    ev = groups.add_parser("eval", parents=[common], help="compare methods on one dataset; prints the results table")
     ev.add_argument("--data", dest="eval.data", help="dataset directory (default: generate the benchmark)")
     ev.add_argument("--model", dest="model.path", help="'tiny', 'tiny:<recipe>' or a local HF checkpoint")
     ev.add_argument("--methods", dest="eval.methods", help="comma-separated method names")

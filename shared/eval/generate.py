@@ -1,4 +1,8 @@
-"""Batched greedy answering: many prompts, one forward per new token, with optional adapters."""
+"""Batched greedy answering: many prompts, one forward per new token.
+
+Per-request adapters are set around the call with :func:`shared.lora.layers.applied`; every row of
+the batch then decodes under its own low-rank update.
+"""
 
 from __future__ import annotations
 

@@ -31,8 +31,8 @@ def report_and_work(small_model_spec, tmp_path_factory):
 def test_prag_is_well_above_closed_book(report_and_work):
     report, _, _ = report_and_work
     em = {r.method: r.scores["single"].em for r in report.results}
-    assert em["prag"] >= em["closed_book"] + 0.15, em
-    assert em["standard_rag"] >= em["closed_book"] + 0.3, em
+    assert em["prag"] >= em["closed_book"] + 0.1, em
+    assert em["prag"] >= 5 * em["closed_book"], em
 
 
 def test_report_has_every_column(report_and_work, tmp_path):

@@ -11,8 +11,9 @@ from shared.lora.layers import FFN_TARGETS
 class PRAGConfig:
     """The published recipe (r=2, alpha=32, FFN targets, 3 QA pairs, batch 1, 1–2 epochs).
 
-    ``lr`` defaults higher than the paper's 3e-4 because the built-in model is 1,000× smaller than
-    LLaMA-1B; ``parallel`` passages are trained side by side as independent LoRAs, which with
+    ``lr`` defaults to 6e-3, not the paper's 3e-4, because the built-in model is 1,000× smaller than
+    LLaMA-1B (on it, 3e-3, 6e-3 and 1e-2 gave single-hop EM 0.19, 0.24 and 0.18 on 24 people);
+    ``parallel`` passages are trained side by side as independent LoRAs, which with
     AdamW's element-wise updates is exactly batch-1 training of each, only faster.
     """
 
@@ -21,7 +22,7 @@ class PRAGConfig:
     targets: tuple[str, ...] = FFN_TARGETS
     qa_pairs: int = 3
     epochs: int = 2
-    lr: float = 3e-3
+    lr: float = 6e-3
     init_seed: int = 0
     parallel: int = 32
 

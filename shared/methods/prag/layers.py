@@ -41,9 +41,6 @@ class PRAGAdapters:
             out[name] = LowRank(cat_a, cat_b, self.scale)
         return out
 
-    def nbytes(self) -> int:
-        return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in self.factors.values())
-
     @staticmethod
     def concat(parts: list[PRAGAdapters]) -> PRAGAdapters:
         names = parts[0].factors

@@ -113,7 +113,7 @@ def _next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, corpus: Corpus,
              recipe: TinyRecipe, show_progress: bool = True) -> float:
     """Train with the loss on every token plus the loss on the answer; returns the final loss."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(0.9, 0.95))
     batches = _length_bucketed(corpus, recipe.batch_size)
     model.train()
     smoothed = float("nan")

@@ -61,13 +61,9 @@ class Corpus:
         kind = self.rng.choices(self.kinds, self.weights)[0]
         if kind == "reading":
             person, _ = world.fresh_pair(self.rng)
-            first, *more = self.rng.sample(world.ATTRIBUTES, self.recipe.questions_per_context)
-            question, answer = self._question(person, first)
-            completion = prompts.completion(answer) + self.eos
-            for attribute in more:  # follow-up questions on the same context: more signal per token
-                question_n, answer_n = self._question(person, attribute)
-                completion += "\n" + prompts.closed_book(question_n) + prompts.completion(answer_n) + self.eos
-            return prompts.with_context(self._context([(person, first)]), question), completion
+            attribute = self.rng.choice(world.ATTRIBUTES)
+            question, answer = self._question(person, attribute)
+            return prompts.with_context(self._context([(person, attribute)]), question), prompts.completion(answer) + self.eos
         if kind == "multihop":
             person, mentor = world.fresh_pair(self.rng)
             attribute = self.rng.choice(sorted(world.MULTIHOP_TEMPLATES))

@@ -1,0 +1,65 @@
+"""Any Llama, Qwen or Mistral causal LM loads from a local path, gets LoRA on its FFN, and answers."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, MistralConfig, Qwen2Config, AutoModelForCausalLM
+
+from shared.eval.generate import generate_answers
+from shared.lora.layers import FFN_TARGETS, LowRank, applied, attach_lora
+from shared.models.loading import ModelLoadError, load_causal_lm, model_digest
+from shared.models.tiny.build import EOS, cached_path, train_tokenizer
+from shared.models.tiny.recipe import RECIPES, TinyRecipe, recipe_named
+
+SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+             num_key_value_heads=2, max_position_embeddings=128)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(["Question: Who trained Kara Lovel?\nAnswer: Zed Vin" + EOS] * 20, vocab_size=300)
+
+
+@pytest.mark.parametrize("config_cls", [LlamaConfig, Qwen2Config, MistralConfig])
+def test_families_load_from_a_path_and_answer_with_an_adapter(config_cls, tokenizer, tmp_path):
+    torch.manual_seed(0)
+    config = config_cls(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                        eos_token_id=tokenizer.eos_token_id, **SMALL)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    base = load_causal_lm(str(tmp_path))
+    assert base.family == config.model_type and base.digest == model_digest(tmp_path)
+    layers = attach_lora(base.model)
+    assert len(layers) == len(FFN_TARGETS) * SMALL["num_hidden_layers"]
+    adapter = {n: LowRank(torch.randn(1, 2, l.in_features), torch.randn(1, l.out_features, 2), 1.0) for n, l in layers.items()}
+    with applied(layers, adapter):
+        answers = generate_answers(base.model, base.tokenizer, ["Question: Who?\nAnswer:", "Question: x\nAnswer:"], 3)
+    assert len(answers) == 2
+
+
+def test_unsupported_family_and_missing_config_are_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_causal_lm(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(ModelLoadError, match="'gpt2' is not supported"):
+        load_causal_lm(str(tmp_path))
+
+
+def test_recipe_hash_is_the_cache_key():
+    assert TinyRecipe().digest() == TinyRecipe().digest()
+    assert TinyRecipe(steps=5).digest() != TinyRecipe().digest()
+    assert cached_path(RECIPES["default"]) != cached_path(RECIPES["small"])
+    with pytest.raises(ValueError, match="model.recipe: unknown recipe 'huge'"):
+        recipe_named("huge")
+
+
+def test_tiny_build_is_deterministic_and_cached(tmp_path):
+    from shared.models.tiny.build import build_tiny
+
+    micro = TinyRecipe(name="micro", steps=3, batch_size=4, layers=1, hidden_size=32, heads=2,
+                       intermediate_size=64, vocab_size=300)
+    first = build_tiny(micro, cache_root=tmp_path / "a", show_progress=False)
+    second = build_tiny(micro, cache_root=tmp_path / "b", show_progress=False)
+    assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
+    stamp = (first / "recipe.json").stat().st_mtime_ns
+    assert build_tiny(micro, cache_root=tmp_path / "a", show_progress=False) == first
+    assert (first / "recipe.json").stat().st_mtime_ns == stamp  # cached: not rebuilt
