@@ -66,7 +66,7 @@ class ClosedBook:
     def encode(self, ctx: EvalContext) -> EncodingCost:
         return EncodingCost()
 
-    def inputs(self, ctx, question_rows, retrieved):
+    def inputs(self, ctx: EvalContext, question_rows: list[int], retrieved: list[list[int]]) -> tuple[list[str], Adapter | None]:
         return [prompts.closed_book(q) for q in ctx.question_texts(question_rows)], None
 
 
@@ -78,7 +78,7 @@ class StandardRAG:
     def encode(self, ctx: EvalContext) -> EncodingCost:
         return EncodingCost()
 
-    def inputs(self, ctx, question_rows, retrieved):
+    def inputs(self, ctx: EvalContext, question_rows: list[int], retrieved: list[list[int]]) -> tuple[list[str], Adapter | None]:
         texts = ctx.question_texts(question_rows)
         return [prompts.with_context(ctx.passage_texts(r), q) for q, r in zip(texts, retrieved)], None
 
@@ -103,7 +103,7 @@ class PRAG:
                                      EncodingCost(seconds, stored))
         return ctx.encodings["prag"][1]
 
-    def inputs(self, ctx, question_rows, retrieved):
+    def inputs(self, ctx: EvalContext, question_rows: list[int], retrieved: list[list[int]]) -> tuple[list[str], Adapter | None]:
         adapters: PRAGAdapters = ctx.encodings["prag"][0]
         adapter = adapters.summed(torch.tensor(retrieved, dtype=torch.long))
         texts = ctx.question_texts(question_rows)
