@@ -12,6 +12,7 @@ environment variables, ``--set section.field=value``); command flags are shortha
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -135,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, load the configuration, run the command; errors exit 2 with a message."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # every progress bar, including model builds deep inside
     log.configure()
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     try:
