@@ -20,7 +20,6 @@ class PRAGConfig:
     rank: int = 2
     alpha: float = 32.0
     targets: tuple[str, ...] = FFN_TARGETS
-    qa_pairs: int = 3
     epochs: int = 2
     lr: float = 6e-3
     init_seed: int = 0
@@ -31,10 +30,8 @@ class PRAGConfig:
         return self.alpha / self.rank
 
     def validate(self) -> None:
-        for name in ("rank", "qa_pairs", "epochs", "parallel"):
+        for name in ("rank", "epochs", "parallel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"prag.{name}: must be a positive integer")
-        if self.qa_pairs < 3:
-            raise ValueError("prag.qa_pairs: PRAG's training sequences need at least 3 QA pairs")
         if self.lr <= 0:
             raise ValueError("prag.lr: must be positive")
