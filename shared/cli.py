@@ -3,7 +3,7 @@
     fedprag model build-tiny     train (or find cached) the built-in base model
     fedprag data make            write the knowledge benchmark as Parquet
     fedprag data validate        check a dataset directory against the schema
-    fedprag eval                 compare closed-book, standard RAG, PRAG and PRAG-combine
+    fedprag eval                 compare closed-book, standard RAG, PRAG, PRAG-combine and Poly-PRAG
 
 Every command reads the one typed configuration (``--config FILE``, ``FEDPRAG__SECTION__FIELD``
 environment variables, ``--set section.field=value``); command flags are shorthands for fields.
@@ -74,7 +74,7 @@ def _cmd_eval(args: argparse.Namespace, config: FedpragConfig) -> int:
     from shared.models.loading import load_causal_lm
 
     out = Path(config.eval.out)
-    methods = build_methods(list(config.eval.methods), config.prag)
+    methods = build_methods(list(config.eval.methods), config.prag, config.poly)
     data_dir = Path(config.eval.data) if config.eval.data else out / "data"
     if not config.eval.data:
         write_dataset(make_benchmark(config.benchmark), data_dir)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from shared.data.benchmark import BenchmarkSpec
 from shared.eval.harness import HarnessConfig
+from shared.methods.poly.config import PolyConfig
 from shared.methods.prag.config import PRAGConfig
 
 ENV_PREFIX = "FEDPRAG__"
@@ -46,7 +47,8 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class EvalSection:
-    methods: tuple[str, ...] = ("closed_book", "standard_rag", "prag", "prag_combine")
+    methods: tuple[str, ...] = ("closed_book", "standard_rag", "prag", "prag_combine", "poly", "poly_uniform",
+                                "poly_incremental", "poly_router")
     data: str = ""
     """A dataset directory; empty means the default benchmark, generated on first use."""
     out: str = "runs/eval"
@@ -57,6 +59,7 @@ class FedpragConfig:
     model: ModelSection = field(default_factory=ModelSection)
     benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec)
     prag: PRAGConfig = field(default_factory=PRAGConfig)
+    poly: PolyConfig = field(default_factory=PolyConfig)
     eval: EvalSection = field(default_factory=EvalSection)
     harness: HarnessConfig = field(default_factory=HarnessConfig)
 
@@ -64,6 +67,7 @@ class FedpragConfig:
         try:
             self.benchmark.validate()
             self.prag.validate()
+            self.poly.validate()
             self.harness.validate()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from shared.data.schema import Dataset
 from shared.eval.generate import generate_answers
-from shared.eval.methods import EvalContext, Method
+from shared.eval.methods import EvalContext, Hits, Method
 from shared.eval.metrics import exact_match, token_f1
 from shared.eval.report import KindScore, MethodResult, Report
 from shared.eval.resources import PeakMemory, machine_description
@@ -58,9 +58,11 @@ class Retriever:
         self.index = PassageIndex.build(embeddings, list(range(len(texts))))
         self.index.save(work_dir / "passages.faiss")
 
-    def top_k(self, questions: list[str], k: int) -> list[list[int]]:
-        _, rows = self.index.search(self.encoder.embed(questions), k)
-        return [[int(r) for r in row if r >= 0] for row in rows]
+    def top_k(self, questions: list[str], k: int) -> Hits:
+        """The ``k`` best passage rows per question, with their inner-product scores."""
+        scores, rows = self.index.search(self.encoder.embed(questions), k)
+        return Hits([[int(r) for r in row if r >= 0] for row in rows],
+                    [[float(s) for s, r in zip(srow, row) if r >= 0] for srow, row in zip(scores, rows)])
 
 
 def _score(dataset: Dataset, predictions: list[str]) -> dict[str, KindScore]:
@@ -71,13 +73,13 @@ def _score(dataset: Dataset, predictions: list[str]) -> dict[str, KindScore]:
             for kind, v in sorted(by_kind.items())}
 
 
-def _answer(ctx: EvalContext, method: Method, rows: list[int], retrieved: list[list[int]], max_new_tokens: int) -> list[str]:
-    prompt_texts, adapter = method.inputs(ctx, rows, retrieved)
+def _answer(ctx: EvalContext, method: Method, rows: list[int], hits: Hits, max_new_tokens: int) -> list[str]:
+    prompt_texts, adapter = method.inputs(ctx, rows, hits)
     with applied(ctx.layers, adapter):
         return generate_answers(ctx.base.model, ctx.base.tokenizer, prompt_texts, max_new_tokens)
 
 
-def run_method(ctx: EvalContext, method: Method, retriever: Retriever, config: HarnessConfig) -> tuple[MethodResult, list[str]]:
+def run_method(ctx: EvalContext, method: Method, retriever: Retriever, config: HarnessConfig) -> MethodResult:
     """Encode, answer every question, and time single queries for one method."""
     questions = ctx.dataset.questions
     with PeakMemory() as memory:
@@ -86,7 +88,7 @@ def run_method(ctx: EvalContext, method: Method, retriever: Retriever, config: H
         with tqdm(total=len(questions), desc=f"answer {method.name}", unit="q", disable=not ctx.show_progress) as bar:
             for start in range(0, len(questions), config.batch_size):
                 rows = list(range(start, min(start + config.batch_size, len(questions))))
-                predictions += _answer(ctx, method, rows, [ctx.retrieved[r] for r in rows], config.max_new_tokens)
+                predictions += _answer(ctx, method, rows, ctx.hits.select(rows), config.max_new_tokens)
                 bar.update(len(rows))
         latencies = []
         sample = random.Random(config.seed).sample(range(len(questions)), min(config.latency_queries, len(questions)))
@@ -100,10 +102,10 @@ def run_method(ctx: EvalContext, method: Method, retriever: Retriever, config: H
         encode_seconds_per_passage=cost.seconds_per_passage, stored_bytes=cost.stored_bytes,
         latency_ms_p50=float(np.percentile(latencies, 50)) if latencies else 0.0,
         latency_ms_p95=float(np.percentile(latencies, 95)) if latencies else 0.0,
-        peak_memory_mb=memory.peak_mb,
+        peak_memory_mb=memory.peak_mb, predictions=predictions,
     )
     log.info("eval.method.done", method=method.name, **{f"em_{k}": round(s.em, 4) for k, s in result.scores.items()})
-    return result, predictions
+    return result
 
 
 def evaluate(dataset: Dataset, base: BaseModel, methods: list[Method], config: HarnessConfig,
@@ -112,15 +114,17 @@ def evaluate(dataset: Dataset, base: BaseModel, methods: list[Method], config: H
     config.validate()
     work_dir.mkdir(parents=True, exist_ok=True)
     retriever = Retriever(dataset, work_dir, show_progress)
-    retrieved = retriever.top_k([q.text for q in dataset.questions], config.top_k)
+    hits = retriever.top_k([q.text for q in dataset.questions], config.top_k)
+    retrieved = hits.rows
     position = dataset.passage_index()
     gold = [[position[g] for g in q.gold_passage_ids] for q in dataset.questions]
     recall = {kind: recall_at_k([r for r, q in zip(retrieved, dataset.questions) if q.kind == kind],
                                 [g for g, q in zip(gold, dataset.questions) if q.kind == kind], config.top_k)
               for kind in sorted({q.kind for q in dataset.questions})}
-    ctx = EvalContext(dataset=dataset, base=base, layers=attach_lora(base.model), retrieved=retrieved,
+    ctx = EvalContext(dataset=dataset, base=base, layers=attach_lora(base.model), hits=hits,
+                      embed=retriever.encoder.embed,
                       work_dir=work_dir, show_progress=show_progress)
-    results = [run_method(ctx, method, retriever, config)[0] for method in methods]
+    results = [run_method(ctx, method, retriever, config) for method in methods]
     return Report(
         machine=machine_description(), base_model=str(base.path.name), base_model_digest=base.digest[:16],
         passages=len(dataset.passages), questions=len(dataset.questions), top_k=config.top_k,

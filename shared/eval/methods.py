@@ -6,11 +6,14 @@ per-request adapter; the harness does the rest identically for all of them.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from shared import prompts
@@ -20,6 +23,10 @@ from shared.lora.layers import Adapter, LoRALinear
 from shared.methods.prag import PRAGAdapters, PRAGConfig
 from shared.methods.prag import serializer as prag_serializer
 from shared.methods.prag.trainer import encode_passages
+from shared.methods.poly import PolyConfig
+from shared.methods.poly import serializer as poly_serializer
+from shared.methods.poly import trainer as poly_trainer
+from shared.methods.poly.layers import ExpertPool, QueryRouter, RoutingTable, combine, keep_top_m, routing_weights
 from shared.models.loading import BaseModel
 
 
@@ -32,14 +39,26 @@ class EncodingCost:
 
 
 @dataclass
+class Hits:
+    """Retrieval results for a list of questions: top-k passage rows and their scores."""
+
+    rows: list[list[int]]
+    scores: list[list[float]]
+
+    def select(self, questions: list[int]) -> Hits:
+        return Hits([self.rows[q] for q in questions], [self.scores[q] for q in questions])
+
+
+@dataclass
 class EvalContext:
     """Everything the methods share: data, base model, retrieval results, a work directory."""
 
     dataset: Dataset
     base: BaseModel
     layers: dict[str, LoRALinear]
-    retrieved: list[list[int]]  # top-k passage rows per question
+    hits: Hits  # top-k passages per question
     work_dir: Path
+    embed: Callable[[list[str]], np.ndarray]  # the retrieval encoder, for methods that route on the query
     show_progress: bool = True
     encodings: dict[str, object] = field(default_factory=dict)
 
@@ -55,7 +74,7 @@ class Method(Protocol):
 
     def encode(self, ctx: EvalContext) -> EncodingCost: ...
 
-    def inputs(self, ctx: EvalContext, question_rows: list[int], retrieved: list[list[int]]) -> tuple[list[str], Adapter | None]: ...
+    def inputs(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> tuple[list[str], Adapter | None]: ...
 
 
 class ClosedBook:
@@ -66,7 +85,7 @@ class ClosedBook:
     def encode(self, ctx: EvalContext) -> EncodingCost:
         return EncodingCost()
 
-    def inputs(self, ctx: EvalContext, question_rows: list[int], retrieved: list[list[int]]) -> tuple[list[str], Adapter | None]:
+    def inputs(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> tuple[list[str], Adapter | None]:
         return [prompts.closed_book(q) for q in ctx.question_texts(question_rows)], None
 
 
@@ -78,9 +97,9 @@ class StandardRAG:
     def encode(self, ctx: EvalContext) -> EncodingCost:
         return EncodingCost()
 
-    def inputs(self, ctx: EvalContext, question_rows: list[int], retrieved: list[list[int]]) -> tuple[list[str], Adapter | None]:
+    def inputs(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> tuple[list[str], Adapter | None]:
         texts = ctx.question_texts(question_rows)
-        return [prompts.with_context(ctx.passage_texts(r), q) for q, r in zip(texts, retrieved)], None
+        return [prompts.with_context(ctx.passage_texts(r), q) for q, r in zip(texts, hits.rows)], None
 
 
 class PRAG:
@@ -103,22 +122,108 @@ class PRAG:
                                      EncodingCost(seconds, stored))
         return ctx.encodings["prag"][1]
 
-    def inputs(self, ctx: EvalContext, question_rows: list[int], retrieved: list[list[int]]) -> tuple[list[str], Adapter | None]:
+    def inputs(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> tuple[list[str], Adapter | None]:
         adapters: PRAGAdapters = ctx.encodings["prag"][0]
-        adapter = adapters.summed(torch.tensor(retrieved, dtype=torch.long))
+        adapter = adapters.summed(torch.tensor(hits.rows, dtype=torch.long))
         texts = ctx.question_texts(question_rows)
         if self.combine:
-            return [prompts.with_context(ctx.passage_texts(r), q) for q, r in zip(texts, retrieved)], adapter
+            return [prompts.with_context(ctx.passage_texts(r), q) for q, r in zip(texts, hits.rows)], adapter
         return [prompts.closed_book(q) for q in texts], adapter
 
 
-def build_methods(names: list[str], prag: PRAGConfig) -> list[Method]:
+@dataclass
+class PolyEncoding:
+    """A trained pool, its passages' routing (and optionally a query router), and what it cost."""
+
+    pool: ExpertPool
+    routing: RoutingTable
+    cost: EncodingCost
+    router: QueryRouter | None = None
+
+
+class PolyPRAG:
+    """Poly-PRAG: one shared expert pool; each request answers under its passages' mixture.
+
+    Variants: ``poly`` (learned routing, combined over the top-k by score), ``poly_uniform`` (the
+    ablation: pool trained and used with equal weights on every expert), ``poly_incremental``
+    (pool trained on half the passages; the other half encoded routing-only against the frozen
+    pool) and ``poly_router`` (the learned query router instead of per-passage routing).
+    """
+
+    VARIANTS = ("poly", "poly_uniform", "poly_incremental", "poly_router")
+
+    def __init__(self, config: PolyConfig, variant: str = "poly"):
+        if variant not in self.VARIANTS:
+            raise ValueError(f"unknown Poly-PRAG variant '{variant}' (known: {', '.join(self.VARIANTS)})")
+        self.config = dataclasses.replace(config, uniform=True) if variant == "poly_uniform" else config
+        self.variant = variant
+        self.name = variant
+
+    def _store(self, ctx: EvalContext, key: str, pool: ExpertPool, routing: RoutingTable) -> tuple[ExpertPool, RoutingTable, int]:
+        """Round-trip the encoding through disk, as a deployment would; returns it and its bytes."""
+        root = ctx.work_dir / key
+        stored = poly_serializer.save_pool(root / "pool", pool, self.config, ctx.base.digest)
+        stored += poly_serializer.save_routing(root / "routing", routing, pool, ctx.base.digest)
+        loaded, _ = poly_serializer.load_pool(root / "pool", ctx.base.digest)
+        return loaded, poly_serializer.load_routing(root / "routing", loaded, ctx.base.digest), stored
+
+    def _encode_full(self, ctx: EvalContext, key: str) -> PolyEncoding:
+        passages = ctx.dataset.passages
+        augmentations = {p.passage_id: augmentation_for(ctx.dataset, p) for p in passages}
+        started = time.perf_counter()
+        pool, routing, _ = poly_trainer.train_pool(ctx.base, ctx.layers, passages, augmentations, self.config, ctx.show_progress)
+        seconds = (time.perf_counter() - started) / len(passages)
+        pool, routing, stored = self._store(ctx, key, pool, routing)
+        return PolyEncoding(pool, routing, EncodingCost(seconds, stored))
+
+    def _encode_incremental(self, ctx: EvalContext) -> PolyEncoding:
+        passages = ctx.dataset.passages
+        augmentations = {p.passage_id: augmentation_for(ctx.dataset, p) for p in passages}
+        initial, added = passages[0::2], passages[1::2]
+        pool, routing, _ = poly_trainer.train_pool(ctx.base, ctx.layers, initial, augmentations, self.config, ctx.show_progress)
+        started = time.perf_counter()
+        new_rows = poly_trainer.encode_incremental(ctx.base, ctx.layers, pool, added, augmentations, self.config, ctx.show_progress)
+        seconds = (time.perf_counter() - started) / len(added)
+        pool, routing, stored = self._store(ctx, "poly_incremental", pool, routing.extended(new_rows))
+        return PolyEncoding(pool, routing, EncodingCost(seconds, stored))
+
+    def encode(self, ctx: EvalContext) -> EncodingCost:
+        key = "poly" if self.variant == "poly_router" else self.variant
+        if key not in ctx.encodings:
+            ctx.encodings[key] = self._encode_incremental(ctx) if key == "poly_incremental" else self._encode_full(ctx, key)
+        encoding: PolyEncoding = ctx.encodings[key]
+        if self.variant == "poly_router" and encoding.router is None:
+            augmentations = {p.passage_id: augmentation_for(ctx.dataset, p) for p in ctx.dataset.passages}
+            encoding.router = poly_trainer.train_query_router(ctx.embed, encoding.routing, augmentations, seed=self.config.seed)
+        return encoding.cost
+
+    def expert_weights(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> torch.Tensor:
+        """Per-request expert weights ``[b, G, K]``: the routed inference path of DESIGN.md §2.2."""
+        encoding: PolyEncoding = ctx.encodings["poly" if self.variant == "poly_router" else self.variant]
+        pool, config = encoding.pool, self.config
+        if config.uniform:
+            return torch.full((len(question_rows), pool.n_groups, pool.n_experts), 1.0 / pool.n_experts)
+        if encoding.router is not None:
+            logits = encoding.router(torch.from_numpy(ctx.embed(ctx.question_texts(question_rows))).float())
+            return keep_top_m(routing_weights(logits), config.top_m)
+        ids = [[ctx.dataset.passages[r].passage_id for r in rows] for rows in hits.rows]
+        weights = torch.stack([encoding.routing.weights(i) for i in ids])
+        return combine(weights, torch.tensor(hits.scores), config.top_m, config.score_temperature)
+
+    def inputs(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> tuple[list[str], Adapter | None]:
+        pool = ctx.encodings["poly" if self.variant == "poly_router" else self.variant].pool
+        adapter = pool.adapter(self.expert_weights(ctx, question_rows, hits))
+        return [prompts.closed_book(q) for q in ctx.question_texts(question_rows)], adapter
+
+
+def build_methods(names: list[str], prag: PRAGConfig, poly: PolyConfig | None = None) -> list[Method]:
     """Instantiate methods by name, with an error that lists the known names."""
     factories = {
         "closed_book": ClosedBook,
         "standard_rag": StandardRAG,
         "prag": lambda: PRAG(prag),
         "prag_combine": lambda: PRAG(prag, combine=True),
+        **{variant: (lambda v=variant: PolyPRAG(poly or PolyConfig(), v)) for variant in PolyPRAG.VARIANTS},
     }
     unknown = [n for n in names if n not in factories]
     if unknown:

@@ -26,6 +26,7 @@ class MethodResult:
     latency_ms_p50: float
     latency_ms_p95: float
     peak_memory_mb: float
+    predictions: list[str] = field(default_factory=list)  # per question, in dataset order
 
 
 @dataclass

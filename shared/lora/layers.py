@@ -104,6 +104,29 @@ def applied(layers: Mapping[str, LoRALinear], adapter: Adapter | None) -> Iterat
             layer.delta = None
 
 
+@contextlib.contextmanager
+@torch.no_grad()
+def merged(layers: Mapping[str, LoRALinear], adapter: Adapter) -> Iterator[None]:
+    """Fold a single request's adapter into the base weights for the block, then restore them.
+
+    This is the one-request-at-a-time serving path (PEFT's merge/unmerge): every request with a
+    different adapter pays a merge of ``ΔW = scale · B (g ⊙ A)`` into every adapted ``W``.
+    """
+    originals = {}
+    try:
+        for name, delta in adapter.items():
+            if delta.A.shape[0] != 1:
+                raise ValueError("merged() takes one request's adapter; batch rows need applied()")
+            a = delta.A[0] if delta.gate is None else delta.A[0] * delta.gate[0, :, None]
+            weight = layers[name].base.weight
+            originals[name] = weight.detach().clone()
+            weight.add_(delta.scale * delta.B[0] @ a)
+        yield
+    finally:
+        for name, weight in originals.items():
+            layers[name].base.weight.copy_(weight)
+
+
 def init_factors(layers: Mapping[str, LoRALinear], count: int, rank: int, seed: int) -> dict[str, tuple[Tensor, Tensor]]:
     """``count`` copies of one shared LoRA initialisation: A Kaiming-uniform, B zero (so Δ=0)."""
     generator = torch.Generator().manual_seed(seed)

@@ -13,12 +13,12 @@ import random
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from shared import prompts
 from shared.data.schema import Augmentation, Passage
 from shared.lora.layers import LoRALinear, LowRank, applied, init_factors
+from shared.lora.objective import per_sequence_loss
 from shared.methods.prag.config import PRAGConfig
 from shared.methods.prag.layers import PRAGAdapters
 from shared.models.loading import BaseModel
@@ -36,14 +36,6 @@ def training_texts(passage: str, augmentation: Augmentation, eos: str) -> list[s
         prompts.closed_book(q3) + prompts.completion(a3),
     ]
     return [t + eos for t in texts]
-
-
-def per_sequence_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy averaged within each sequence: ``[b]``."""
-    targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
-    token_loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=-100, reduction="none")
-    counts = attention_mask[:, 1:].sum(1).clamp(min=1)
-    return token_loss.sum(1) / counts
 
 
 def _train_group(base: BaseModel, layers: Mapping[str, LoRALinear], ids: list[str],

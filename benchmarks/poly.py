@@ -1,0 +1,194 @@
+"""Poly-PRAG benchmark: every method side by side, plus storage, incremental encoding and throughput.
+
+One run, one machine, one base model, one dataset and one retrieval. It measures:
+
+* exact match of Poly-PRAG (learned routing, uniform-routing ablation, incremental, query router)
+  next to closed-book, standard RAG and PRAG;
+* incremental encoding: seconds per passage against PRAG's, and exact match on the passages it
+  encoded against full training's exact match on the same passages;
+* storage: pool + routing rows against one LoRA per passage, at 1,000 passages (real files: 1,000
+  new passages are encoded routing-only against the frozen pool) and at 10,000 (computed from the
+  measured per-passage sizes);
+* throughput at batch 16 with mixed routings: Poly-PRAG batched, PRAG's per-query merge path and
+  the bare base model closed-book, as medians over repeats.
+
+    .venv/bin/python benchmarks/poly.py          # writes benchmarks/results/poly.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from shared import log, prompts
+from shared.config import load_config
+from shared.data.augment import augmentation_for
+from shared.data.benchmark import BenchmarkSpec, make_benchmark
+from shared.eval.generate import generate_answers
+from shared.eval.harness import evaluate
+from shared.eval.methods import build_methods
+from shared.eval.metrics import exact_match
+from shared.eval.report import Report
+from shared.io import atomic_write_text
+from shared.lora.layers import applied, attach_lora, merged
+from shared.methods.poly import serializer as poly_serializer
+from shared.methods.poly.layers import combine
+from shared.methods.poly.trainer import encode_incremental
+from shared.methods.prag import PRAGAdapters
+from shared.methods.prag import serializer as prag_serializer
+from shared.models.loading import BaseModel, load_causal_lm
+from shared.retrieval.encoder import SentenceEncoder
+from shared.retrieval.index import PassageIndex
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METHODS = ["closed_book", "standard_rag", "prag", "poly", "poly_uniform", "poly_incremental", "poly_router"]
+
+
+def subset_em(report: Report, method: str, rows: list[int], answers: list[list[str]]) -> float:
+    predictions = next(r for r in report.results if r.method == method).predictions
+    return statistics.fmean(exact_match(predictions[i], answers[i]) for i in rows)
+
+
+def timed_qps(run, batch: int, repeats: int) -> float:
+    """Queries per second of ``run`` (which answers ``batch`` queries), median over ``repeats``."""
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return batch / statistics.median(times)
+
+
+def throughput(base: BaseModel, work: Path, dataset, config, batch: int = 16, repeats: int = 5) -> dict[str, float]:
+    """Batch-16 throughput with mixed routings: Poly batched vs PRAG per-query merge vs bare model."""
+    layers = attach_lora(base.model)
+    pool, _ = poly_serializer.load_pool(work / "poly" / "pool", base.digest)
+    routing = poly_serializer.load_routing(work / "poly" / "routing", pool, base.digest)
+    prag = prag_serializer.load(work / "prag", base.digest)
+    singles = [i for i, q in enumerate(dataset.questions) if q.kind == "single"]
+    # one question per person, so every request in the batch has a different mixture
+    rows = singles[::6][:batch]
+    batch = len(rows)
+    texts = [dataset.questions[r].text for r in rows]
+    encoder, index = SentenceEncoder(), PassageIndex.load(work / "passages.faiss")
+    scores, hit_rows = index.search(encoder.embed(texts), config.harness.top_k)
+    ids = [[dataset.passages[int(p)].passage_id for p in row] for row in hit_rows]
+    closed = [prompts.closed_book(t) for t in texts]
+    tok, model = base.tokenizer, base.model
+
+    def bare():
+        generate_answers(model, tok, closed)
+
+    def poly():
+        weights = combine(torch.stack([routing.weights(i) for i in ids]), torch.from_numpy(scores),
+                          config.poly.top_m, config.poly.score_temperature)
+        with applied(layers, pool.adapter(weights)):
+            generate_answers(model, tok, closed)
+
+    def prag_merge():
+        for q in range(batch):
+            with merged(layers, prag.summed(torch.tensor(hit_rows[q:q + 1], dtype=torch.long))):
+                generate_answers(model, tok, closed[q:q + 1])
+
+    return {name: timed_qps(fn, batch, repeats) for name, fn in
+            (("closed_book", bare), ("poly_batched", poly), ("prag_merge_per_query", prag_merge))}
+
+
+def storage(base: BaseModel, work: Path, config, report: Report, scratch: Path) -> dict[str, object]:
+    """Bytes at 1,000 passages (real files) and 10,000 (computed), plus the cost of adding 1,000."""
+    layers = attach_lora(base.model)
+    pool, _ = poly_serializer.load_pool(work / "poly" / "pool", base.digest)
+    added = make_benchmark(BenchmarkSpec(people=1000, sites=1, seed=11))
+    augmentations = {p.passage_id: augmentation_for(added, p) for p in added.passages}
+    before = pool.digest()
+    started = time.perf_counter()
+    rows = encode_incremental(base, layers, pool, added.passages, augmentations, config.poly, show_progress=True)
+    add_seconds = time.perf_counter() - started
+    assert pool.digest() == before, "incremental encoding changed the expert pool"
+    pool_bytes = poly_serializer.save_pool(scratch / "pool", pool, config.poly, base.digest)
+    routing_bytes = poly_serializer.save_routing(scratch / "routing", rows, pool, base.digest)
+    prag_one = prag_serializer.load(work / "prag", base.digest)
+    zeros = PRAGAdapters([f"x{i}" for i in range(1000)],
+                         {n: (torch.zeros(1000, *a.shape[1:]), torch.zeros(1000, *b.shape[1:]))
+                          for n, (a, b) in prag_one.factors.items()}, prag_one.scale)
+    prag_bytes = prag_serializer.save(scratch / "prag", zeros, config.prag, base.digest)
+    prag_per_passage = prag_bytes / 1000
+    routing_per_passage = routing_bytes / 1000
+    at_10k_prag = prag_per_passage * 10_000
+    at_10k_poly = pool_bytes + routing_per_passage * 10_000
+    return {
+        "added_passages": 1000, "add_seconds": add_seconds, "add_seconds_per_passage": add_seconds / 1000,
+        "pool_unchanged": True,
+        "bytes_1000": {"prag": prag_bytes, "poly_pool": pool_bytes, "poly_routing": routing_bytes,
+                       "ratio": prag_bytes / (pool_bytes + routing_bytes)},
+        "bytes_10000_computed": {"prag": at_10k_prag, "poly": at_10k_poly, "ratio": at_10k_prag / at_10k_poly},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="TOML configuration file")
+    parser.add_argument("--out", default=str(RESULTS), help="results directory")
+    parser.add_argument("--work", default="runs/bench-poly", help="scratch directory for indexes and encodings")
+    parser.add_argument("--repeats", type=int, default=5, help="timing repeats for throughput (median)")
+    args = parser.parse_args(argv)
+    log.configure()
+    config = load_config(args.config)
+    work = Path(args.work)
+    base = load_causal_lm(config.model.path)
+    dataset = make_benchmark(config.benchmark)
+    report = evaluate(dataset, base, build_methods(METHODS, config.prag, config.poly), config.harness, work)
+
+    by = {r.method: r for r in report.results}
+    answers = [q.answers for q in dataset.questions]
+    added_ids = {p.passage_id for p in dataset.passages[1::2]}
+    added_single = [i for i, q in enumerate(dataset.questions) if q.kind == "single" and q.gold_passage_ids[0] in added_ids]
+    incremental = {
+        "questions": len(added_single),
+        "em_incremental": subset_em(report, "poly_incremental", added_single, answers),
+        "em_full_training": subset_em(report, "poly", added_single, answers),
+        "seconds_per_passage": by["poly_incremental"].encode_seconds_per_passage,
+        "prag_seconds_per_passage": by["prag"].encode_seconds_per_passage,
+    }
+    incremental["cost_vs_prag"] = incremental["seconds_per_passage"] / incremental["prag_seconds_per_passage"]
+    sizes = storage(base, work, config, report, work / "storage")
+    qps = throughput(base, work, dataset, config, repeats=args.repeats)
+    qps_ratios = {"poly_vs_prag_merge": qps["poly_batched"] / qps["prag_merge_per_query"],
+                  "closed_book_vs_poly": qps["closed_book"] / qps["poly_batched"]}
+
+    json_path, md_path = report.write(args.out, stem="poly")
+    payload = json.loads(json_path.read_text())
+    payload.update(incremental=incremental, storage=sizes, throughput_qps_batch16=qps, throughput_ratios=qps_ratios)
+    atomic_write_text(json_path, json.dumps(payload, indent=2))
+    s1, s10 = sizes["bytes_1000"], sizes["bytes_10000_computed"]
+    lines = [
+        "", "Incremental encoding (pool trained on half the passages; the other half routing-only):", "",
+        "| | value |", "|---|---|",
+        f"| single-hop EM on the added passages, incremental | {incremental['em_incremental']:.3f} |",
+        f"| same questions, full training | {incremental['em_full_training']:.3f} |",
+        f"| seconds per passage, incremental / PRAG | {incremental['seconds_per_passage']:.4f} / "
+        f"{incremental['prag_seconds_per_passage']:.4f} ({incremental['cost_vs_prag']:.3f}×) |",
+        f"| adding 1,000 passages to the frozen pool | {sizes['add_seconds']:.1f} s, pool unchanged |",
+        "", "Storage:", "", "| passages | PRAG bytes | Poly pool + routing bytes | PRAG / Poly |", "|---|---|---|---|",
+        f"| 1,000 (files) | {s1['prag']:,} | {s1['poly_pool']:,} + {s1['poly_routing']:,} | {s1['ratio']:.1f}× |",
+        f"| 10,000 (computed) | {s10['prag']:,.0f} | {s10['poly']:,.0f} | {s10['ratio']:.1f}× |",
+        "", f"Throughput at batch 16, mixed routings (queries/s, median of {args.repeats}):", "",
+        "| path | q/s |", "|---|---|",
+        *[f"| {k} | {v:.1f} |" for k, v in qps.items()],
+        "", f"Poly batched / PRAG per-query merge: {qps_ratios['poly_vs_prag_merge']:.2f}×; "
+            f"closed-book / Poly batched: {qps_ratios['closed_book_vs_poly']:.2f}×.",
+    ]
+    atomic_write_text(md_path, md_path.read_text() + "\n".join(lines) + "\n")
+    print(md_path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""On-disk forms of a Poly-PRAG encoding.
+
+* The **pool**: every module's expert factors as safetensors, with a manifest holding K, rank,
+  targets, routing mode, the base model's digest, the pool's own digest and its version.
+* The **routing rows**: their own file, whose manifest names the pool digest they were trained
+  against. Loading rows for any other pool (another version, another base model) is refused.
+* A **PEFT export** of one mixture (a passage's or a query's) as a standard LoRA adapter that
+  ``peft.PeftModel.from_pretrained`` loads: rank ``K·r``, ``A`` rows scaled by the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from peft import LoraConfig
+from safetensors.torch import save_file
+from torch import Tensor
+
+from shared.io import atomic_dir
+from shared.lora.store import EncodingMismatch, load_encoding, save_encoding
+from shared.methods.poly.config import PolyConfig
+from shared.methods.poly.layers import ExpertPool, RoutingTable
+
+POOL_METHOD = "poly_pool"
+ROUTING_METHOD = "poly_routing"
+FORMAT_VERSION = 1
+
+
+def pool_arrays(pool: ExpertPool) -> dict[str, np.ndarray]:
+    """The pool as named arrays (``<module>.lora_A``/``.lora_B``): its file and its wire form."""
+    arrays = {}
+    for name in pool.names:
+        a, b = pool.factors(name)
+        arrays[f"{name}.lora_A"] = a.detach().numpy()
+        arrays[f"{name}.lora_B"] = b.detach().numpy()
+    return arrays
+
+
+def pool_from_arrays(arrays: Mapping[str, np.ndarray], scale: float, routing: str) -> ExpertPool:
+    """Inverse of :func:`pool_arrays`; refuses a set of arrays that is not a pool."""
+    names = sorted({k.rsplit(".", 1)[0] for k in arrays})
+    missing = [n for n in names if f"{n}.lora_A" not in arrays or f"{n}.lora_B" not in arrays]
+    if not names or missing or any(not k.endswith((".lora_A", ".lora_B")) for k in arrays):
+        raise EncodingMismatch(f"not an expert pool: modules without both factors {missing[:3]}")
+    factors = {n: (torch.from_numpy(np.array(arrays[f"{n}.lora_A"], dtype=np.float32)),
+                   torch.from_numpy(np.array(arrays[f"{n}.lora_B"], dtype=np.float32))) for n in names}
+    return ExpertPool(factors, scale, routing).requires_grad_(False)
+
+
+def save_pool(directory: str | Path, pool: ExpertPool, config: PolyConfig, base_digest: str, version: int = 1) -> int:
+    """Write the expert pool; returns bytes on disk."""
+    tensors = {k: torch.from_numpy(v) for k, v in pool_arrays(pool).items()}
+    manifest = {"method": POOL_METHOD, "format_version": FORMAT_VERSION, "base_model_digest": base_digest,
+                "pool_digest": pool.digest(), "version": version, "n_experts": pool.n_experts,
+                "rank": pool.rank, "scale": pool.scale, "alpha": config.alpha, "routing": pool.routing,
+                "targets": list(config.targets), "modules": pool.names}
+    return save_encoding(directory, tensors, manifest)
+
+
+def load_pool(directory: str | Path, base_digest: str) -> tuple[ExpertPool, dict]:
+    """Read a pool saved by :func:`save_pool` for the same base model; returns it and its manifest."""
+    tensors, manifest = load_encoding(directory, POOL_METHOD, base_digest)
+    factors = {n: (tensors[f"{n}.lora_A"], tensors[f"{n}.lora_B"]) for n in manifest["modules"]}
+    pool = ExpertPool(factors, manifest["scale"], manifest["routing"]).requires_grad_(False)
+    if pool.digest() != manifest["pool_digest"]:
+        raise EncodingMismatch(f"{directory}: expert tensors do not match the manifest's pool digest (corrupt?)")
+    return pool, manifest
+
+
+def save_routing(directory: str | Path, routing: RoutingTable, pool: ExpertPool, base_digest: str) -> int:
+    """Write routing rows, bound to the pool they route over; returns bytes on disk."""
+    manifest = {"method": ROUTING_METHOD, "format_version": FORMAT_VERSION, "base_model_digest": base_digest,
+                "pool_digest": pool.digest(), "passage_ids": routing.passage_ids}
+    return save_encoding(directory, {"logits": routing.logits}, manifest)
+
+
+def load_routing(directory: str | Path, pool: ExpertPool, base_digest: str) -> RoutingTable:
+    """Read routing rows; refuses rows made for another pool (version) or another base model."""
+    tensors, manifest = load_encoding(directory, ROUTING_METHOD, base_digest)
+    if manifest["pool_digest"] != pool.digest():
+        raise EncodingMismatch(f"{directory}: routing rows belong to pool {manifest['pool_digest']}, "
+                               f"not to the loaded pool {pool.digest()}; re-encode them against this pool")
+    logits = tensors["logits"]
+    if logits.shape[1:] != (pool.n_groups, pool.n_experts):
+        raise EncodingMismatch(f"{directory}: routing rows are {list(logits.shape[1:])}, "
+                               f"the pool needs [{pool.n_groups}, {pool.n_experts}]")
+    return RoutingTable(manifest["passage_ids"], logits)
+
+
+def export_peft(directory: str | Path, pool: ExpertPool, weights: Tensor, base_model_path: str) -> Path:
+    """Write one mixture ``[G, K]`` as a PEFT LoRA adapter (``adapter_config.json`` + safetensors).
+
+    ``Σ_k w_k B_k A_k`` is a single LoRA of rank ``K·r`` whose ``A`` stacks ``w_k·A_k`` and whose
+    ``B`` concatenates the ``B_k``; ``lora_alpha`` is set so PEFT's ``alpha / r`` equals our scale.
+    """
+    if weights.shape != (pool.n_groups, pool.n_experts):
+        raise ValueError(f"mixture must be [{pool.n_groups}, {pool.n_experts}], got {list(weights.shape)}")
+    rank = pool.n_experts * pool.rank
+    state = {}
+    for name in pool.names:
+        a, b = pool.factors(name)
+        w = weights[pool.groups[name]]
+        state[f"base_model.model.{name}.lora_A.weight"] = (w[:, None, None] * a).reshape(rank, a.shape[2]).detach()
+        state[f"base_model.model.{name}.lora_B.weight"] = b.permute(1, 0, 2).reshape(b.shape[1], rank).detach()
+    targets = sorted({name.rsplit(".", 1)[-1] for name in pool.names})
+    config = LoraConfig(r=rank, lora_alpha=pool.scale * rank, lora_dropout=0.0, target_modules=targets,
+                        base_model_name_or_path=str(base_model_path), task_type="CAUSAL_LM")
+    with atomic_dir(directory) as tmp:
+        config.save_pretrained(str(tmp))
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "adapter_model.safetensors"))
+        (tmp / "fedprag_mixture.json").write_text(json.dumps({"weights": weights.tolist()}))
+    return Path(directory)
+
+
+def stored_bytes(passages: int, pool: ExpertPool) -> dict[str, int]:
+    """Bytes of tensor data the pool and ``passages`` routing rows take (float32), for sizing."""
+    pool_bytes = sum(t.numel() * 4 for n in pool.names for t in pool.factors(n))
+    return {"pool": pool_bytes, "routing": passages * pool.n_groups * pool.n_experts * 4}
+

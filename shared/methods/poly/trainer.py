@@ -1,0 +1,226 @@
+"""Encode passages the Poly-PRAG way, and train the learned query router.
+
+* :func:`train_pool` — offline encoding: multi-task training of the shared expert pool and every
+  passage's routing row over all passages' augmentation. Each batch row is one passage's
+  sequence and runs under that passage's sampled mixture.
+* :func:`encode_incremental` — "Poly-z": new passages get routing rows trained with the pool
+  frozen, so a site adds passages without retraining (or even changing) the experts.
+* :func:`train_query_router` — maps a question's embedding to the routing of its passage.
+
+A passage's training data is its text and rewrite as plain language modelling, plus every
+augmentation QA pair asked *without* the passage (DESIGN.md §5: that is what makes facts come
+out of the weights, not only out of the context).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from shared import prompts
+from shared.data.schema import Augmentation, Passage
+from shared.lora.layers import LoRALinear, applied
+from shared.lora.objective import per_sequence_loss
+from shared.log import get_logger
+from shared.methods.poly.config import PolyConfig
+from shared.methods.poly.layers import ExpertPool, QueryRouter, RoutingTable, routing_weights
+from shared.models.loading import BaseModel
+
+log = get_logger(__name__)
+
+
+class EncodingHealthError(RuntimeError):
+    """Training produced non-finite weights; the encoding is unusable."""
+
+
+def training_texts(passage: str, augmentation: Augmentation, eos: str) -> list[str]:
+    """One passage's sequences: the passage, its rewrite, and each QA pair closed-book."""
+    texts = [passage, augmentation.rewrite]
+    texts += [prompts.closed_book(q) + prompts.completion(a) for q, a in augmentation.qa]
+    return [t + eos for t in texts]
+
+
+def _samples(passages: Sequence[Passage], augmentations: Mapping[str, Augmentation], eos: str) -> list[tuple[int, str]]:
+    return [(row, text) for row, p in enumerate(passages)
+            for text in training_texts(p.text, augmentations[p.passage_id], eos)]
+
+
+_POOL_BATCHES = 8
+
+
+def _length_bucketed(samples: list[tuple[int, str]], batch_size: int, rng: random.Random) -> list[list[tuple[int, str]]]:
+    """One epoch of batches in random order, each of similar-length texts (less padding)."""
+    order = rng.sample(samples, len(samples))
+    batches = []
+    for start in range(0, len(order), batch_size * _POOL_BATCHES):
+        pool = sorted(order[start:start + batch_size * _POOL_BATCHES], key=lambda s: len(s[1]))
+        batches += [pool[i:i + batch_size] for i in range(0, len(pool), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _run_epochs(base: BaseModel, layers: Mapping[str, LoRALinear], pool: ExpertPool, logits: torch.Tensor,
+                samples: list[tuple[int, str]], optimizer: torch.optim.Optimizer, epochs: int, batch_size: int,
+                config: PolyConfig, desc: str, show_progress: bool) -> float:
+    """Shared loop of both encoders: shuffled batches, each row under its passage's sampled mixture."""
+    rng = random.Random(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    tokenizer = base.tokenizer
+    tokenizer.padding_side = "right"
+    per_pool = batch_size * _POOL_BATCHES
+    full, rest = divmod(len(samples), per_pool)
+    steps = epochs * (full * _POOL_BATCHES + (rest + batch_size - 1) // batch_size)
+    smoothed = float("nan")
+    trainable = any(p.requires_grad for p in pool.parameters())
+    anchor = [p.detach().clone() for p in pool.parameters()] if trainable and config.proximal_mu > 0 else None
+    with tqdm(total=steps, desc=desc, unit="step", disable=not show_progress) as bar:
+        for _ in range(epochs):
+            for chunk in _length_bucketed(samples, batch_size, rng):
+                batch = tokenizer([t for _, t in chunk], return_tensors="pt", padding=True)
+                rows = torch.tensor([r for r, _ in chunk])
+                if config.uniform:
+                    weights = torch.full((len(chunk), pool.n_groups, pool.n_experts), 1.0 / pool.n_experts)
+                else:
+                    weights = routing_weights(logits[rows], True, config.temperature, generator)
+                with applied(layers, pool.adapter(weights)):
+                    out = base.model(**batch).logits
+                loss = per_sequence_loss(out, batch["input_ids"], batch["attention_mask"]).mean()
+                if anchor is not None:  # FedProx: stay near the broadcast pool
+                    loss = loss + config.proximal_mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(pool.parameters(), anchor))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                smoothed = loss.item() if math.isnan(smoothed) else 0.9 * smoothed + 0.1 * loss.item()
+                bar.set_postfix(loss=f"{smoothed:.3f}")
+                bar.update(1)
+    return smoothed
+
+
+class TrainedPool(NamedTuple):
+    pool: ExpertPool
+    routing: RoutingTable
+    loss: float  # smoothed training loss at the end
+
+
+def train_pool(base: BaseModel, layers: Mapping[str, LoRALinear], passages: Sequence[Passage],
+               augmentations: Mapping[str, Augmentation], config: PolyConfig, show_progress: bool = True,
+               start: tuple[ExpertPool, torch.Tensor] | None = None) -> TrainedPool:
+    """Train the expert pool and one routing row per passage, jointly.
+
+    Offline encoding starts from a fresh pool and near-zero routing; a federated round passes
+    ``start`` (the broadcast pool and the site's own routing logits) to continue from them.
+    """
+    config.validate()
+    torch.manual_seed(config.seed)
+    if start is None:
+        pool = ExpertPool.initialised(layers, config.n_experts, config.rank, config.scale, config.routing, config.seed)
+        # near-zero, but not equal, so the experts' symmetry breaks from the start
+        initial = torch.empty(len(passages), pool.n_groups, config.n_experts).normal_(
+            0.0, 0.01, generator=torch.Generator().manual_seed(config.seed))
+    else:
+        pool, initial = start
+        if initial.shape != (len(passages), pool.n_groups, pool.n_experts):
+            raise ValueError(f"starting routing is {list(initial.shape)}, expected "
+                             f"[{len(passages)}, {pool.n_groups}, {pool.n_experts}]")
+    pool.requires_grad_(True)
+    logits = torch.nn.Parameter(initial.clone())
+    optimizer = torch.optim.AdamW([
+        {"params": list(pool.parameters()), "lr": config.lr, "weight_decay": 0.0},
+        {"params": [logits], "lr": config.routing_lr, "weight_decay": 0.0},
+    ])
+    samples = _samples(passages, augmentations, base.tokenizer.eos_token)
+    loss = _run_epochs(base, layers, pool, logits, samples, optimizer, config.epochs, config.batch_size,
+                       config, "Poly-PRAG encode", show_progress)
+    pool.requires_grad_(False)
+    routing = RoutingTable([p.passage_id for p in passages], logits.detach().clone())
+    health = check_health(pool, routing, config)
+    log.info("poly.train.done", passages=len(passages), final_loss=round(loss, 4), **health.as_log())
+    return TrainedPool(pool, routing, loss)
+
+
+def encode_incremental(base: BaseModel, layers: Mapping[str, LoRALinear], pool: ExpertPool,
+                       passages: Sequence[Passage], augmentations: Mapping[str, Augmentation],
+                       config: PolyConfig, show_progress: bool = True) -> RoutingTable:
+    """Routing rows for new passages, trained with every expert frozen (the pool is not modified)."""
+    config.validate()
+    frozen = [p.requires_grad for p in pool.parameters()]
+    pool.requires_grad_(False)
+    try:
+        logits = torch.nn.Parameter(torch.zeros(len(passages), pool.n_groups, pool.n_experts))
+        optimizer = torch.optim.Adam([logits], lr=config.incremental_lr)
+        samples = _samples(passages, augmentations, base.tokenizer.eos_token)
+        _run_epochs(base, layers, pool, logits, samples, optimizer, config.incremental_epochs,
+                    config.incremental_batch_size, config, "Poly-PRAG incremental", show_progress)
+    finally:
+        for param, flag in zip(pool.parameters(), frozen):
+            param.requires_grad_(flag)
+    routing = RoutingTable([p.passage_id for p in passages], logits.detach().clone())
+    check_health(pool, routing, config)
+    return routing
+
+
+@dataclass(frozen=True)
+class RoutingHealth:
+    """How passages spread over experts: a collapse means routing carries no information."""
+
+    experts_used: int  # distinct top experts across passages
+    mean_distance: float  # mean L1 distance between passages' expert weights
+    collapsed: bool
+
+    def as_log(self) -> dict[str, object]:
+        return {"experts_used": self.experts_used, "routing_distance": round(self.mean_distance, 4),
+                "collapsed": self.collapsed}
+
+
+def check_health(pool: ExpertPool, routing: RoutingTable, config: PolyConfig) -> RoutingHealth:
+    """Refuse non-finite weights; detect (and log) routing collapse onto one expert."""
+    bad = [name for name in pool.names if not all(torch.isfinite(t).all() for t in pool.factors(name))]
+    if bad or not torch.isfinite(routing.logits).all():
+        raise EncodingHealthError(f"Poly-PRAG training diverged: non-finite values in "
+                                  f"{bad[:3] if bad else 'the routing rows'}; lower poly.lr or poly.routing_lr")
+    weights = routing_weights(routing.logits).flatten(1)
+    top = routing_weights(routing.logits).argmax(-1)
+    experts_used = len(torch.unique(top))
+    distance = float(torch.cdist(weights, weights, p=1).mean()) if len(weights) > 1 else 0.0
+    collapsed = not config.uniform and len(weights) > 1 and (experts_used == 1 or distance < 1e-3)
+    health = RoutingHealth(experts_used, distance, collapsed)
+    if collapsed:
+        log.warning("poly.routing.collapsed", **health.as_log())
+    return health
+
+
+def train_query_router(embed: Callable[[list[str]], np.ndarray], routing: RoutingTable,
+                       augmentations: Mapping[str, Augmentation], epochs: int = 200,
+                       lr: float = 3e-3, seed: int = 0) -> QueryRouter:
+    """Learn question embedding → expert weights, from each passage's augmentation questions.
+
+    The target is the passage's own inference-time routing; the loss is the cross-entropy between
+    target weights and predicted weights. Only augmentation questions are used, never test ones.
+    """
+    questions, targets = [], []
+    target_weights = routing_weights(routing.logits)
+    for row, pid in enumerate(routing.passage_ids):
+        for question, _ in augmentations[pid].qa:
+            questions.append(question)
+            targets.append(target_weights[row])
+    x = torch.from_numpy(embed(questions)).float()
+    y = torch.stack(targets)
+    torch.manual_seed(seed)
+    router = QueryRouter(x.shape[1], routing.logits.shape[1], routing.logits.shape[2])
+    optimizer = torch.optim.AdamW(router.parameters(), lr=lr)
+    for _ in range(epochs):
+        predicted = routing_weights(router(x))
+        loss = -(y * predicted.clamp(min=1e-8).log()).sum(-1).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    router.eval().requires_grad_(False)
+    log.info("poly.router.done", questions=len(questions), final_loss=round(loss.item(), 4))
+    return router

@@ -1,0 +1,196 @@
+"""The wire schema: every message that crosses a site boundary, and nothing else.
+
+A message is a frozen dataclass whose every field has one of five kinds, declared in its
+metadata: ``count`` (a non-negative int), ``score`` (a finite float), ``id`` (an opaque
+identifier: at most 64 characters from ``[A-Za-z0-9_.:-]``), ``tensors`` (a mapping from id to
+a finite floating-point array) or ``scores`` (a mapping from id to score). There is no free-text
+kind, so passage text cannot be put on the wire by mistake: encoding refuses any value that is
+not of its field's kind, and decoding refuses any record with a key or a value the schema does
+not declare.
+
+Messages travel as Flower ``RecordDict``s: tensors as ``ArrayRecord``s, counts and scores as a
+``MetricRecord``, ids as a ``ConfigRecord`` holding only validated ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, Self
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
+_FLOAT_KINDS = {"f"}
+KINDS = ("count", "score", "id", "tensors", "scores")
+
+
+class WireError(ValueError):
+    """A value or a record that the wire schema does not admit."""
+
+
+def check_id(value: object, where: str) -> str:
+    if not isinstance(value, str) or not _ID.match(value):
+        raise WireError(f"{where}: not an opaque id (≤64 chars of [A-Za-z0-9_.:-])")
+    return value
+
+
+def check_count(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise WireError(f"{where}: not a count (a non-negative integer)")
+    return int(value)
+
+
+def check_score(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not math.isfinite(value):
+        raise WireError(f"{where}: not a score (a finite number)")
+    return float(value)
+
+
+def check_tensor(value: object, where: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in _FLOAT_KINDS:
+        raise WireError(f"{where}: not a floating-point tensor")
+    if not np.isfinite(value).all():
+        raise WireError(f"{where}: tensor holds NaN or infinite values")
+    return value
+
+
+def _kind(name: str) -> dict[str, str]:
+    if name not in KINDS:
+        raise ValueError(f"unknown wire kind {name}")
+    return {"wire": name}
+
+
+def count() -> object:
+    return field(metadata=_kind("count"))
+
+
+def score() -> object:
+    return field(metadata=_kind("score"))
+
+
+def opaque_id() -> object:
+    return field(metadata=_kind("id"))
+
+
+def tensors() -> object:
+    return field(metadata=_kind("tensors"))
+
+
+def scores() -> object:
+    return field(metadata=_kind("scores"))
+
+
+class WireMessage:
+    """Base of every wire message: validation plus conversion to and from a Flower ``RecordDict``."""
+
+    KIND: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            kind, value, where = f.metadata["wire"], getattr(self, f.name), f"{self.KIND}.{f.name}"
+            if kind == "count":
+                check_count(value, where)
+            elif kind == "score":
+                check_score(value, where)
+            elif kind == "id":
+                check_id(value, where)
+            else:
+                if not isinstance(value, Mapping):
+                    raise WireError(f"{where}: must be a mapping from id to {'tensor' if kind == 'tensors' else 'score'}")
+                check = check_tensor if kind == "tensors" else check_score
+                for key, item in value.items():
+                    check(item, f"{where}[{check_id(key, where + ' key')}]")
+
+    def to_record(self) -> RecordDict:
+        numbers: dict[str, int | float] = {}
+        ids: dict[str, str] = {"kind": self.KIND}
+        record = RecordDict()
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            kind, value = f.metadata["wire"], getattr(self, f.name)
+            if kind in ("count", "score"):
+                numbers[f.name] = value
+            elif kind == "id":
+                ids[f.name] = value
+            elif kind == "tensors":
+                record[f"t.{f.name}"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in value.items()})
+            else:
+                record[f"s.{f.name}"] = MetricRecord({k: float(v) for k, v in value.items()})
+        record["numbers"] = MetricRecord(numbers)
+        record["ids"] = ConfigRecord(ids)
+        return record
+
+    @classmethod
+    def from_record(cls, record: RecordDict) -> Self:
+        """Decode and validate; refuses unknown records, unknown keys and values of the wrong kind."""
+        fields = {f.name: f.metadata["wire"] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        expected = {"numbers", "ids"} | {f"t.{n}" for n, k in fields.items() if k == "tensors"} | \
+                   {f"s.{n}" for n, k in fields.items() if k == "scores"}
+        if set(record) != expected:
+            raise WireError(f"{cls.KIND}: records {sorted(record)} do not match the schema {sorted(expected)}")
+        ids = dict(record["ids"])
+        if ids.pop("kind", None) != cls.KIND:
+            raise WireError(f"not a {cls.KIND} message")
+        numbers = dict(record["numbers"])
+        values: dict[str, object] = {}
+        for name, kind in fields.items():
+            if kind in ("count", "score"):
+                if name not in numbers:
+                    raise WireError(f"{cls.KIND}.{name}: missing")
+                values[name] = numbers.pop(name)
+            elif kind == "id":
+                if name not in ids:
+                    raise WireError(f"{cls.KIND}.{name}: missing")
+                values[name] = ids.pop(name)
+            elif kind == "tensors":
+                values[name] = {k: a.numpy() for k, a in record[f"t.{name}"].items()}
+            else:
+                values[name] = dict(record[f"s.{name}"])
+        if numbers or ids:
+            raise WireError(f"{cls.KIND}: fields {sorted(numbers) + sorted(ids)} are not in the schema")
+        return cls(**values)  # type: ignore[call-arg]
+
+
+@dataclass(frozen=True)
+class RoundTask(WireMessage):
+    """Coordinator → site: the current expert pool and the round's numeric settings."""
+
+    KIND: ClassVar[str] = "round_task"
+    round: int = count()
+    pool_version: int = count()
+    experts: Mapping[str, np.ndarray] = tensors()
+    settings: Mapping[str, float] = scores()
+
+
+@dataclass(frozen=True)
+class SiteUpdate(WireMessage):
+    """Site → coordinator: the trained experts, the site's routing mass on each, and counts.
+
+    ``mass`` holds one tensor, ``routing_mass`` ``[G, K]``: ``m_sk = Σ_p w_pk`` over the site's
+    passages. Routing rows themselves never leave the site.
+    """
+
+    KIND: ClassVar[str] = "site_update"
+    site: str = opaque_id()
+    round: int = count()
+    pool_version: int = count()
+    passages: int = count()
+    sequences: int = count()
+    loss: float = score()
+    experts: Mapping[str, np.ndarray] = tensors()
+    mass: Mapping[str, np.ndarray] = tensors()
+
+
+@dataclass(frozen=True)
+class RoutingReply(WireMessage):
+    """Site → query API: opaque ids of the site's best passages for a query, scores and routing."""
+
+    KIND: ClassVar[str] = "routing_reply"
+    site: str = opaque_id()
+    pool_version: int = count()
+    scores: Mapping[str, float] = scores()
+    routing: Mapping[str, np.ndarray] = tensors()
