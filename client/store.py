@@ -45,6 +45,7 @@ class SiteState:
     site_id: str
     rounds_joined: list[int] = field(default_factory=list)
     pool_version: int = 0
+    home_experts: list[int] = field(default_factory=list)  # assigned by the coordinator on first join
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def _read_sources(path: Path) -> list[tuple[str, str]]:
             return [(p.passage_id, p.text) for p in read_dataset(path).passages]
         files = sorted(path.glob("*.txt"))
         if not files:
-            raise DatasetError(f"{path}: no .txt files (and not a dataset directory)")
+            raise DatasetError(path, "no .txt files (and not a dataset directory)")
         return [(f.stem, f.read_text(encoding="utf-8")) for f in files]
     if path.suffix == ".jsonl":
         rows = []
@@ -75,20 +76,20 @@ def _read_sources(path: Path) -> list[tuple[str, str]]:
             try:
                 item = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{number}: not JSON ({exc.msg})") from None
+                raise DatasetError(f"{path}:{number}", f"not JSON ({exc.msg})") from None
             if not isinstance(item, dict) or not isinstance(item.get("text"), str):
-                raise DatasetError(f"{path}:{number}: needs a string field 'text'")
+                raise DatasetError(f"{path}:{number}", "needs a string field 'text'")
             rows.append((str(item.get("id") or passage_id_for(item["text"])), item["text"]))
         return rows
     if path.suffix == ".parquet":
         table = pq.read_table(path)
         if "text" not in table.column_names:
-            raise DatasetError(f"{path}: needs a 'text' column")
+            raise DatasetError(path, "needs a 'text' column")
         texts = table.column("text").to_pylist()
         key = next((c for c in ("passage_id", "id") if c in table.column_names), None)
         ids = table.column(key).to_pylist() if key else [passage_id_for(t) for t in texts]
         return [(str(i), t) for i, t in zip(ids, texts)]
-    raise DatasetError(f"{path}: ingest takes .jsonl, .parquet or a folder of .txt files")
+    raise DatasetError(path, "ingest takes .jsonl, .parquet or a folder of .txt files")
 
 
 class SiteStore:
@@ -124,30 +125,37 @@ class SiteStore:
                                                            [(q, a) for q, a in zip(row["questions"], row["answers"])])
         return {p.passage_id: supplied.get(p.passage_id) or cloze_augmentation(p) for p in self.passages()}
 
-    def ingest(self, sources: Iterable[str | Path], augmentations: dict[str, Augmentation] | None = None) -> IngestReport:
-        """Add passages from files; idempotent and atomic (see the module docstring)."""
+    def ingest(self, sources: Iterable[str | Path]) -> IngestReport:
+        """Add passages from JSONL, Parquet or text-folder sources (see the module docstring)."""
+        pairs: list[tuple[str, str]] = []
+        for source in sources:
+            pairs += _read_sources(Path(source))
+        return self.add_passages(pairs)
+
+    def add_passages(self, pairs: Iterable[tuple[str, str]],
+                     augmentations: dict[str, Augmentation] | None = None) -> IngestReport:
+        """Add (id, text) passages and, optionally, their augmentation; idempotent and atomic."""
         existing = {p.passage_id: p.text for p in self.passages()}
         new: dict[str, str] = {}
         unchanged = 0
-        for source in sources:
-            for pid, text in _read_sources(Path(source)):
-                if not text.strip():
-                    raise DatasetError(f"{source}: passage '{pid}' is empty")
-                known = existing.get(pid, new.get(pid))
-                if known is None:
-                    new[pid] = text
-                elif known == text:
-                    unchanged += 1
-                else:
-                    raise DatasetError(f"{source}: passage id '{pid}' is already stored with different text; "
-                                       "give the new passage another id")
+        for pid, text in pairs:
+            if not text.strip():
+                raise DatasetError(self.root, f"passage '{pid}' is empty")
+            known = existing.get(pid, new.get(pid))
+            if known is None:
+                new[pid] = text
+            elif known == text:
+                unchanged += 1
+            else:
+                raise DatasetError(self.root, f"passage id '{pid}' is already stored with different text; "
+                                              "give the new passage another id")
+        if augmentations:
+            self._merge_augmentations({k: v for k, v in augmentations.items() if k in new or k in existing})
         if new:
             merged = {**existing, **new}
             table = pa.table({"passage_id": list(merged), "text": list(merged.values())})
             with atomic_path(self.root / PASSAGES) as tmp:
                 pq.write_table(table, tmp)
-        if augmentations:
-            self._merge_augmentations({k: v for k, v in augmentations.items() if k in new or k in existing})
         return IngestReport(added=len(new), unchanged=unchanged)
 
     def _merge_augmentations(self, extra: dict[str, Augmentation]) -> None:
@@ -159,10 +167,19 @@ class SiteStore:
         with atomic_path(path) as tmp:
             pq.write_table(pa.Table.from_pylist(list(rows.values())), tmp)
 
-    def routing(self, n_groups: int, n_experts: int, base_digest: str) -> torch.Tensor:
-        """This site's routing logits ``[P, G, K]`` in passage order; new passages start near zero."""
+    def routing(self, n_groups: int, n_experts: int, base_digest: str, home: list[int] | None = None) -> torch.Tensor:
+        """This site's routing logits ``[P, G, K]`` in passage order.
+
+        Stored rows are kept; new passages start near zero or, given the site's ``home`` experts,
+        on those (logit +3, the others −3), so that sites store their facts in different experts.
+        """
         passages = self.passages()
-        logits = torch.empty(len(passages), n_groups, n_experts).normal_(0.0, 0.01, generator=torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(int(hashlib.sha256(self.state.site_id.encode()).hexdigest()[:8], 16))
+        logits = torch.empty(len(passages), n_groups, n_experts).normal_(0.0, 0.01, generator=generator)
+        if home:
+            lean = torch.full((n_experts,), -3.0)
+            lean[home] = 3.0
+            logits += lean
         if (self.root / ROUTING / "manifest.json").is_file():
             tensors, manifest = load_encoding(self.root / ROUTING, _ROUTING_METHOD, base_digest)
             stored = RoutingTable(manifest["passage_ids"], tensors["logits"])

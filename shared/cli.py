@@ -4,6 +4,9 @@
     fedprag data make            write the knowledge benchmark as Parquet
     fedprag data validate        check a dataset directory against the schema
     fedprag eval                 compare closed-book, standard RAG, PRAG, PRAG-combine and Poly-PRAG
+    fedprag demo                 the main job: federated rounds over N sites, then the results table
+    fedprag federate             run or resume federated rounds over existing site stores
+    fedprag client ingest|status a data owner's site store
 
 Every command reads the one typed configuration (``--config FILE``, ``FEDPRAG__SECTION__FIELD``
 environment variables, ``--set section.field=value``); command flags are shorthands for fields.
@@ -12,6 +15,7 @@ environment variables, ``--set section.field=value``); command flags are shortha
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -87,6 +91,52 @@ def _cmd_eval(args: argparse.Namespace, config: FedpragConfig) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace, config: FedpragConfig) -> int:
+    from cluster.demo import run_demo, traffic_table
+
+    report, rounds = run_demo(config, show_progress=not args.quiet)
+    print(report.to_markdown())
+    print("Federated rounds (bytes each site sent):\n")
+    print(traffic_table(rounds))
+    print(f"\nresults: {Path(config.federation.work_dir) / 'demo.md'}")
+    return 0
+
+
+def _cmd_federate(args: argparse.Namespace, config: FedpragConfig) -> int:
+    from cluster.demo import traffic_table
+    from cluster.simulation import simulate
+
+    work = Path(config.federation.work_dir)
+    sites = sorted((work / "sites").glob("site-*"))
+    if not sites:
+        raise FileNotFoundError(f"{work / 'sites'}: no site stores (site-0, site-1, …); ingest passages first")
+    reports = simulate(config.model.path, config.poly, config.federation, len(sites), work)
+    print(traffic_table(reports))
+    return 0
+
+
+def _cmd_client_ingest(args: argparse.Namespace, config: FedpragConfig) -> int:
+    from client.store import SiteStore
+
+    store = SiteStore(args.data_dir, site_id=args.site_id)
+    result = store.ingest(args.sources)
+    print(f"{store.state.site_id}: {result.added} passages added, {result.unchanged} already stored, "
+          f"{len(store.passages())} in total")
+    return 0
+
+
+def _cmd_client_status(args: argparse.Namespace, config: FedpragConfig) -> int:
+    from client.store import SiteStore
+
+    if not Path(args.data_dir).is_dir():
+        raise FileNotFoundError(f"{args.data_dir}: no site store here")
+    store = SiteStore(args.data_dir)
+    state = store.state
+    print(json.dumps({"site_id": state.site_id, "passages": len(store.passages()),
+                      "rounds_joined": state.rounds_joined, "pool_version": state.pool_version}, indent=2))
+    return 0
+
+
 def _common_options(parser: argparse.ArgumentParser, default: object = None) -> None:
     """Options every command takes, before or after the command name."""
     suppress = default is argparse.SUPPRESS
@@ -96,6 +146,14 @@ def _common_options(parser: argparse.ArgumentParser, default: object = None) -> 
                         help="override one configuration field (repeatable)")
     parser.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS if suppress else False,
                         help="no progress bars")
+
+
+def _federation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", dest="model.path", help="'tiny', 'tiny:<recipe>' or a local HF checkpoint")
+    parser.add_argument("--rounds", type=int, dest="federation.rounds", help="total rounds (completed ones are kept)")
+    parser.add_argument("--strategy", dest="federation.strategy", help="expert_mass (default) or fedavg")
+    parser.add_argument("--work-dir", dest="federation.work_dir",
+                        help="holds sites/ (site stores), registry/ (pool versions) and results")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +187,30 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--methods", dest="eval.methods", help="comma-separated method names")
     ev.add_argument("--out", dest="eval.out", help="output directory for results (default runs/eval)")
     ev.set_defaults(handler=_cmd_eval)
+
+    demo = groups.add_parser("demo", parents=[common],
+                             help="the main job: a federation of sites on this machine, then the results table")
+    _federation_options(demo)
+    demo.add_argument("--people", type=int, dest="benchmark.people", help="benchmark size (one passage per person)")
+    demo.add_argument("--sites", type=int, dest="benchmark.sites", help="data-owner sites (Dirichlet split)")
+    demo.set_defaults(handler=_cmd_demo)
+
+    federate = groups.add_parser("federate", parents=[common],
+                                 help="run (or resume) federated rounds over the site stores in WORK_DIR/sites, simulated on Ray")
+    _federation_options(federate)
+    federate.add_argument("--min-sites", type=int, dest="federation.min_sites", help="valid updates a round needs")
+    federate.add_argument("--local-epochs", type=int, dest="federation.local_epochs", help="epochs per site per round")
+    federate.set_defaults(handler=_cmd_federate)
+
+    client = groups.add_parser("client", help="the data-owner daemon's site store").add_subparsers(dest="command", required=True)
+    ingest = client.add_parser("ingest", parents=[common], help="add passages (idempotent; text never leaves the site)")
+    ingest.add_argument("data_dir", help="the site's data directory")
+    ingest.add_argument("sources", nargs="+", help=".jsonl ({'id', 'text'}), .parquet (text[, id]) or a folder of .txt files")
+    ingest.add_argument("--site-id", help="the site's opaque id (first ingest only)")
+    ingest.set_defaults(handler=_cmd_client_ingest)
+    status = client.add_parser("status", parents=[common], help="passages, rounds joined and pool version")
+    status.add_argument("data_dir", help="the site's data directory")
+    status.set_defaults(handler=_cmd_client_status)
     return parser
 
 

@@ -55,6 +55,38 @@ class EvalSection:
 
 
 @dataclass(frozen=True)
+class FederationSection:
+    """Federated rounds: how many, over how many sites, aggregated how, checkpointed where."""
+
+    rounds: int = 8
+    sites: int = 6
+    min_sites: int = 2
+    """A round completes with at least this many valid updates; dropped sites are tolerated."""
+    strategy: str = "expert_mass"
+    """``expert_mass`` (weight expert k by each site's routing mass) or ``fedavg``."""
+    local_epochs: int = 8
+    home_experts: int = 3
+    """Experts the coordinator gives each site as its home block: the site's new passages start
+    routed there, so sites store their facts in different experts (0 = no home blocks)."""
+    round_timeout: float = 900.0
+    work_dir: str = "runs/federation"
+    """Holds ``sites/site-<i>`` (the sites' stores, in the demo) and ``registry/`` (pool versions)."""
+
+    def validate(self) -> None:
+        for name in ("rounds", "sites", "min_sites", "local_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"federation.{name}: must be a positive integer")
+        if self.home_experts < 0:
+            raise ValueError("federation.home_experts: must be zero or more")
+        if self.min_sites > self.sites:
+            raise ValueError(f"federation.min_sites: {self.min_sites} is more than federation.sites ({self.sites})")
+        if self.strategy not in ("expert_mass", "fedavg"):
+            raise ValueError(f"federation.strategy: must be 'expert_mass' or 'fedavg', not '{self.strategy}'")
+        if self.round_timeout <= 0:
+            raise ValueError("federation.round_timeout: must be positive")
+
+
+@dataclass(frozen=True)
 class FedpragConfig:
     model: ModelSection = field(default_factory=ModelSection)
     benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec)
@@ -62,6 +94,7 @@ class FedpragConfig:
     poly: PolyConfig = field(default_factory=PolyConfig)
     eval: EvalSection = field(default_factory=EvalSection)
     harness: HarnessConfig = field(default_factory=HarnessConfig)
+    federation: FederationSection = field(default_factory=FederationSection)
 
     def validate(self) -> None:
         try:
@@ -69,6 +102,7 @@ class FedpragConfig:
             self.prag.validate()
             self.poly.validate()
             self.harness.validate()
+            self.federation.validate()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 

@@ -85,6 +85,19 @@ def scores() -> object:
     return field(metadata=_kind("scores"))
 
 
+def record_blobs(record: RecordDict) -> list[bytes]:
+    """The serialised objects of a record and everything it holds: exactly what crosses the wire."""
+    blobs = [record.deflate()]
+    for child in (record.children or {}).values():
+        blobs += record_blobs(child)  # type: ignore[arg-type]
+    return blobs
+
+
+def record_bytes(record: RecordDict) -> int:
+    """Serialised size of a record and everything it holds."""
+    return sum(len(b) for b in record_blobs(record))
+
+
 class WireMessage:
     """Base of every wire message: validation plus conversion to and from a Flower ``RecordDict``."""
 

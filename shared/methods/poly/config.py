@@ -40,8 +40,10 @@ class PolyConfig:
     top_m: int = 10
     score_temperature: float = 0.05
     seed: int = 0
-    # Federated rounds: FedProx's proximal weight μ (0 = plain local training).
+    # Federated rounds: FedProx's proximal weight μ (0 = plain local training), and FFA-LoRA's
+    # frozen A factors, which make averaging the sites' experts exact (ΔW is linear in B).
     proximal_mu: float = 0.0
+    freeze_a: bool = False
 
     @property
     def scale(self) -> float:

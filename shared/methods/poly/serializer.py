@@ -52,13 +52,14 @@ def pool_from_arrays(arrays: Mapping[str, np.ndarray], scale: float, routing: st
     return ExpertPool(factors, scale, routing).requires_grad_(False)
 
 
-def save_pool(directory: str | Path, pool: ExpertPool, config: PolyConfig, base_digest: str, version: int = 1) -> int:
-    """Write the expert pool; returns bytes on disk."""
+def save_pool(directory: str | Path, pool: ExpertPool, config: PolyConfig, base_digest: str, version: int = 1,
+              extra: Mapping[str, object] | None = None) -> int:
+    """Write the expert pool (``extra`` joins the manifest); returns bytes on disk."""
     tensors = {k: torch.from_numpy(v) for k, v in pool_arrays(pool).items()}
     manifest = {"method": POOL_METHOD, "format_version": FORMAT_VERSION, "base_model_digest": base_digest,
                 "pool_digest": pool.digest(), "version": version, "n_experts": pool.n_experts,
                 "rank": pool.rank, "scale": pool.scale, "alpha": config.alpha, "routing": pool.routing,
-                "targets": list(config.targets), "modules": pool.names}
+                "targets": list(config.targets), "modules": pool.names, **(extra or {})}
     return save_encoding(directory, tensors, manifest)
 
 

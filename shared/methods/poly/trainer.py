@@ -130,9 +130,11 @@ def train_pool(base: BaseModel, layers: Mapping[str, LoRALinear], passages: Sequ
             raise ValueError(f"starting routing is {list(initial.shape)}, expected "
                              f"[{len(passages)}, {pool.n_groups}, {pool.n_experts}]")
     pool.requires_grad_(True)
+    if config.freeze_a:  # FFA-LoRA: only B trains, so averaging sites' experts is exact
+        pool.A.requires_grad_(False)
     logits = torch.nn.Parameter(initial.clone())
     optimizer = torch.optim.AdamW([
-        {"params": list(pool.parameters()), "lr": config.lr, "weight_decay": 0.0},
+        {"params": [p for p in pool.parameters() if p.requires_grad], "lr": config.lr, "weight_decay": 0.0},
         {"params": [logits], "lr": config.routing_lr, "weight_decay": 0.0},
     ])
     samples = _samples(passages, augmentations, base.tokenizer.eos_token)

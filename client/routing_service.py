@@ -1,0 +1,48 @@
+"""A site's routing service: answer a query with opaque passage ids, scores and routing, never text.
+
+The site embeds its passages once into its own faiss index (kept in its data directory), searches
+it for each query embedding the query API sends, and replies with a :class:`~shared.wire.RoutingReply`
+per query. Passage ids are replaced by opaque ids (a keyed hash only the site can map back).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from client.store import SiteStore
+from shared.methods.poly.layers import routing_weights
+from shared.retrieval.encoder import SentenceEncoder
+from shared.retrieval.index import PassageIndex
+from shared.wire import RoutingReply
+
+INDEX_FILE = "index.faiss"
+
+
+class SiteRouter:
+    """Serves routing for one site store against pools of shape ``[G, K]``."""
+
+    def __init__(self, store: SiteStore, encoder: SentenceEncoder, base_digest: str, n_groups: int, n_experts: int):
+        self.store = store
+        passages = store.passages()
+        path = store.root / INDEX_FILE
+        index = PassageIndex.load(path) if path.is_file() else None
+        if index is None or len(index) != len(passages):
+            index = PassageIndex.build(encoder.embed([p.text for p in passages]), list(range(len(passages))))
+            index.save(path)
+        self.index = index
+        self.weights = routing_weights(store.routing(n_groups, n_experts, base_digest)).numpy()
+        secret = store.state.site_id.encode() + str(store.root.resolve()).encode()
+        self.opaque = [("x" + hashlib.sha256(secret + p.passage_id.encode()).hexdigest()[:16]) for p in passages]
+
+    def route(self, query_embeddings: np.ndarray, k: int) -> list[RoutingReply]:
+        """The site's top-``k`` passages per query, as wire messages."""
+        scores, rows = self.index.search(query_embeddings, k)
+        replies = []
+        for score_row, id_row in zip(scores, rows):
+            hits = [(self.opaque[int(r)], float(s), self.weights[int(r)]) for s, r in zip(score_row, id_row) if r >= 0]
+            replies.append(RoutingReply(site=self.store.state.site_id, pool_version=self.store.state.pool_version,
+                                        scores={o: s for o, s, _ in hits}, routing={o: w for o, _, w in hits}))
+        return replies
+

@@ -1,0 +1,51 @@
+"""A site's part of a federated round: train on local passages, return only what the schema admits.
+
+The site receives the current pool, continues training it together with its own private routing
+rows on its passages' augmentation, keeps the routing rows, and sends back the trained experts
+plus its routing mass per expert (``m_sk = Σ_p w_pk``). Passage text stays in the site store.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from client.store import SiteStore
+from shared.lora.layers import attach_lora
+from shared.log import get_logger
+from shared.methods.poly.config import PolyConfig
+from shared.methods.poly.layers import routing_weights
+from shared.methods.poly.serializer import pool_arrays, pool_from_arrays
+from shared.methods.poly.trainer import train_pool, training_texts
+from shared.models.loading import BaseModel
+from shared.wire import RoundTask, SiteUpdate
+
+log = get_logger(__name__)
+
+
+def local_round(store: SiteStore, base: BaseModel, task: RoundTask) -> SiteUpdate:
+    """Train this site's share of round ``task.round``; persists the site's routing rows."""
+    config = PolyConfig.from_numbers(task.settings)
+    pool = pool_from_arrays(task.experts, config.scale, config.routing)
+    passages = store.passages()
+    if not passages:
+        raise RuntimeError(f"site {store.state.site_id} has no passages; run 'fedprag client ingest' first")
+    augmentations = store.augmentations()
+    if not store.state.home_experts and task.settings.get("home_experts", 0) > 0:
+        size, block = int(task.settings["home_experts"]), int(task.settings["home_block"])
+        store.state.home_experts = [(block * size + j) % pool.n_experts for j in range(size)]
+    start = store.routing(pool.n_groups, pool.n_experts, base.digest, store.state.home_experts)
+    trained = train_pool(base, attach_lora(base.model), passages, augmentations, config, show_progress=False,
+                         start=(pool, start))
+    store.save_routing(trained.routing, task.pool_version, base.digest)
+    store.state.rounds_joined.append(task.round)
+    store.state.pool_version = task.pool_version
+    store.save_state()
+    eos = base.tokenizer.eos_token
+    sequences = sum(len(training_texts(p.text, augmentations[p.passage_id], eos)) for p in passages)
+    mass = routing_weights(trained.routing.logits).sum(0)
+    log.info("client.round.done", site=store.state.site_id, round=task.round, passages=len(passages),
+             loss=round(trained.loss, 4))
+    with torch.no_grad():
+        return SiteUpdate(site=store.state.site_id, round=task.round, pool_version=task.pool_version,
+                          passages=len(passages), sequences=sequences * config.epochs, loss=trained.loss,
+                          experts=pool_arrays(trained.pool), mass={"routing_mass": mass.numpy()})

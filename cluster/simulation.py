@@ -1,0 +1,59 @@
+"""Run federated rounds on one machine: Flower's simulation runtime with its Ray backend.
+
+Every site is a simulated SuperNode whose ClientApp runs in a Ray actor and trains from its own
+store under ``<work_dir>/sites/site-<i>``; the coordinator's ServerApp runs the rounds and writes
+pool versions to ``<work_dir>/registry``. ``prepare_sites`` lays out those stores from a dataset
+(the benchmark's site split), as each data owner's own ingestion would.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from flwr.simulation import run_simulation
+
+from client.app import make_client_app
+from client.store import SiteStore
+from coordinator.app import RoundReport, make_server_app
+from shared.config import FederationSection
+from shared.data.augment import augmentation_for
+from shared.data.schema import Dataset
+from shared.methods.poly.config import PolyConfig
+
+
+def flower_environment(home: str | Path | None = None) -> None:
+    """Quiet, offline Flower: no update check, no telemetry, no dependency installs, a private home."""
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    os.environ.setdefault("FLWR_HOME", str(home or tempfile.mkdtemp(prefix="flwr-home-")))
+
+
+def prepare_sites(dataset: Dataset, sites_root: str | Path) -> list[SiteStore]:
+    """One store per site that holds passages, numbered 0..N-1 in site order (idempotent)."""
+    stores = []
+    for site in sorted({p.site for p in dataset.passages}):
+        passages = [p for p in dataset.passages if p.site == site]
+        store = SiteStore(Path(sites_root) / f"site-{len(stores)}", site_id=f"site-{len(stores)}")
+        store.add_passages([(p.passage_id, p.text) for p in passages],
+                           {p.passage_id: augmentation_for(dataset, p) for p in passages})
+        stores.append(store)
+    return stores
+
+
+def simulate(model_spec: str, poly: PolyConfig, federation: FederationSection, sites: int,
+             work_dir: str | Path, ray_cpus: int = 2) -> list[RoundReport]:
+    """Run the federation's remaining rounds over ``sites`` simulated sites; returns the round reports."""
+    work = Path(work_dir)
+    flower_environment(work / "flwr-home")
+    reports: list[RoundReport] = []
+    server = make_server_app(model_spec, poly, federation, str(work / "registry"), reports)
+    client = make_client_app(model_spec, str(work / "sites"))
+    run_simulation(
+        server_app=server, client_app=client, num_supernodes=sites,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                        "init_args": {"num_cpus": ray_cpus, "include_dashboard": False}},
+    )
+    return reports

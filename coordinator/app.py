@@ -1,0 +1,121 @@
+"""The coordinator's Flower ServerApp: broadcast the pool, collect updates, aggregate, checkpoint.
+
+Each round sends a :class:`~shared.wire.RoundTask` to every connected site, waits up to the round
+timeout, validates every reply (a malformed or missing one is logged and left out), aggregates
+with the configured strategy once at least ``min_sites`` valid updates arrived, and publishes the
+result as a new registry version. On start it resumes after the last published round.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from flwr.app import Context, Message, MessageType
+from flwr.serverapp import Grid, ServerApp
+
+from coordinator.registry import PoolRegistry
+from coordinator.strategy import strategy_named
+from shared.config import FederationSection
+from shared.lora.layers import attach_lora
+from shared.log import get_logger
+from shared.methods.poly.config import PolyConfig
+from shared.methods.poly.layers import ExpertPool
+from shared.methods.poly.serializer import pool_arrays
+from shared.models.loading import load_causal_lm
+from shared.wire import RoundTask, SiteUpdate, WireError, record_bytes
+
+log = get_logger(__name__)
+
+
+@dataclass
+class RoundReport:
+    """What one round did: who answered, who was left out and why, and the bytes each site sent."""
+
+    round: int
+    version: int | None
+    accepted: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)
+    bytes_per_site: dict[str, int] = field(default_factory=dict)
+    loss: float = float("nan")
+
+
+def _wait_for_sites(grid: Grid, minimum: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= minimum or time.monotonic() > deadline:
+            return nodes
+        time.sleep(1.0)
+
+
+def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: FederationSection,
+               registry_dir: str) -> list[RoundReport]:
+    """Run the remaining rounds up to ``federation.rounds``; returns one report per round run."""
+    base = load_causal_lm(model_spec)
+    registry = PoolRegistry(registry_dir, base.digest)
+    latest = registry.latest()
+    if latest is None:
+        pool = ExpertPool.initialised(attach_lora(base.model), poly.n_experts, poly.rank, poly.scale, poly.routing, poly.seed)
+        version = registry.publish(pool, poly, 0, {})
+        done = 0
+    else:
+        pool, manifest = latest
+        version, done = manifest["version"], manifest["round"]
+        log.info("coordinator.resume", version=version, completed_round=done)
+    strategy = strategy_named(federation.strategy)
+    settings = {**poly.to_numbers(), "epochs": float(federation.local_epochs),
+                "home_experts": float(federation.home_experts)}
+    reports = []
+    for number in range(done + 1, federation.rounds + 1):
+        nodes = _wait_for_sites(grid, federation.min_sites, federation.round_timeout)
+        experts = pool_arrays(pool)
+        messages = [Message(RoundTask(round=number, pool_version=version, experts=experts,
+                                      settings={**settings, "home_block": float(block)}).to_record(),
+                            dst_node_id=node, message_type=MessageType.TRAIN)
+                    for block, node in enumerate(sorted(nodes))]
+        log.info("coordinator.round.start", round=number, sites=len(nodes), pool_version=version)
+        replies = grid.send_and_receive(messages, timeout=federation.round_timeout)
+        report = RoundReport(round=number, version=None)
+        updates = []
+        for reply in replies:
+            node = str(reply.metadata.src_node_id)
+            if reply.has_error():
+                lines = [line for line in reply.error.reason.splitlines() if line.strip()] or ["(no reason)"]
+                report.rejected[node] = f"site error: {lines[-1].strip()}"[:160]
+                continue
+            try:
+                update = strategy.validate(SiteUpdate.from_record(reply.content), pool)
+            except WireError as exc:
+                report.rejected[node] = str(exc)[:160]
+                continue
+            updates.append(update)
+            report.accepted.append(update.site)
+            report.bytes_per_site[update.site] = record_bytes(reply.content)
+        for node, reason in report.rejected.items():
+            log.warning("coordinator.update.rejected", round=number, node=node, reason=reason)
+        if len(updates) < federation.min_sites:
+            log.error("coordinator.round.incomplete", round=number, valid=len(updates), needed=federation.min_sites)
+            reports.append(report)
+            continue
+        pool = strategy.aggregate(pool, updates)
+        report.loss = sum(u.loss * u.passages for u in updates) / sum(u.passages for u in updates)
+        version = registry.publish(pool, poly, number, {"loss": report.loss, "sites": float(len(updates))})
+        report.version = version
+        log.info("coordinator.round.done", round=number, version=version, sites=len(updates), loss=round(report.loss, 4))
+        reports.append(report)
+    return reports
+
+
+def make_server_app(model_spec: str, poly: PolyConfig, federation: FederationSection, registry_dir: str,
+                    reports: list[RoundReport] | None = None) -> ServerApp:
+    """A ServerApp bound to its settings; ``reports`` (if given) collects the round reports."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        result = run_rounds(grid, model_spec, poly, federation, registry_dir)
+        if reports is not None:
+            reports.extend(result)
+
+    return app

@@ -1,0 +1,45 @@
+"""The expert-pool registry: every completed round's pool as a new, immutable version.
+
+``<root>/v000003/`` holds the pool (safetensors + manifest, with the round and metrics). A version
+directory appears only once complete (atomic rename), so after a crash the latest version on disk
+is always a whole one, and the coordinator resumes from the round after it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from shared.methods.poly.config import PolyConfig
+from shared.methods.poly.layers import ExpertPool
+from shared.methods.poly.serializer import load_pool, save_pool
+
+_VERSION = re.compile(r"^v(\d{6})$")
+
+
+class PoolRegistry:
+    """Versioned pools for one base model under ``root``."""
+
+    def __init__(self, root: str | Path, base_digest: str):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.base_digest = base_digest
+
+    def versions(self) -> list[int]:
+        return sorted(int(m.group(1)) for p in self.root.iterdir() if (m := _VERSION.match(p.name)))
+
+    def path(self, version: int) -> Path:
+        return self.root / f"v{version:06d}"
+
+    def latest(self) -> tuple[ExpertPool, dict] | None:
+        """The newest pool and its manifest (``version``, ``round``), or ``None`` if there is none."""
+        versions = self.versions()
+        return load_pool(self.path(versions[-1]), self.base_digest) if versions else None
+
+    def publish(self, pool: ExpertPool, config: PolyConfig, round_number: int, metrics: dict[str, float]) -> int:
+        """Write ``pool`` as the next version; returns its number."""
+        versions = self.versions()
+        version = versions[-1] + 1 if versions else 0
+        save_pool(self.path(version), pool, config, self.base_digest, version,
+                  extra={"round": round_number, "metrics": metrics})
+        return version

@@ -1,0 +1,101 @@
+"""How the coordinator turns the sites' updates into the next expert pool.
+
+Every strategy validates each update against the pool it broadcast (shapes, finiteness, the
+wire schema) and rejects a malformed one without failing the round. They differ in how much each
+site counts for each expert:
+
+* :class:`ExpertMassAggregation` — each site's *change* to expert ``k`` counts in proportion to
+  its routing mass on it, ``m_sk = Σ_p w_pk`` (DESIGN.md §3), relative to the expert's heaviest
+  user: ``E_k ← E_k + Σ_s (m_sk / max_s' m_s'k) ΔE_sk``. The main user's change lands whole and
+  light users' changes are scaled down, so sites that store different facts in different experts
+  do not dilute each other, as an average would;
+* :class:`FedAvgAggregation` — plain FedAvg, the baseline: every expert is the mean of the sites'
+  copies weighted by their sample counts.
+
+FedProx is a client-side change (``poly.proximal_mu`` in the round settings) and works with both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from shared.log import get_logger
+from shared.methods.poly.layers import ExpertPool
+from shared.methods.poly.serializer import pool_arrays, pool_from_arrays
+from shared.wire import SiteUpdate, WireError
+
+log = get_logger(__name__)
+MASS_KEY = "routing_mass"
+
+
+class PoolStrategy:
+    """Validation and the weighted per-expert average; subclasses say how sites are weighted."""
+
+    name = "base"
+
+    def site_weights(self, update: SiteUpdate, pool: ExpertPool) -> np.ndarray:
+        """``[G, K]`` weight of this site for each routing group and expert."""
+        raise NotImplementedError
+
+    def validate(self, update: SiteUpdate, pool: ExpertPool) -> SiteUpdate:
+        """Refuse an update whose tensors do not match the broadcast pool."""
+        expected = {k: v.shape for k, v in pool_arrays(pool).items()}
+        got = {k: v.shape for k, v in update.experts.items()}
+        if got != expected:
+            wrong = sorted(k for k in set(expected) | set(got) if expected.get(k) != got.get(k))
+            raise WireError(f"update from {update.site}: expert tensors do not match the pool ({wrong[:3]})")
+        mass = update.mass.get(MASS_KEY)
+        if mass is None or mass.shape != (pool.n_groups, pool.n_experts) or (mass < 0).any():
+            raise WireError(f"update from {update.site}: routing mass must be non-negative [{pool.n_groups}, {pool.n_experts}]")
+        return update
+
+    def aggregate(self, pool: ExpertPool, updates: Sequence[SiteUpdate]) -> ExpertPool:
+        """The next pool from the broadcast one and the sites' validated updates."""
+        if not updates:
+            raise ValueError("no updates to aggregate")
+        old = pool_arrays(pool)
+        weights = np.stack([self.site_weights(u, pool) for u in updates])  # [S, G, K]
+        merged = {}
+        for key, current in old.items():
+            w = weights[:, pool.groups[key.rsplit(".", 1)[0]], :]  # [S, K]
+            shape = (len(updates), pool.n_experts) + (1,) * (current.ndim - 1)
+            stacked = np.stack([u.experts[key] for u in updates])  # [S, K, ...]
+            merged[key] = self.combine(current, stacked, w.reshape(shape)).astype(np.float32)
+        return pool_from_arrays(merged, pool.scale, pool.routing)
+
+    def combine(self, current: np.ndarray, copies: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """One module's experts from the sites' ``copies`` ``[S, K, …]`` and ``weights`` ``[S, K, 1…]``."""
+        raise NotImplementedError
+
+
+class ExpertMassAggregation(PoolStrategy):
+    name = "expert_mass"
+
+    def site_weights(self, update: SiteUpdate, pool: ExpertPool) -> np.ndarray:
+        return update.mass[MASS_KEY].astype(np.float64)
+
+    def combine(self, current: np.ndarray, copies: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        share = weights / np.maximum(weights.max(0, keepdims=True), 1e-12)
+        return current + ((copies - current) * share).sum(0)
+
+
+class FedAvgAggregation(PoolStrategy):
+    name = "fedavg"
+
+    def site_weights(self, update: SiteUpdate, pool: ExpertPool) -> np.ndarray:
+        return np.full((pool.n_groups, pool.n_experts), float(update.sequences))
+
+    def combine(self, current: np.ndarray, copies: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return (copies * weights).sum(0) / weights.sum(0)
+
+
+STRATEGIES: dict[str, type[PoolStrategy]] = {s.name: s for s in (ExpertMassAggregation, FedAvgAggregation)}
+
+
+def strategy_named(name: str) -> PoolStrategy:
+    try:
+        return STRATEGIES[name]()
+    except KeyError:
+        raise ValueError(f"federation.strategy: unknown '{name}' (known: {', '.join(STRATEGIES)})") from None

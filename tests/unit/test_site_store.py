@@ -1,0 +1,74 @@
+"""The site store: ingestion from three formats, idempotent, conflict-checked and crash-safe."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from client import store as store_module
+from client.store import SiteStore
+from shared.data.schema import DatasetError
+
+
+@pytest.fixture()
+def sources(tmp_path):
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in [{"id": "j1", "text": "Kara was born in 1873."},
+                                                        {"text": "Lo plays the harp."}]) + "\n")
+    parquet = tmp_path / "b.parquet"
+    pq.write_table(pa.table({"passage_id": ["q1"], "text": ["Mi grew up in Quessa."]}), parquet)
+    folder = tmp_path / "txt"
+    folder.mkdir()
+    (folder / "t1.txt").write_text("Ze works as a baker.")
+    return [jsonl, parquet, folder]
+
+
+def test_ingests_jsonl_parquet_and_text_folders_idempotently(tmp_path, sources):
+    store = SiteStore(tmp_path / "site", site_id="site-a")
+    first = store.ingest(sources)
+    assert (first.added, first.unchanged) == (4, 0)
+    assert {p.passage_id for p in store.passages()} >= {"j1", "q1", "t1"}
+    again = store.ingest(sources)
+    assert (again.added, again.unchanged) == (0, 4)
+    assert len(store.passages()) == 4
+    assert SiteStore(tmp_path / "site").state.site_id == "site-a"  # state survives reopening
+
+
+def test_an_id_with_different_text_is_refused_and_nothing_changes(tmp_path, sources):
+    store = SiteStore(tmp_path / "site")
+    store.ingest(sources)
+    clash = tmp_path / "clash.jsonl"
+    clash.write_text(json.dumps({"id": "j1", "text": "Something else entirely."}) + "\n")
+    with pytest.raises(DatasetError, match="already stored with different text"):
+        store.ingest([clash])
+    assert next(p for p in store.passages() if p.passage_id == "j1").text == "Kara was born in 1873."
+
+
+def test_bad_sources_name_the_problem(tmp_path):
+    store = SiteStore(tmp_path / "site")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x"}\n')
+    with pytest.raises(DatasetError, match="bad.jsonl:1: needs a string field 'text'"):
+        store.ingest([bad])
+    with pytest.raises(DatasetError, match="takes .jsonl, .parquet or a folder"):
+        store.ingest([tmp_path / "x.csv"])
+
+
+def test_a_crash_mid_ingest_keeps_the_previous_store_whole(tmp_path, sources, monkeypatch):
+    store = SiteStore(tmp_path / "site")
+    store.ingest(sources[:1])
+    before = (tmp_path / "site" / "passages.parquet").read_bytes()
+
+    def crash(table, where, *args, **kwargs):
+        with open(where, "wb") as half:
+            half.write(b"PAR1 partial")
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(store_module.pq, "write_table", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.ingest(sources[1:])
+    monkeypatch.undo()
+    assert (tmp_path / "site" / "passages.parquet").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "site").iterdir()) == ["passages.parquet", "state.json"]
+    assert store.ingest(sources).added == 2  # and ingestion picks up where it stopped

@@ -1,0 +1,49 @@
+"""Coordinator strategies: expert-mass aggregation, the FedAvg baseline, and rejected updates."""
+
+import numpy as np
+import pytest
+import torch
+
+from coordinator.strategy import ExpertMassAggregation, FedAvgAggregation, strategy_named
+from shared.methods.poly.layers import ExpertPool
+from shared.methods.poly.serializer import pool_arrays
+from shared.wire import SiteUpdate, WireError
+
+
+def _pool(value=0.0):
+    return ExpertPool({"m.layers.0.up": (torch.full((2, 1, 3), value), torch.full((2, 4, 1), value))}, scale=1.0)
+
+
+def _update(site, value, mass, sequences=10):
+    arrays = {k: np.full_like(v, value) for k, v in pool_arrays(_pool()).items()}
+    return SiteUpdate(site=site, round=1, pool_version=0, passages=5, sequences=sequences, loss=1.0,
+                      experts=arrays, mass={"routing_mass": np.array([mass], dtype=np.float32)})
+
+
+def test_expert_mass_weights_each_expert_by_the_sites_routing_on_it():
+    pool = _pool(-1.0)
+    updates = [_update("a", 1.0, [3.0, 0.0]), _update("b", 5.0, [1.0, 0.0])]
+    merged = pool_arrays(ExpertMassAggregation().aggregate(pool, updates))["m.layers.0.up.lora_A"]
+    np.testing.assert_allclose(merged[0], 3.0)  # -1 + 1·(1 - -1) + (1/3)·(5 - -1): the main user's change lands whole
+    np.testing.assert_allclose(merged[1], -1.0)  # no site routed to expert 1: it keeps its value
+
+
+def test_fedavg_weights_every_expert_by_sample_count():
+    updates = [_update("a", 1.0, [3.0, 0.0], sequences=30), _update("b", 5.0, [1.0, 0.0], sequences=10)]
+    merged = pool_arrays(FedAvgAggregation().aggregate(_pool(), updates))["m.layers.0.up.lora_A"]
+    np.testing.assert_allclose(merged, 2.0)  # (30·1 + 10·5) / 40, for both experts
+
+
+def test_malformed_updates_are_rejected():
+    pool = _pool()
+    strategy = strategy_named("expert_mass")
+    wrong_shape = _update("a", 1.0, [1.0, 1.0])
+    wrong_shape = SiteUpdate(**{**wrong_shape.__dict__, "experts": {k: v[:1] for k, v in wrong_shape.experts.items()}})
+    with pytest.raises(WireError, match="do not match the pool"):
+        strategy.validate(wrong_shape, pool)
+    with pytest.raises(WireError, match="routing mass"):
+        strategy.validate(_update("a", 1.0, [-1.0, 1.0]), pool)
+    with pytest.raises(WireError, match="NaN"):
+        _update("a", float("nan"), [1.0, 1.0])
+    with pytest.raises(ValueError, match="unknown 'median'"):
+        strategy_named("median")
