@@ -31,7 +31,7 @@ from shared.models.loading import load_causal_lm
 from shared.retrieval.encoder import SentenceEncoder
 
 log = get_logger(__name__)
-BASELINES = ["closed_book", "standard_rag", "prag", "poly"]
+BASELINES = ("closed_book", "standard_rag", "prag", "poly")
 
 
 def traffic_table(reports: list[RoundReport]) -> str:
@@ -44,7 +44,8 @@ def traffic_table(reports: list[RoundReport]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(config: FedpragConfig, show_progress: bool = True) -> tuple[Report, list[RoundReport]]:
+def run_demo(config: FedpragConfig, show_progress: bool = True,
+             baselines: tuple[str, ...] = BASELINES) -> tuple[Report, list[RoundReport]]:
     """Run the federation and the evaluation; writes ``demo.{md,json}`` under the federation work dir."""
     federation = config.federation
     work = Path(federation.work_dir)
@@ -62,7 +63,7 @@ def run_demo(config: FedpragConfig, show_progress: bool = True) -> tuple[Report,
     pool_bytes = sum((work / "registry" / f"v{manifest['version']:06d}").joinpath(f).stat().st_size
                      for f in ("tensors.safetensors", "manifest.json"))
     federated = FederatedPoly(pool, routers, config.poly, pool_bytes, config.harness.top_k)
-    methods = [*build_methods(BASELINES, config.prag, config.poly), federated]
+    methods = [*build_methods(list(baselines), config.prag, config.poly), federated]
     report = evaluate(dataset, base, methods, config.harness, work / "eval", show_progress)
     json_path, md_path = report.write(work, stem="demo")
     payload = json.loads(json_path.read_text())

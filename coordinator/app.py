@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from flwr.app import Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
 
+from coordinator.privacy import DPSettings, add_noise, clip_update, epsilon
 from coordinator.registry import PoolRegistry
 from coordinator.strategy import strategy_named
 from shared.config import FederationSection
@@ -21,7 +22,7 @@ from shared.lora.layers import attach_lora
 from shared.log import get_logger
 from shared.methods.poly.config import PolyConfig
 from shared.methods.poly.layers import ExpertPool
-from shared.methods.poly.serializer import pool_arrays
+from shared.methods.poly.serializer import pool_arrays, pool_from_arrays
 from shared.models.loading import load_causal_lm
 from shared.wire import RoundTask, SiteUpdate, WireError, record_bytes
 
@@ -38,6 +39,7 @@ class RoundReport:
     rejected: dict[str, str] = field(default_factory=dict)
     bytes_per_site: dict[str, int] = field(default_factory=dict)
     loss: float = float("nan")
+    epsilon: float | None = None  # (ε, δ) so far, when differential privacy is on
 
 
 def _wait_for_sites(grid: Grid, minimum: int, timeout: float) -> list[int]:
@@ -64,6 +66,7 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
         version, done = manifest["version"], manifest["round"]
         log.info("coordinator.resume", version=version, completed_round=done)
     strategy = strategy_named(federation.strategy)
+    dp = DPSettings(federation.dp_clip, federation.dp_noise_multiplier or 1.0, federation.dp_delta)
     settings = {**poly.to_numbers(), "epochs": float(federation.local_epochs),
                 "home_experts": float(federation.home_experts)}
     reports = []
@@ -98,11 +101,22 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
             log.error("coordinator.round.incomplete", round=number, valid=len(updates), needed=federation.min_sites)
             reports.append(report)
             continue
-        pool = strategy.aggregate(pool, updates)
+        if federation.dp_noise_multiplier > 0:
+            broadcast = pool_arrays(pool)
+            updates = [clip_update(u, broadcast, dp.clip) for u in updates]
+            pool = pool_from_arrays(add_noise(pool_arrays(strategy.aggregate(pool, updates)), dp, number),
+                                    pool.scale, pool.routing)
+            report.epsilon = epsilon(number, dp.noise_multiplier, dp.delta)
+        else:
+            pool = strategy.aggregate(pool, updates)
         report.loss = sum(u.loss * u.passages for u in updates) / sum(u.passages for u in updates)
-        version = registry.publish(pool, poly, number, {"loss": report.loss, "sites": float(len(updates))})
+        metrics = {"loss": report.loss, "sites": float(len(updates))}
+        if report.epsilon is not None:
+            metrics["epsilon"] = report.epsilon
+        version = registry.publish(pool, poly, number, metrics)
         report.version = version
-        log.info("coordinator.round.done", round=number, version=version, sites=len(updates), loss=round(report.loss, 4))
+        log.info("coordinator.round.done", round=number, version=version, sites=len(updates),
+                 loss=round(report.loss, 4), epsilon=report.epsilon)
         reports.append(report)
     return reports
 

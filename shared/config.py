@@ -69,6 +69,10 @@ class FederationSection:
     """Experts the coordinator gives each site as its home block: the site's new passages start
     routed there, so sites store their facts in different experts (0 = no home blocks)."""
     round_timeout: float = 900.0
+    dp_noise_multiplier: float = 0.0
+    """Central differential privacy: Gaussian noise σ (0 = off); each site's change is clipped to ``dp_clip``."""
+    dp_clip: float = 1.0
+    dp_delta: float = 1e-5
     work_dir: str = "runs/federation"
     """Holds ``sites/site-<i>`` (the sites' stores, in the demo) and ``registry/`` (pool versions)."""
 
@@ -84,6 +88,8 @@ class FederationSection:
             raise ValueError(f"federation.strategy: must be 'expert_mass' or 'fedavg', not '{self.strategy}'")
         if self.round_timeout <= 0:
             raise ValueError("federation.round_timeout: must be positive")
+        if self.dp_noise_multiplier < 0 or self.dp_clip <= 0 or not 0 < self.dp_delta < 1:
+            raise ValueError("federation.dp_noise_multiplier must be ≥ 0, dp_clip > 0 and dp_delta in (0, 1)")
 
 
 @dataclass(frozen=True)
