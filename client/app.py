@@ -63,7 +63,7 @@ def make_client_app(model_spec: str, sites_root: str, threads: int = 1) -> Clien
             task = RoundTask.from_record(msg.content)
             store = SiteStore(site_dir(context, sites_root))
             record = local_round(store, _base(model_spec), task).to_record()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure is reported, by kind only
             # The reason stays on site; only the failure's kind crosses the boundary (an exception
             # message could quote a passage).
             log.error("client.round.failed", kind=type(exc).__name__, site_dir=str(site_dir(context, sites_root)))
