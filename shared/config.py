@@ -58,7 +58,7 @@ class EvalSection:
 class FederationSection:
     """Federated rounds: how many, over how many sites, aggregated how, checkpointed where."""
 
-    rounds: int = 8
+    rounds: int = 10
     sites: int = 6
     min_sites: int = 2
     """A round completes with at least this many valid updates; dropped sites are tolerated."""
