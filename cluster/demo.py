@@ -49,7 +49,7 @@ def run_demo(config: FedpragConfig, show_progress: bool = True,
     """Run the federation and the evaluation; writes ``demo.{md,json}`` under the federation work dir."""
     federation = config.federation
     work = Path(federation.work_dir)
-    base = load_causal_lm(config.model.path)
+    base = load_causal_lm(config.model.path, show_progress=show_progress)
     dataset = make_benchmark(config.benchmark)
     stores = prepare_sites(dataset, work / "sites")
     log.info("demo.sites", sites=len(stores), passages=[len(s.passages()) for s in stores])

@@ -21,6 +21,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from transformers.utils import logging as transformers_logging
+
 from shared import log
 from shared.config import ConfigError, FedpragConfig, load_config
 from shared.data.schema import DatasetError
@@ -83,7 +85,7 @@ def _cmd_eval(args: argparse.Namespace, config: FedpragConfig) -> int:
     if not config.eval.data:
         write_dataset(make_benchmark(config.benchmark), data_dir)
     dataset = read_dataset(data_dir)
-    base = load_causal_lm(config.model.path)
+    base = load_causal_lm(config.model.path, show_progress=not args.quiet)
     report = evaluate(dataset, base, methods, config.harness, out / "work", show_progress=not args.quiet)
     json_path, md_path = report.write(out)
     print(report.to_markdown())
@@ -219,7 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.quiet:
-        os.environ["TQDM_DISABLE"] = "1"  # every progress bar, including model builds deep inside
+        # Bars created from here on take show_progress=False; the environment variable reaches the
+        # processes we start (Ray workers import tqdm afresh), and transformers has its own switch.
+        os.environ["TQDM_DISABLE"] = "1"
+        transformers_logging.disable_progress_bar()
     log.configure()
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     try:

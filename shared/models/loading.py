@@ -48,7 +48,7 @@ def model_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def resolve_model_path(spec: str) -> Path:
+def resolve_model_path(spec: str, show_progress: bool = True) -> Path:
     """Turn a model spec into a checkpoint directory.
 
     ``tiny`` or ``tiny:<recipe>`` builds (or finds cached) the built-in model; anything else is a
@@ -58,7 +58,7 @@ def resolve_model_path(spec: str) -> Path:
         from shared.models.tiny.build import build_tiny
         from shared.models.tiny.recipe import recipe_named
 
-        return build_tiny(recipe_named(spec.partition(":")[2] or "default"))
+        return build_tiny(recipe_named(spec.partition(":")[2] or "default"), show_progress=show_progress)
     path = Path(spec).expanduser()
     if not path.is_dir():
         raise ModelLoadError(f"model.path: '{spec}' is not a directory (weights are never downloaded; "
@@ -68,10 +68,10 @@ def resolve_model_path(spec: str) -> Path:
     return path
 
 
-def load_causal_lm(spec: str, dtype: torch.dtype = torch.float32) -> BaseModel:
+def load_causal_lm(spec: str, dtype: torch.dtype = torch.float32, show_progress: bool = True) -> BaseModel:
     """Load a frozen causal LM and its tokenizer from ``spec`` (see :func:`resolve_model_path`)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    path = resolve_model_path(spec)
+    path = resolve_model_path(spec, show_progress)
     family = json.loads((path / "config.json").read_text()).get("model_type", "")
     if family not in SUPPORTED_FAMILIES:
         raise ModelLoadError(f"model.path: model_type '{family}' is not supported (supported: {SUPPORTED_FAMILIES})")
