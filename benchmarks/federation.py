@@ -12,7 +12,6 @@ One run on one machine, the default benchmark (6 sites, Dirichlet α=0.1):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
@@ -22,11 +21,9 @@ import time
 from pathlib import Path
 
 from cluster.demo import run_demo, traffic_table
-from shared import log
-from shared.config import load_config
+from common import setup  # benchmarks/common.py (scripts run from this folder)
 from shared.io import atomic_write_text
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _run(config, work: Path, baselines=()):
@@ -38,13 +35,7 @@ def _run(config, work: Path, baselines=()):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="TOML configuration file")
-    parser.add_argument("--out", default=str(RESULTS), help="results directory")
-    parser.add_argument("--work", default="runs/bench-federation", help="scratch directory")
-    args = parser.parse_args(argv)
-    log.configure()
-    config = load_config(args.config)
+    args, config = setup(__doc__, "runs/bench-federation", argv)
     work = Path(args.work)
     main_report, main_rounds, main_s = _run(config, work / "expert_mass", ("closed_book", "standard_rag", "prag", "poly"))
     fedavg_config = dataclasses.replace(config, federation=dataclasses.replace(config.federation, strategy="fedavg"))

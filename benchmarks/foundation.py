@@ -9,21 +9,18 @@ the machine description and ratios against the baselines.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from shared import log
-from shared.config import load_config
 from shared.data.benchmark import make_benchmark
 from shared.eval.harness import evaluate
 from shared.eval.methods import build_methods
 from shared.eval.report import Report
+from common import setup  # benchmarks/common.py (scripts run from this folder)
 from shared.io import atomic_write_text
 from shared.models.loading import load_causal_lm
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def ratios(report: Report, kind: str = "single") -> list[dict[str, object]]:
@@ -42,13 +39,7 @@ def ratios(report: Report, kind: str = "single") -> list[dict[str, object]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="TOML configuration file")
-    parser.add_argument("--out", default=str(RESULTS), help="results directory")
-    parser.add_argument("--work", default="runs/bench-foundation", help="scratch directory for indexes and adapters")
-    args = parser.parse_args(argv)
-    log.configure()
-    config = load_config(args.config)
+    args, config = setup(__doc__, "runs/bench-foundation", argv)
     base = load_causal_lm(config.model.path)
     dataset = make_benchmark(config.benchmark)
     methods = build_methods(["closed_book", "standard_rag", "prag", "prag_combine"], config.prag)

@@ -17,7 +17,6 @@ One run, one machine, one base model, one dataset and one retrieval. It measures
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -26,8 +25,7 @@ from pathlib import Path
 
 import torch
 
-from shared import log, prompts
-from shared.config import load_config
+from shared import prompts
 from shared.data.augment import augmentation_for
 from shared.data.benchmark import BenchmarkSpec, make_benchmark
 from shared.eval.generate import generate_answers
@@ -35,6 +33,7 @@ from shared.eval.harness import evaluate
 from shared.eval.methods import build_methods
 from shared.eval.metrics import exact_match
 from shared.eval.report import Report
+from common import setup  # benchmarks/common.py (scripts run from this folder)
 from shared.io import atomic_write_text
 from shared.lora.layers import applied, attach_lora, merged
 from shared.methods.poly import serializer as poly_serializer
@@ -46,7 +45,6 @@ from shared.models.loading import BaseModel, load_causal_lm
 from shared.retrieval.encoder import SentenceEncoder
 from shared.retrieval.index import PassageIndex
 
-RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ["closed_book", "standard_rag", "prag", "poly", "poly_uniform", "poly_incremental", "poly_router"]
 
 
@@ -133,14 +131,7 @@ def storage(base: BaseModel, work: Path, config, report: Report, scratch: Path) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="TOML configuration file")
-    parser.add_argument("--out", default=str(RESULTS), help="results directory")
-    parser.add_argument("--work", default="runs/bench-poly", help="scratch directory for indexes and encodings")
-    parser.add_argument("--repeats", type=int, default=5, help="timing repeats for throughput (median)")
-    args = parser.parse_args(argv)
-    log.configure()
-    config = load_config(args.config)
+    args, config = setup(__doc__, "runs/bench-poly", argv, extra={"--repeats": {"type": int, "default": 5, "help": "timing repeats for throughput (median)"}})
     work = Path(args.work)
     base = load_causal_lm(config.model.path)
     dataset = make_benchmark(config.benchmark)
