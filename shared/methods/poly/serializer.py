@@ -117,9 +117,3 @@ def export_peft(directory: str | Path, pool: ExpertPool, weights: Tensor, base_m
         (tmp / "fedprag_mixture.json").write_text(json.dumps({"weights": weights.tolist()}))
     return Path(directory)
 
-
-def stored_bytes(passages: int, pool: ExpertPool) -> dict[str, int]:
-    """Bytes of tensor data the pool and ``passages`` routing rows take (float32), for sizing."""
-    pool_bytes = sum(t.numel() * 4 for n in pool.names for t in pool.factors(n))
-    return {"pool": pool_bytes, "routing": passages * pool.n_groups * pool.n_experts * 4}
-
