@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up fedprag from nothing: a Python 3.11 virtual environment in .venv with fedprag and its
 # pinned dependencies installed in one pip resolve. Re-running is a no-op unless pyproject.toml
-# changed. Use: ./bootstrap.sh && .venv/bin/fedprag eval
+# changed. Use: ./bootstrap.sh && .venv/bin/fedprag demo
 set -euo pipefail
 cd "$(dirname "$0")"
 python=${PYTHON:-python3.11}

@@ -99,7 +99,7 @@ def throughput(base: BaseModel, work: Path, dataset, config, batch: int = 16, re
             (("closed_book", bare), ("poly_batched", poly), ("prag_merge_per_query", prag_merge))}
 
 
-def storage(base: BaseModel, work: Path, config, report: Report, scratch: Path) -> dict[str, object]:
+def storage(base: BaseModel, work: Path, config, scratch: Path) -> dict[str, object]:
     """Bytes at 1,000 passages (real files) and 10,000 (computed), plus the cost of adding 1,000."""
     layers = attach_lora(base.model)
     pool, _ = poly_serializer.load_pool(work / "poly" / "pool", base.digest)
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "prag_seconds_per_passage": by["prag"].encode_seconds_per_passage,
     }
     incremental["cost_vs_prag"] = incremental["seconds_per_passage"] / incremental["prag_seconds_per_passage"]
-    sizes = storage(base, work, config, report, work / "storage")
+    sizes = storage(base, work, config, work / "storage")
     qps = throughput(base, work, dataset, config, repeats=args.repeats)
     qps_ratios = {"poly_vs_prag_merge": qps["poly_batched"] / qps["prag_merge_per_query"],
                   "closed_book_vs_poly": qps["closed_book"] / qps["poly_batched"]}

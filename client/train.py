@@ -7,15 +7,13 @@ plus its routing mass per expert (``m_sk = Σ_p w_pk``). Passage text stays in t
 
 from __future__ import annotations
 
-import torch
-
 from client.store import SiteStore
 from shared.lora.layers import attach_lora
 from shared.log import get_logger
 from shared.methods.poly.config import PolyConfig
 from shared.methods.poly.layers import routing_weights
 from shared.methods.poly.serializer import pool_arrays, pool_from_arrays
-from shared.methods.poly.trainer import train_pool, training_texts
+from shared.methods.poly.trainer import train_pool
 from shared.models.loading import BaseModel
 from shared.wire import RoundTask, SiteUpdate
 
@@ -40,12 +38,9 @@ def local_round(store: SiteStore, base: BaseModel, task: RoundTask) -> SiteUpdat
     store.state.rounds_joined.append(task.round)
     store.state.pool_version = task.pool_version
     store.save_state()
-    eos = base.tokenizer.eos_token
-    sequences = sum(len(training_texts(p.text, augmentations[p.passage_id], eos)) for p in passages)
     mass = routing_weights(trained.routing.logits).sum(0)
     log.info("client.round.done", site=store.state.site_id, round=task.round, passages=len(passages),
              loss=round(trained.loss, 4))
-    with torch.no_grad():
-        return SiteUpdate(site=store.state.site_id, round=task.round, pool_version=task.pool_version,
-                          passages=len(passages), sequences=sequences * config.epochs, loss=trained.loss,
-                          experts=pool_arrays(trained.pool), mass={"routing_mass": mass.numpy()})
+    return SiteUpdate(site=store.state.site_id, round=task.round, pool_version=task.pool_version,
+                      passages=len(passages), sequences=trained.sequences, loss=trained.loss,
+                      experts=pool_arrays(trained.pool), mass={"routing_mass": mass.numpy()})

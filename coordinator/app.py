@@ -66,7 +66,8 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
         version, done = manifest["version"], manifest["round"]
         log.info("coordinator.resume", version=version, completed_round=done)
     strategy = strategy_named(federation.strategy)
-    dp = DPSettings(federation.dp_clip, federation.dp_noise_multiplier or 1.0, federation.dp_delta)
+    dp = (DPSettings(federation.dp_clip, federation.dp_noise_multiplier, federation.dp_delta)
+          if federation.dp_noise_multiplier > 0 else None)
     settings = {**poly.to_numbers(), "epochs": float(federation.local_epochs),
                 "home_experts": float(federation.home_experts)}
     reports = []
@@ -101,14 +102,13 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
             log.error("coordinator.round.incomplete", round=number, valid=len(updates), needed=federation.min_sites)
             reports.append(report)
             continue
-        if federation.dp_noise_multiplier > 0:
+        if dp is not None:  # central DP: clip each site's change, aggregate, then add noise
             broadcast = pool_arrays(pool)
             updates = [clip_update(u, broadcast, dp.clip) for u in updates]
-            pool = pool_from_arrays(add_noise(pool_arrays(strategy.aggregate(pool, updates)), dp, number),
-                                    pool.scale, pool.routing)
+        pool = strategy.aggregate(pool, updates)
+        if dp is not None:
+            pool = pool_from_arrays(add_noise(pool_arrays(pool), dp, number), pool.scale, pool.routing)
             report.epsilon = epsilon(number, dp.noise_multiplier, dp.delta)
-        else:
-            pool = strategy.aggregate(pool, updates)
         report.loss = sum(u.loss * u.passages for u in updates) / sum(u.passages for u in updates)
         metrics = {"loss": report.loss, "sites": float(len(updates))}
         if report.epsilon is not None:

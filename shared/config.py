@@ -59,7 +59,6 @@ class FederationSection:
     """Federated rounds: how many, over how many sites, aggregated how, checkpointed where."""
 
     rounds: int = 10
-    sites: int = 6
     min_sites: int = 2
     """A round completes with at least this many valid updates; dropped sites are tolerated."""
     strategy: str = "expert_mass"
@@ -77,13 +76,11 @@ class FederationSection:
     """Holds ``sites/site-<i>`` (the sites' stores, in the demo) and ``registry/`` (pool versions)."""
 
     def validate(self) -> None:
-        for name in ("rounds", "sites", "min_sites", "local_epochs"):
+        for name in ("rounds", "min_sites", "local_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"federation.{name}: must be a positive integer")
         if self.home_experts < 0:
             raise ValueError("federation.home_experts: must be zero or more")
-        if self.min_sites > self.sites:
-            raise ValueError(f"federation.min_sites: {self.min_sites} is more than federation.sites ({self.sites})")
         if self.strategy not in ("expert_mass", "fedavg"):
             raise ValueError(f"federation.strategy: must be 'expert_mass' or 'fedavg', not '{self.strategy}'")
         if self.round_timeout <= 0:

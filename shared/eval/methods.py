@@ -18,7 +18,7 @@ import torch
 
 from shared import prompts
 from shared.data.augment import augmentation_for
-from shared.data.schema import Dataset
+from shared.data.schema import Augmentation, Dataset
 from shared.lora.layers import Adapter, LoRALinear
 from shared.methods.prag import PRAGAdapters, PRAGConfig
 from shared.methods.prag import serializer as prag_serializer
@@ -68,6 +68,10 @@ class EvalContext:
     def passage_texts(self, passage_rows: list[int]) -> list[str]:
         return [self.dataset.passages[p].text for p in passage_rows]
 
+    def augmentations(self) -> dict[str, Augmentation]:
+        """Every passage's encoding-time augmentation (the dataset's own, else the cloze fallback)."""
+        return {p.passage_id: augmentation_for(self.dataset, p) for p in self.dataset.passages}
+
 
 class Method(Protocol):
     name: str
@@ -113,9 +117,8 @@ class PRAG:
     def encode(self, ctx: EvalContext) -> EncodingCost:
         if "prag" not in ctx.encodings:
             passages = ctx.dataset.passages
-            augmentations = {p.passage_id: augmentation_for(ctx.dataset, p) for p in passages}
             started = time.perf_counter()
-            adapters = encode_passages(ctx.base, ctx.layers, passages, augmentations, self.config, ctx.show_progress)
+            adapters = encode_passages(ctx.base, ctx.layers, passages, ctx.augmentations(), self.config, ctx.show_progress)
             seconds = (time.perf_counter() - started) / len(passages)
             stored = prag_serializer.save(ctx.work_dir / "prag", adapters, self.config, ctx.base.digest)
             ctx.encodings["prag"] = (prag_serializer.load(ctx.work_dir / "prag", ctx.base.digest),
@@ -158,6 +161,7 @@ class PolyPRAG:
         self.config = dataclasses.replace(config, uniform=True) if variant == "poly_uniform" else config
         self.variant = variant
         self.name = variant
+        self.key = "poly" if variant == "poly_router" else variant  # the router reuses poly's encoding
 
     def _store(self, ctx: EvalContext, key: str, pool: ExpertPool, routing: RoutingTable) -> tuple[ExpertPool, RoutingTable, int]:
         """Round-trip the encoding through disk, as a deployment would; returns it and its bytes."""
@@ -167,20 +171,20 @@ class PolyPRAG:
         loaded, _ = poly_serializer.load_pool(root / "pool", ctx.base.digest)
         return loaded, poly_serializer.load_routing(root / "routing", loaded, ctx.base.digest), stored
 
-    def _encode_full(self, ctx: EvalContext, key: str) -> PolyEncoding:
+    def _encode_full(self, ctx: EvalContext) -> PolyEncoding:
         passages = ctx.dataset.passages
-        augmentations = {p.passage_id: augmentation_for(ctx.dataset, p) for p in passages}
         started = time.perf_counter()
-        pool, routing, _ = poly_trainer.train_pool(ctx.base, ctx.layers, passages, augmentations, self.config, ctx.show_progress)
+        pool, routing, *_ = poly_trainer.train_pool(ctx.base, ctx.layers, passages, ctx.augmentations(), self.config,
+                                                    ctx.show_progress)
         seconds = (time.perf_counter() - started) / len(passages)
-        pool, routing, stored = self._store(ctx, key, pool, routing)
+        pool, routing, stored = self._store(ctx, self.key, pool, routing)
         return PolyEncoding(pool, routing, EncodingCost(seconds, stored))
 
     def _encode_incremental(self, ctx: EvalContext) -> PolyEncoding:
         passages = ctx.dataset.passages
-        augmentations = {p.passage_id: augmentation_for(ctx.dataset, p) for p in passages}
+        augmentations = ctx.augmentations()
         initial, added = passages[0::2], passages[1::2]
-        pool, routing, _ = poly_trainer.train_pool(ctx.base, ctx.layers, initial, augmentations, self.config, ctx.show_progress)
+        pool, routing, *_ = poly_trainer.train_pool(ctx.base, ctx.layers, initial, augmentations, self.config, ctx.show_progress)
         started = time.perf_counter()
         new_rows = poly_trainer.encode_incremental(ctx.base, ctx.layers, pool, added, augmentations, self.config, ctx.show_progress)
         seconds = (time.perf_counter() - started) / len(added)
@@ -188,18 +192,18 @@ class PolyPRAG:
         return PolyEncoding(pool, routing, EncodingCost(seconds, stored))
 
     def encode(self, ctx: EvalContext) -> EncodingCost:
-        key = "poly" if self.variant == "poly_router" else self.variant
-        if key not in ctx.encodings:
-            ctx.encodings[key] = self._encode_incremental(ctx) if key == "poly_incremental" else self._encode_full(ctx, key)
-        encoding: PolyEncoding = ctx.encodings[key]
+        if self.key not in ctx.encodings:
+            incremental = self.key == "poly_incremental"
+            ctx.encodings[self.key] = self._encode_incremental(ctx) if incremental else self._encode_full(ctx)
+        encoding: PolyEncoding = ctx.encodings[self.key]
         if self.variant == "poly_router" and encoding.router is None:
-            augmentations = {p.passage_id: augmentation_for(ctx.dataset, p) for p in ctx.dataset.passages}
-            encoding.router = poly_trainer.train_query_router(ctx.embed, encoding.routing, augmentations, seed=self.config.seed)
+            encoding.router = poly_trainer.train_query_router(ctx.embed, encoding.routing, ctx.augmentations(),
+                                                              seed=self.config.seed)
         return encoding.cost
 
     def expert_weights(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> torch.Tensor:
         """Per-request expert weights ``[b, G, K]``: the routed inference path of DESIGN.md §2.2."""
-        encoding: PolyEncoding = ctx.encodings["poly" if self.variant == "poly_router" else self.variant]
+        encoding: PolyEncoding = ctx.encodings[self.key]
         pool, config = encoding.pool, self.config
         if config.uniform:
             return torch.full((len(question_rows), pool.n_groups, pool.n_experts), 1.0 / pool.n_experts)
@@ -211,7 +215,7 @@ class PolyPRAG:
         return combine(weights, torch.tensor(hits.scores), config.top_m, config.score_temperature)
 
     def inputs(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> tuple[list[str], Adapter | None]:
-        pool = ctx.encodings["poly" if self.variant == "poly_router" else self.variant].pool
+        pool = ctx.encodings[self.key].pool
         adapter = pool.adapter(self.expert_weights(ctx, question_rows, hits))
         return [prompts.closed_book(q) for q in ctx.question_texts(question_rows)], adapter
 

@@ -91,7 +91,7 @@ def test_incremental_encoding_trains_routing_and_leaves_experts_unchanged(base, 
     passages, augmentations = small_corpus
     layers = attach_lora(base.model)
     config = PolyConfig(n_experts=4, top_m=2, epochs=1, incremental_epochs=2, batch_size=8)
-    pool, routing, _ = train_pool(base, layers, passages[:3], augmentations, config, show_progress=False)
+    pool, routing, *_ = train_pool(base, layers, passages[:3], augmentations, config, show_progress=False)
     before = pool.digest()
     new_rows = encode_incremental(base, layers, pool, passages[3:], augmentations, config, show_progress=False)
     assert pool.digest() == before
@@ -145,3 +145,25 @@ def test_combine_weights_passages_by_score_and_keeps_top_m():
     assert mixed[0, 0, 0] > 0.99 and mixed.sum().item() == pytest.approx(1.0)
     kept = keep_top_m(torch.tensor([[0.1, 0.4, 0.2, 0.3]]), 2)
     torch.testing.assert_close(kept, torch.tensor([[0.0, 4 / 7, 0.0, 3 / 7]]))
+
+
+def test_federated_training_options_constrain_the_pool(base, small_corpus):
+    """FFA-LoRA (freeze_a) leaves every A untouched; FedProx (proximal_mu) keeps B near the start."""
+    passages, augmentations = small_corpus
+    layers = attach_lora(base.model)
+
+    def trained_from_fresh_pool(**options):
+        config = PolyConfig(n_experts=4, top_m=2, epochs=2, batch_size=8, lr=3e-2, **options)
+        pool = ExpertPool.initialised(layers, 4, 1, config.scale, seed=0)
+        start = {n: [t.clone() for t in pool.factors(n)] for n in pool.names}
+        trained = train_pool(base, layers, passages, augmentations, config, show_progress=False,
+                             start=(pool, torch.zeros(len(passages), 1, 4))).pool
+        moved_a = max(float((trained.factors(n)[0] - start[n][0]).abs().max()) for n in pool.names)
+        moved_b = sum(float((trained.factors(n)[1] - start[n][1]).norm()) for n in pool.names)
+        return moved_a, moved_b
+
+    free_a, free_b = trained_from_fresh_pool()
+    frozen_a, _ = trained_from_fresh_pool(freeze_a=True)
+    _, prox_b = trained_from_fresh_pool(proximal_mu=1e4)
+    assert free_a > 0 and frozen_a == 0.0
+    assert prox_b < 0.5 * free_b

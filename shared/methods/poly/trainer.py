@@ -52,15 +52,13 @@ def _samples(passages: Sequence[Passage], augmentations: Mapping[str, Augmentati
             for text in training_texts(p.text, augmentations[p.passage_id], eos)]
 
 
-_POOL_BATCHES = 8
-
-
-def _length_bucketed(samples: list[tuple[int, str]], batch_size: int, rng: random.Random) -> list[list[tuple[int, str]]]:
+def _length_bucketed(samples: list[tuple[int, str]], batch_size: int, rng: random.Random,
+                     pool_batches: int = 8) -> list[list[tuple[int, str]]]:
     """One epoch of batches in random order, each of similar-length texts (less padding)."""
     order = rng.sample(samples, len(samples))
     batches = []
-    for start in range(0, len(order), batch_size * _POOL_BATCHES):
-        pool = sorted(order[start:start + batch_size * _POOL_BATCHES], key=lambda s: len(s[1]))
+    for start in range(0, len(order), batch_size * pool_batches):
+        pool = sorted(order[start:start + batch_size * pool_batches], key=lambda s: len(s[1]))
         batches += [pool[i:i + batch_size] for i in range(0, len(pool), batch_size)]
     rng.shuffle(batches)
     return batches
@@ -74,15 +72,13 @@ def _run_epochs(base: BaseModel, layers: Mapping[str, LoRALinear], pool: ExpertP
     generator = torch.Generator().manual_seed(config.seed)
     tokenizer = base.tokenizer
     tokenizer.padding_side = "right"
-    per_pool = batch_size * _POOL_BATCHES
-    full, rest = divmod(len(samples), per_pool)
-    steps = epochs * (full * _POOL_BATCHES + (rest + batch_size - 1) // batch_size)
+    schedule = [_length_bucketed(samples, batch_size, rng) for _ in range(epochs)]
     smoothed = float("nan")
     trainable = any(p.requires_grad for p in pool.parameters())
     anchor = [p.detach().clone() for p in pool.parameters()] if trainable and config.proximal_mu > 0 else None
-    with tqdm(total=steps, desc=desc, unit="step", disable=not show_progress) as bar:
-        for _ in range(epochs):
-            for chunk in _length_bucketed(samples, batch_size, rng):
+    with tqdm(total=sum(map(len, schedule)), desc=desc, unit="step", disable=not show_progress) as bar:
+        for epoch in schedule:
+            for chunk in epoch:
                 batch = tokenizer([t for _, t in chunk], return_tensors="pt", padding=True)
                 rows = torch.tensor([r for r, _ in chunk])
                 if config.uniform:
@@ -107,6 +103,7 @@ class TrainedPool(NamedTuple):
     pool: ExpertPool
     routing: RoutingTable
     loss: float  # smoothed training loss at the end
+    sequences: int  # training sequences seen, over all epochs
 
 
 def train_pool(base: BaseModel, layers: Mapping[str, LoRALinear], passages: Sequence[Passage],
@@ -144,7 +141,7 @@ def train_pool(base: BaseModel, layers: Mapping[str, LoRALinear], passages: Sequ
     routing = RoutingTable([p.passage_id for p in passages], logits.detach().clone())
     health = check_health(pool, routing, config)
     log.info("poly.train.done", passages=len(passages), final_loss=round(loss, 4), **health.as_log())
-    return TrainedPool(pool, routing, loss)
+    return TrainedPool(pool, routing, loss, len(samples) * config.epochs)
 
 
 def encode_incremental(base: BaseModel, layers: Mapping[str, LoRALinear], pool: ExpertPool,

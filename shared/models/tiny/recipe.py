@@ -38,8 +38,6 @@ class TinyRecipe:
     # Reading examples start with short passages and no distractors; full difficulty is reached
     # at this fraction of training.
     curriculum: float = 0.3
-    # Reading examples ask this many questions about one context, each answer ending in eos.
-    questions_per_context: int = 3
 
     def digest(self) -> str:
         """A stable hash of the recipe and the code version; the model cache key."""
