@@ -8,8 +8,8 @@ plus its routing mass per expert (``m_sk = Σ_p w_pk``). Passage text stays in t
 from __future__ import annotations
 
 from client.store import SiteStore
-from shared.lora.layers import attach_lora
 from shared.log import get_logger
+from shared.lora.layers import attach_lora
 from shared.methods.poly.config import PolyConfig
 from shared.methods.poly.layers import routing_weights
 from shared.methods.poly.serializer import pool_arrays, pool_from_arrays

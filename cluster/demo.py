@@ -2,7 +2,9 @@
 
 1. Build (or load) the base model and generate the benchmark, split over sites by Dirichlet(α).
 2. Lay out one site store per data owner; text stays in those stores.
-3. Run the federated rounds (coordinator ServerApp + one ClientApp per site, Flower on Ray).
+3. Run the federated rounds: a SuperLink (the coordinator's ServerApp) and one SuperNode per site
+   as separate processes over TLS with node authentication (or, with ``federation.runtime =
+   "simulation"``, every site as a Ray actor).
 4. Answer every test question through routed inference: each site's routing service searches its
    own index and returns opaque ids, scores and routing vectors; the query API mixes the latest
    federated pool. The table puts federated Poly-PRAG beside centralised Poly-PRAG (trained on the
@@ -16,8 +18,9 @@ import statistics
 from pathlib import Path
 
 from client.routing_service import SiteRouter
+from cluster.deployment import federate
 from cluster.fanout import FederatedPoly
-from cluster.simulation import prepare_sites, simulate
+from cluster.simulation import prepare_sites
 from coordinator.app import RoundReport
 from coordinator.registry import PoolRegistry
 from shared.config import FedpragConfig
@@ -53,7 +56,7 @@ def run_demo(config: FedpragConfig, show_progress: bool = True,
     dataset = make_benchmark(config.benchmark)
     stores = prepare_sites(dataset, work / "sites")
     log.info("demo.sites", sites=len(stores), passages=[len(s.passages()) for s in stores])
-    reports = simulate(config.model.path, config.poly, federation, len(stores), work)
+    reports = federate(config, [s.root for s in stores])
     latest = PoolRegistry(work / "registry", base.digest).latest()
     if latest is None:
         raise RuntimeError("the federation published no pool; see the coordinator log")

@@ -16,18 +16,24 @@ from flwr.simulation import run_simulation
 
 from client.app import make_client_app
 from client.store import SiteStore
-from coordinator.app import RoundReport, make_server_app
+from coordinator.app import RoundReport, make_server_app, recorded_rounds
 from shared.config import FederationSection
 from shared.data.augment import augmentation_for
 from shared.data.schema import Dataset
 from shared.methods.poly.config import PolyConfig
 
+# Quiet, offline Flower: no update check, no telemetry, no dependency installs.
+FLOWER_QUIET = {
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
+
 
 def flower_environment(home: str | Path | None = None) -> None:
-    """Quiet, offline Flower: no update check, no telemetry, no dependency installs, a private home."""
-    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
-    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    """Set :data:`FLOWER_QUIET` and a private Flower home in this process (unless already set)."""
+    for key, value in FLOWER_QUIET.items():
+        os.environ.setdefault(key, value)
     os.environ.setdefault("FLWR_HOME", str(home or tempfile.mkdtemp(prefix="flwr-home-")))
 
 
@@ -45,15 +51,14 @@ def prepare_sites(dataset: Dataset, sites_root: str | Path) -> list[SiteStore]:
 
 def simulate(model_spec: str, poly: PolyConfig, federation: FederationSection, sites: int,
              work_dir: str | Path, ray_cpus: int = 2) -> list[RoundReport]:
-    """Run the federation's remaining rounds over ``sites`` simulated sites; returns the round reports."""
+    """Run the federation's remaining rounds over ``sites`` simulated sites; returns every recorded round."""
     work = Path(work_dir)
     flower_environment(work / "flwr-home")
-    reports: list[RoundReport] = []
-    server = make_server_app(model_spec, poly, federation, str(work / "registry"), reports)
+    server = make_server_app(model_spec, poly, federation, str(work / "registry"))
     client = make_client_app(model_spec, str(work / "sites"))
     run_simulation(
         server_app=server, client_app=client, num_supernodes=sites,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                         "init_args": {"num_cpus": ray_cpus, "include_dashboard": False}},
     )
-    return reports
+    return recorded_rounds(work / "registry")

@@ -4,12 +4,18 @@ Each round sends a :class:`~shared.wire.RoundTask` to every connected site, wait
 timeout, validates every reply (a malformed or missing one is logged and left out), aggregates
 with the configured strategy once at least ``min_sites`` valid updates arrived, and publishes the
 result as a new registry version. On start it resumes after the last published round.
+
+Two entry points share :func:`run_rounds`: :func:`make_server_app` binds settings in-process (the
+Ray simulation), and the module-level ``server_app`` is what a deployed SuperLink runs through
+``flwr run``; it reads the fedprag TOML file named by the run config's ``config`` key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from flwr.app import Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
@@ -17,9 +23,10 @@ from flwr.serverapp import Grid, ServerApp
 from coordinator.privacy import DPSettings, add_noise, clip_update, epsilon
 from coordinator.registry import PoolRegistry
 from coordinator.strategy import strategy_named
-from shared.config import FederationSection
-from shared.lora.layers import attach_lora
+from shared.config import FederationSection, load_config
+from shared.log import configure as configure_logging
 from shared.log import get_logger
+from shared.lora.layers import attach_lora
 from shared.methods.poly.config import PolyConfig
 from shared.methods.poly.layers import ExpertPool
 from shared.methods.poly.serializer import pool_arrays, pool_from_arrays
@@ -40,6 +47,16 @@ class RoundReport:
     bytes_per_site: dict[str, int] = field(default_factory=dict)
     loss: float = float("nan")
     epsilon: float | None = None  # (ε, δ) so far, when differential privacy is on
+
+
+def registry_dir(federation: FederationSection) -> Path:
+    """Where the coordinator publishes pool versions: ``<work_dir>/registry``."""
+    return Path(federation.work_dir) / "registry"
+
+
+def recorded_rounds(registry: str | Path) -> list[RoundReport]:
+    """Every round the coordinator has recorded under ``registry``, oldest first."""
+    return [RoundReport(**summary) for summary in PoolRegistry.rounds_at(registry)]
 
 
 def _wait_for_sites(grid: Grid, minimum: int, timeout: float) -> list[int]:
@@ -100,6 +117,7 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
             log.warning("coordinator.update.rejected", round=number, node=node, reason=reason)
         if len(updates) < federation.min_sites:
             log.error("coordinator.round.incomplete", round=number, valid=len(updates), needed=federation.min_sites)
+            registry.record_round(dataclasses.asdict(report))
             reports.append(report)
             continue
         if dp is not None:  # central DP: clip each site's change, aggregate, then add noise
@@ -117,19 +135,28 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
         report.version = version
         log.info("coordinator.round.done", round=number, version=version, sites=len(updates),
                  loss=round(report.loss, 4), epsilon=report.epsilon)
+        registry.record_round(dataclasses.asdict(report))
         reports.append(report)
     return reports
 
 
-def make_server_app(model_spec: str, poly: PolyConfig, federation: FederationSection, registry_dir: str,
-                    reports: list[RoundReport] | None = None) -> ServerApp:
-    """A ServerApp bound to its settings; ``reports`` (if given) collects the round reports."""
+def make_server_app(model_spec: str, poly: PolyConfig, federation: FederationSection, registry: str) -> ServerApp:
+    """A ServerApp bound to its settings (the in-process simulation runtime)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        result = run_rounds(grid, model_spec, poly, federation, registry_dir)
-        if reports is not None:
-            reports.extend(result)
+        run_rounds(grid, model_spec, poly, federation, registry)
 
     return app
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def deployed_main(grid: Grid, context: Context) -> None:
+    """The coordinator as a SuperLink runs it: settings from the TOML file in ``run_config['config']``."""
+    configure_logging()  # this process is flwr-serverapp; its stderr streams to ``flwr run``
+    config = load_config(str(context.run_config.get("config", "")) or None)
+    run_rounds(grid, config.model.path, config.poly, config.federation, str(registry_dir(config.federation)))

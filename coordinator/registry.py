@@ -2,11 +2,14 @@
 
 ``<root>/v000003/`` holds the pool (safetensors + manifest, with the round and metrics). A version
 directory appears only once complete (atomic rename), so after a crash the latest version on disk
-is always a whole one, and the coordinator resumes from the round after it.
+is always a whole one, and the coordinator resumes from the round after it. ``rounds.jsonl``
+keeps one line per round run (who was accepted or rejected, bytes each site sent), so any
+runtime (simulation or a deployed SuperLink) reports the same way.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -43,3 +46,23 @@ class PoolRegistry:
         save_pool(self.path(version), pool, config, self.base_digest, version,
                   extra={"round": round_number, "metrics": metrics})
         return version
+
+    def record_round(self, summary: dict) -> None:
+        """Append one round's summary (JSON-serialisable) to ``rounds.jsonl``."""
+        with open(self.root / "rounds.jsonl", "a", encoding="utf-8") as out:
+            out.write(json.dumps(summary) + "\n")
+            out.flush()
+
+    @staticmethod
+    def rounds_at(root: str | Path) -> list[dict]:
+        """Every round summary recorded under ``root``, oldest first (a torn line from a crash is skipped)."""
+        path = Path(root) / "rounds.jsonl"
+        if not path.is_file():
+            return []
+        summaries = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                summaries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return summaries

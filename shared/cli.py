@@ -6,6 +6,7 @@
     fedprag eval                 compare closed-book, standard RAG, PRAG, PRAG-combine and Poly-PRAG
     fedprag demo                 the main job: federated rounds over N sites, then the results table
     fedprag federate             run or resume federated rounds over existing site stores
+    fedprag certs                TLS and SuperNode keys for a federation on this machine
     fedprag client ingest|status a data owner's site store
 
 Every command reads the one typed configuration (``--config FILE``, ``FEDPRAG__SECTION__FIELD``
@@ -95,8 +96,13 @@ def _cmd_eval(args: argparse.Namespace, config: FedpragConfig) -> int:
 
 def _cmd_demo(args: argparse.Namespace, config: FedpragConfig) -> int:
     from cluster.demo import run_demo, traffic_table
+    from cluster.deployment import DeploymentError
 
-    report, rounds = run_demo(config, show_progress=not args.quiet)
+    try:
+        report, rounds = run_demo(config, show_progress=not args.quiet)
+    except DeploymentError as exc:
+        print(f"fedprag: federation failed: {exc}", file=sys.stderr)
+        return 1
     print(report.to_markdown())
     print("Federated rounds (bytes each site sent):\n")
     print(traffic_table(rounds))
@@ -106,14 +112,31 @@ def _cmd_demo(args: argparse.Namespace, config: FedpragConfig) -> int:
 
 def _cmd_federate(args: argparse.Namespace, config: FedpragConfig) -> int:
     from cluster.demo import traffic_table
-    from cluster.simulation import simulate
+    from cluster.deployment import DeploymentError, federate
 
     work = Path(config.federation.work_dir)
-    sites = sorted((work / "sites").glob("site-*"))
+    sites = sorted((work / "sites").glob("site-*"), key=lambda p: (len(p.name), p.name))
     if not sites:
         raise FileNotFoundError(f"{work / 'sites'}: no site stores (site-0, site-1, …); ingest passages first")
-    reports = simulate(config.model.path, config.poly, config.federation, len(sites), work)
-    print(traffic_table(reports))
+    try:
+        rounds = federate(config, sites)
+    except DeploymentError as exc:
+        print(f"fedprag: federation failed: {exc}", file=sys.stderr)
+        return 1
+    print(traffic_table(rounds))
+    return 0
+
+
+def _cmd_certs(args: argparse.Namespace, config: FedpragConfig) -> int:
+    from cluster.certs import write_node_keys, write_tls
+
+    tls = write_tls(args.out, hosts=args.host, days=args.days)
+    print(f"CA certificate:      {tls.ca_cert}   (flower-supernode --root-certificates)")
+    print(f"SuperLink cert/key:  {tls.server_cert}, {tls.server_key}   (flower-superlink --ssl-*)")
+    for name in args.node:
+        keys = write_node_keys(args.out, name)
+        print(f"SuperNode {name}: {keys.private_key}   (flower-supernode --auth-supernode-private-key); "
+              f"register {keys.public_key} with 'flwr supernode register'")
     return 0
 
 
@@ -154,6 +177,9 @@ def _federation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", dest="model.path", help="'tiny', 'tiny:<recipe>' or a local HF checkpoint")
     parser.add_argument("--rounds", type=int, dest="federation.rounds", help="total rounds (completed ones are kept)")
     parser.add_argument("--strategy", dest="federation.strategy", help="expert_mass (default) or fedavg")
+    parser.add_argument("--runtime", dest="federation.runtime", choices=("deployment", "simulation"),
+                        help="deployment (default): SuperLink + one SuperNode process per site, TLS and node "
+                             "auth, on loopback; simulation: sites as Ray actors in one process")
     parser.add_argument("--work-dir", dest="federation.work_dir",
                         help="holds sites/ (site stores), registry/ (pool versions) and results")
 
@@ -198,11 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_cmd_demo)
 
     federate = groups.add_parser("federate", parents=[common],
-                                 help="run (or resume) federated rounds over the site stores in WORK_DIR/sites, simulated on Ray")
+                                 help="run (or resume) federated rounds over the site stores in WORK_DIR/sites")
     _federation_options(federate)
     federate.add_argument("--min-sites", type=int, dest="federation.min_sites", help="valid updates a round needs")
     federate.add_argument("--local-epochs", type=int, dest="federation.local_epochs", help="epochs per site per round")
     federate.set_defaults(handler=_cmd_federate)
+
+    certs = groups.add_parser("certs", parents=[common], help="write a local CA, a SuperLink certificate and SuperNode auth keys")
+    certs.add_argument("--out", required=True, help="output folder (private keys get mode 0600)")
+    certs.add_argument("--node", action="append", default=[], metavar="NAME",
+                       help="also write the auth key pair of SuperNode NAME (repeatable)")
+    certs.add_argument("--host", action="append", default=[], metavar="NAME",
+                       help="extra host name or IP for the SuperLink certificate (loopback is always included)")
+    certs.add_argument("--days", type=int, default=30, help="validity in days (default 30)")
+    certs.set_defaults(handler=_cmd_certs)
 
     client = groups.add_parser("client", help="the data-owner daemon's site store").add_subparsers(dest="command", required=True)
     ingest = client.add_parser("ingest", parents=[common], help="add passages (idempotent; text never leaves the site)")

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import tomli_w
+
 from shared.data.benchmark import BenchmarkSpec
 from shared.eval.harness import HarnessConfig
 from shared.methods.poly.config import PolyConfig
@@ -67,6 +69,9 @@ class FederationSection:
     home_experts: int = 3
     """Experts the coordinator gives each site as its home block: the site's new passages start
     routed there, so sites store their facts in different experts (0 = no home blocks)."""
+    runtime: str = "deployment"
+    """``deployment``: a SuperLink and one SuperNode per site as processes, with TLS and node
+    authentication; ``simulation``: every site as a Ray actor in one process (many sites)."""
     round_timeout: float = 900.0
     dp_noise_multiplier: float = 0.0
     """Central differential privacy: Gaussian noise σ (0 = off); each site's change is clipped to ``dp_clip``."""
@@ -83,6 +88,8 @@ class FederationSection:
             raise ValueError("federation.home_experts: must be zero or more")
         if self.strategy not in ("expert_mass", "fedavg"):
             raise ValueError(f"federation.strategy: must be 'expert_mass' or 'fedavg', not '{self.strategy}'")
+        if self.runtime not in ("deployment", "simulation"):
+            raise ValueError(f"federation.runtime: must be 'deployment' or 'simulation', not '{self.runtime}'")
         if self.round_timeout <= 0:
             raise ValueError("federation.round_timeout: must be positive")
         if self.dp_noise_multiplier < 0 or self.dp_clip <= 0 or not 0 < self.dp_delta < 1:
@@ -189,3 +196,12 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, object] 
     config = _apply(FedpragConfig(), layers, "")
     config.validate()
     return config  # type: ignore[return-value]
+
+
+def config_to_toml(config: FedpragConfig) -> str:
+    """The whole configuration as TOML that :func:`load_config` reads back to an equal config.
+
+    A launcher writes it for processes it starts elsewhere (a deployed ServerApp), so they run
+    with exactly the settings the operator validated.
+    """
+    return tomli_w.dumps(dataclasses.asdict(config))

@@ -22,8 +22,8 @@ from shared.eval.methods import EvalContext, Hits, Method
 from shared.eval.metrics import exact_match, token_f1
 from shared.eval.report import KindScore, MethodResult, Report
 from shared.eval.resources import PeakMemory, machine_description
-from shared.lora.layers import applied, attach_lora
 from shared.log import get_logger
+from shared.lora.layers import applied, attach_lora
 from shared.models.loading import BaseModel
 from shared.retrieval.encoder import SentenceEncoder
 from shared.retrieval.index import PassageIndex, recall_at_k

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -20,13 +20,20 @@ from shared import prompts
 from shared.data.augment import augmentation_for
 from shared.data.schema import Augmentation, Dataset
 from shared.lora.layers import Adapter, LoRALinear
-from shared.methods.prag import PRAGAdapters, PRAGConfig
-from shared.methods.prag import serializer as prag_serializer
-from shared.methods.prag.trainer import encode_passages
 from shared.methods.poly import PolyConfig
 from shared.methods.poly import serializer as poly_serializer
 from shared.methods.poly import trainer as poly_trainer
-from shared.methods.poly.layers import ExpertPool, QueryRouter, RoutingTable, combine, keep_top_m, routing_weights
+from shared.methods.poly.layers import (
+    ExpertPool,
+    QueryRouter,
+    RoutingTable,
+    combine,
+    keep_top_m,
+    routing_weights,
+)
+from shared.methods.prag import PRAGAdapters, PRAGConfig
+from shared.methods.prag import serializer as prag_serializer
+from shared.methods.prag.trainer import encode_passages
 from shared.models.loading import BaseModel
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.config import ConfigError, load_config
+from shared.config import ConfigError, config_to_toml, load_config
 
 
 def test_defaults_are_valid():
@@ -31,6 +31,7 @@ def test_comma_separated_lists_from_flags():
     ({"prag.nonsense": "1"}, "prag.nonsense: unknown field"),
     ({"benchmark.alpha": "-1"}, "benchmark.alpha"),
     ({"harness.top_k": "0"}, "harness.top_k"),
+    ({"federation.runtime": "cloud"}, "federation.runtime"),
 ])
 def test_errors_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=field):
@@ -42,3 +43,10 @@ def test_bad_toml_names_the_file(tmp_path):
     file.write_text("[prag\n")
     with pytest.raises(ConfigError, match="bad.toml"):
         load_config(file, environ={})
+
+
+def test_a_written_config_reads_back_equal(tmp_path):
+    config = load_config(overrides={"federation.rounds": "3", "eval.methods": "poly,prag"}, environ={})
+    path = tmp_path / "fedprag.toml"
+    path.write_text(config_to_toml(config))
+    assert load_config(path, environ={}) == config

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from coordinator.registry import PoolRegistry
 from coordinator.strategy import ExpertMassAggregation, FedAvgAggregation, strategy_named
 from shared.methods.poly.layers import ExpertPool
 from shared.methods.poly.serializer import pool_arrays
@@ -47,3 +48,11 @@ def test_malformed_updates_are_rejected():
         _update("a", float("nan"), [1.0, 1.0])
     with pytest.raises(ValueError, match="unknown 'median'"):
         strategy_named("median")
+
+
+def test_round_summaries_survive_a_torn_last_line(tmp_path):
+    registry = PoolRegistry(tmp_path, base_digest="base")
+    registry.record_round({"round": 1, "version": 1})
+    with open(tmp_path / "rounds.jsonl", "a") as out:
+        out.write('{"round": 2, "vers')  # the coordinator died mid-write
+    assert PoolRegistry.rounds_at(tmp_path) == [{"round": 1, "version": 1}]

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from peft import LoraConfig
 from safetensors.torch import save_file
 from torch import Tensor

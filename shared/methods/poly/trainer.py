@@ -26,11 +26,16 @@ from tqdm.auto import tqdm
 
 from shared import prompts
 from shared.data.schema import Augmentation, Passage
+from shared.log import get_logger
 from shared.lora.layers import LoRALinear, applied
 from shared.lora.objective import per_sequence_loss
-from shared.log import get_logger
 from shared.methods.poly.config import PolyConfig
-from shared.methods.poly.layers import ExpertPool, QueryRouter, RoutingTable, routing_weights
+from shared.methods.poly.layers import (
+    ExpertPool,
+    QueryRouter,
+    RoutingTable,
+    routing_weights,
+)
 from shared.models.loading import BaseModel
 
 log = get_logger(__name__)
