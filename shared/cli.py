@@ -81,7 +81,7 @@ def _cmd_eval(args: argparse.Namespace, config: FedpragConfig) -> int:
     from shared.models.loading import load_causal_lm
 
     out = Path(config.eval.out)
-    methods = build_methods(list(config.eval.methods), config.prag, config.poly)
+    methods = build_methods(list(config.eval.methods), config.prag, config.poly, config.distilled)
     data_dir = Path(config.eval.data) if config.eval.data else out / "data"
     if not config.eval.data:
         write_dataset(make_benchmark(config.benchmark), data_dir)

@@ -31,6 +31,7 @@ import tomli_w
 
 from shared.data.benchmark import BenchmarkSpec
 from shared.eval.harness import HarnessConfig
+from shared.methods.distilled.config import DistilledConfig
 from shared.methods.poly.config import PolyConfig
 from shared.methods.prag.config import PRAGConfig
 
@@ -102,6 +103,7 @@ class FedpragConfig:
     benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec)
     prag: PRAGConfig = field(default_factory=PRAGConfig)
     poly: PolyConfig = field(default_factory=PolyConfig)
+    distilled: DistilledConfig = field(default_factory=DistilledConfig)
     eval: EvalSection = field(default_factory=EvalSection)
     harness: HarnessConfig = field(default_factory=HarnessConfig)
     federation: FederationSection = field(default_factory=FederationSection)
@@ -111,6 +113,7 @@ class FedpragConfig:
             self.benchmark.validate()
             self.prag.validate()
             self.poly.validate()
+            self.distilled.validate()
             self.harness.validate()
             self.federation.validate()
         except ValueError as exc:

@@ -20,6 +20,8 @@ from shared import prompts
 from shared.data.augment import augmentation_for
 from shared.data.schema import Augmentation, Dataset
 from shared.lora.layers import Adapter, LoRALinear
+from shared.methods.distilled import DistilledConfig
+from shared.methods.distilled import serializer as distilled_serializer
 from shared.methods.poly import PolyConfig
 from shared.methods.poly import serializer as poly_serializer
 from shared.methods.poly import trainer as poly_trainer
@@ -227,7 +229,44 @@ class PolyPRAG:
         return [prompts.closed_book(q) for q in ctx.question_texts(question_rows)], adapter
 
 
-def build_methods(names: list[str], prag: PRAGConfig, poly: PolyConfig | None = None) -> list[Method]:
+class DistilledPRAG:
+    """DistilledPRAG: the generator turns the top-k passages into one LoRA, and the prompt holds
+    mask tokens where the passages were (DESIGN.md §2.3).
+
+    The generator is distilled once per base model on synthetic documents about other people
+    (cached under ``$FEDPRAG_HOME/generators``), so every evaluated passage is one it never saw.
+    Encoding a passage is one generator forward; the generator runs again for each query's top-k.
+    """
+
+    name = "distilled"
+
+    def __init__(self, config: DistilledConfig):
+        self.config = config
+
+    def encode(self, ctx: EvalContext) -> EncodingCost:
+        if self.name not in ctx.encodings:
+            encoder, path = distilled_serializer.cached_generator(ctx.base, ctx.layers, self.config, ctx.show_progress)
+            texts = [p.text for p in ctx.dataset.passages]
+            started = time.perf_counter()
+            with torch.no_grad():
+                for start in range(0, len(texts), 16):
+                    encoder.adapters([[t] for t in texts[start:start + 16]])
+            seconds = (time.perf_counter() - started) / len(texts)
+            stored = sum(f.stat().st_size for f in path.iterdir())
+            ctx.encodings[self.name] = (encoder, EncodingCost(seconds, stored))
+        return ctx.encodings[self.name][1]
+
+    def inputs(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> tuple[list[str], Adapter | None]:
+        encoder = ctx.encodings[self.name][0]
+        documents = [ctx.passage_texts(rows) for rows in hits.rows]
+        with torch.no_grad():
+            adapter = encoder.adapters(documents)
+        texts = ctx.question_texts(question_rows)
+        return [encoder.masked_prompt(d, q) for d, q in zip(documents, texts)], adapter
+
+
+def build_methods(names: list[str], prag: PRAGConfig, poly: PolyConfig | None = None,
+                  distilled: DistilledConfig | None = None) -> list[Method]:
     """Instantiate methods by name, with an error that lists the known names."""
     factories = {
         "closed_book": ClosedBook,
@@ -235,6 +274,7 @@ def build_methods(names: list[str], prag: PRAGConfig, poly: PolyConfig | None = 
         "prag": lambda: PRAG(prag),
         "prag_combine": lambda: PRAG(prag, combine=True),
         **{variant: (lambda v=variant: PolyPRAG(poly or PolyConfig(), v)) for variant in PolyPRAG.VARIANTS},
+        "distilled": lambda: DistilledPRAG(distilled or DistilledConfig()),
     }
     unknown = [n for n in names if n not in factories]
     if unknown:

@@ -1,0 +1,55 @@
+"""DistilledPRAG's hyper-parameters (DESIGN.md §2.3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.lora.layers import FFN_TARGETS
+
+
+@dataclass(frozen=True)
+class DistilledConfig:
+    """Generator shape, distillation loss weights and training schedule.
+
+    The loss is ``gen_weight·L_gen + cos_weight·L_cos + kl_weight·L_KL``: the student's answer
+    cross-entropy, the layer-weighted 1−cosine between student and teacher hidden states over the
+    question and answer, and the KL to the teacher's answer distribution at ``temperature``.
+    """
+
+    rank: int = 2
+    alpha: float = 32.0
+    targets: tuple[str, ...] = FFN_TARGETS
+    width: int = 128
+    """Width of the generator's queries and Transformer."""
+    depth: int = 2
+    """Transformer layers after the cross-attention."""
+    heads: int = 4
+    max_doc_tokens: int = 192
+    """Document tokens the generator reads; longer inputs are truncated with a warning."""
+    steps: int = 600
+    batch_size: int = 16
+    lr: float = 1e-3
+    pair_share: float = 0.3
+    """Share of training examples built from two documents with a cross-document question."""
+    gen_weight: float = 1.0
+    cos_weight: float = 0.5
+    kl_weight: float = 0.1
+    temperature: float = 2.0
+    seed: int = 0
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def validate(self) -> None:
+        for name in ("rank", "width", "depth", "heads", "max_doc_tokens", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"distilled.{name}: must be a positive integer")
+        if self.width % self.heads:
+            raise ValueError(f"distilled.width: must be a multiple of distilled.heads ({self.heads})")
+        if self.lr <= 0 or self.temperature <= 0:
+            raise ValueError("distilled.lr and distilled.temperature: must be positive")
+        if not 0 <= self.pair_share <= 1:
+            raise ValueError("distilled.pair_share: must be in [0, 1]")
+        if min(self.gen_weight, self.cos_weight, self.kl_weight) < 0:
+            raise ValueError("distilled.*_weight: loss weights must be zero or more")

@@ -1,0 +1,131 @@
+"""The mask token and the parameter generator of DistilledPRAG.
+
+The student sees the standard-RAG prompt with every document token replaced by ``<|doc_mask|>``.
+That token is added to the tokenizer only; its embedding is one frozen vector drawn from the
+vocabulary embeddings' per-dimension mean and standard deviation. :func:`install_mask_embedding`
+hooks the base model's input embedding so that the token's id maps to that vector; the base
+model's weights are never resized or changed, and inputs without the token are untouched, so
+every other method sharing the base model is unaffected.
+
+:class:`Generator` reads the documents as the frozen base model's last hidden states and emits
+LoRA factors for every adapted module:
+
+    per-layer queries ─ cross-attention over document tokens ─ Transformer ─ one head per target
+    module type → A [r, in] and B [out, r], with B scaled by a learnable sigmoid gate.
+
+Several documents (the concatenated top-k) give one LoRA; there is no merge step. The output is an
+ordinary batched :data:`shared.lora.layers.Adapter`, so batched inference is the same one-forward
+path Poly-PRAG uses.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from shared.lora.layers import Adapter, LoRALinear, LowRank
+from shared.methods.distilled.config import DistilledConfig
+
+MASK_TOKEN = "<|doc_mask|>"
+_LAYER_INDEX = re.compile(r"\.(\d+)\.")
+
+
+def add_mask_token(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Add ``<|doc_mask|>`` to the tokenizer (idempotent); returns its id."""
+    if MASK_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_tokens([MASK_TOKEN], special_tokens=True)
+    return tokenizer.convert_tokens_to_ids(MASK_TOKEN)
+
+
+def draw_mask_vector(model: PreTrainedModel, seed: int) -> Tensor:
+    """One embedding drawn from the vocabulary embeddings' per-dimension mean and std."""
+    weight = model.get_input_embeddings().weight.detach()
+    generator = torch.Generator().manual_seed(seed)
+    return weight.mean(0) + weight.std(0) * torch.randn(weight.shape[1], generator=generator)
+
+
+def install_mask_embedding(model: PreTrainedModel, mask_id: int, mask_vector: Tensor) -> None:
+    """Make the input embedding map ``mask_id`` to ``mask_vector`` (idempotent; frozen vector).
+
+    A pre-hook swaps the id for 0 before the lookup (the embedding table has no row for it), and
+    a hook puts the vector at those positions afterwards.
+    """
+    embedding = model.get_input_embeddings()
+    if getattr(embedding, "_fedprag_mask_id", None) == mask_id:
+        return
+    if mask_id < embedding.num_embeddings:
+        raise ValueError(f"mask token id {mask_id} already has a row in the embedding table")
+    vector = mask_vector.detach().clone()
+    positions: list[Tensor] = []
+
+    def swap_ids(module: nn.Module, args: tuple) -> tuple:
+        ids = args[0]
+        positions.append(ids == mask_id)
+        return (ids.masked_fill(positions[-1], 0), *args[1:])
+
+    def place_vector(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        is_mask = positions.pop()
+        if not is_mask.any():
+            return output
+        return torch.where(is_mask.unsqueeze(-1), vector.to(output.dtype), output)
+
+    embedding.register_forward_pre_hook(swap_ids)
+    embedding.register_forward_hook(place_vector)
+    embedding._fedprag_mask_id = mask_id
+
+
+def layer_plan(layers: dict[str, LoRALinear], targets: tuple[str, ...]) -> list[tuple[str, int, int]]:
+    """``(module name, layer index, target index)`` for every adapted module, in a fixed order."""
+    plan = []
+    for name in sorted(layers, key=lambda n: (int(_LAYER_INDEX.search(n).group(1)), n)):
+        match = _LAYER_INDEX.search(name)
+        kind = name.rsplit(".", 1)[-1]
+        if match is None or kind not in targets:
+            raise ValueError(f"cannot place module {name} in the generator's layer plan")
+        plan.append((name, int(match.group(1)), targets.index(kind)))
+    return plan
+
+
+class Generator(nn.Module):
+    """Documents (hidden states) → LoRA factors for every adapted module of the base model."""
+
+    def __init__(self, layers: dict[str, LoRALinear], doc_dim: int, config: DistilledConfig):
+        super().__init__()
+        self.config = config
+        self.plan = layer_plan(layers, config.targets)
+        n_layers = 1 + max(layer for _, layer, _ in self.plan)
+        shapes = {}
+        for name, _, target in self.plan:
+            shapes.setdefault(target, (layers[name].in_features, layers[name].out_features))
+        self.shapes = shapes
+        width, rank = config.width, config.rank
+        self.read = nn.Sequential(nn.Linear(doc_dim, width), nn.LayerNorm(width))
+        self.queries = nn.Parameter(torch.randn(n_layers, width) * 0.02)
+        self.cross = nn.MultiheadAttention(width, config.heads, batch_first=True)
+        block = nn.TransformerEncoderLayer(width, config.heads, dim_feedforward=2 * width, dropout=0.0,
+                                           batch_first=True, norm_first=True)
+        self.mixer = nn.TransformerEncoder(block, config.depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head_a = nn.ModuleList(nn.Linear(width, rank * shapes[t][0]) for t in range(len(config.targets)))
+        self.head_b = nn.ModuleList(nn.Linear(width, shapes[t][1] * rank) for t in range(len(config.targets)))
+        for head in self.head_b:  # B starts at zero, so a fresh generator leaves the model unchanged
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+        self.gate = nn.Parameter(torch.zeros(n_layers, len(config.targets)))
+
+    def forward(self, doc_states: Tensor, doc_mask: Tensor) -> Adapter:
+        """``doc_states [b, t, d]`` with ``doc_mask [b, t]`` (1 = real token) → one adapter per row."""
+        keys = self.read(doc_states)
+        queries = self.queries.unsqueeze(0).expand(keys.shape[0], -1, -1)
+        read, _ = self.cross(queries, keys, keys, key_padding_mask=doc_mask == 0, need_weights=False)
+        z = self.norm(self.mixer(queries + read))  # [b, L, width]
+        rank, adapter = self.config.rank, {}
+        for name, layer, target in self.plan:
+            d_in, d_out = self.shapes[target]
+            a = self.head_a[target](z[:, layer]).view(-1, rank, d_in) / d_in ** 0.5
+            b = self.head_b[target](z[:, layer]).view(-1, d_out, rank) * torch.sigmoid(self.gate[layer, target])
+            adapter[name] = LowRank(A=a, B=b, scale=self.config.scale)
+        return adapter

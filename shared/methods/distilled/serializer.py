@@ -1,0 +1,61 @@
+"""Save and load a trained generator, bound to the base model it was distilled from.
+
+The checkpoint is the generator's weights plus the mask token's frozen vector, with a manifest
+holding the configuration and the base model's digest; a checkpoint from another base model is
+refused with :class:`shared.lora.store.EncodingMismatch`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from shared.lora.layers import LoRALinear
+from shared.lora.store import load_encoding, save_encoding
+from shared.methods.distilled.config import DistilledConfig
+from shared.methods.distilled.layers import Generator
+from shared.methods.distilled.trainer import DistilledEncoder, train_generator
+from shared.models.loading import BaseModel
+from shared.paths import fedprag_home
+
+METHOD = "distilled"
+FORMAT_VERSION = 1
+MASK_VECTOR = "mask_vector"
+
+
+def save(directory: str | Path, encoder: DistilledEncoder) -> int:
+    """Write the generator checkpoint; returns bytes on disk."""
+    tensors = {f"generator.{k}": v.detach() for k, v in encoder.generator.state_dict().items()}
+    tensors[MASK_VECTOR] = encoder.mask_vector
+    config = dataclasses.asdict(encoder.generator.config)
+    manifest = {"method": METHOD, "format_version": FORMAT_VERSION, "base_model_digest": encoder.base.digest,
+                "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}}
+    return save_encoding(directory, tensors, manifest)
+
+
+def load(directory: str | Path, base: BaseModel, layers: dict[str, LoRALinear]) -> DistilledEncoder:
+    """Read a generator saved by :func:`save` for this base model and bind it to ``base``."""
+    tensors, manifest = load_encoding(directory, METHOD, base.digest)
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["config"].items()}
+    generator = Generator(layers, base.model.config.hidden_size, DistilledConfig(**fields))
+    generator.load_state_dict({k.removeprefix("generator."): v for k, v in tensors.items() if k != MASK_VECTOR})
+    generator.eval()
+    return DistilledEncoder.attach(base, layers, generator, tensors[MASK_VECTOR])
+
+
+def cached_generator(base: BaseModel, layers: dict[str, LoRALinear], config: DistilledConfig,
+                     show_progress: bool = True) -> tuple[DistilledEncoder, Path]:
+    """The generator for ``base`` and ``config``: loaded from the cache, else trained and cached.
+
+    The cache lives under ``$FEDPRAG_HOME/generators``, keyed by the base model's digest and the
+    configuration, so a run never reuses a generator made for other settings.
+    """
+    key = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+    path = fedprag_home() / "generators" / f"distilled-{base.digest[:12]}-{key}"
+    if (path / "manifest.json").is_file():
+        return load(path, base, layers), path
+    encoder, _ = train_generator(base, layers, config, show_progress)
+    save(path, encoder)
+    return encoder, path

@@ -1,0 +1,197 @@
+"""Train the generator by distilling standard RAG, and turn documents into adapters with it.
+
+Teacher: the frozen base model with the real documents in context. Student: the same model with
+each document token replaced by the mask token, plus the LoRA the generator made from those
+documents. Both sequences are built segment by segment, so they have the same length and every
+question and answer token sits at the same position in both. The loss is
+
+    gen_weight·L_gen + cos_weight·L_cos + kl_weight·L_KL
+
+over the question and answer: the student's answer cross-entropy; 1−cosine between student and
+teacher hidden states, weighted towards deeper layers; and the KL from the teacher's answer
+distribution at ``temperature`` (times T²).
+
+Training examples are synthesised from documents about freshly drawn fictional people, never the
+benchmark's, so evaluation documents are unseen: one document with an augmentation-template
+question about it, or (``pair_share``) a person's and their mentor's documents with a question
+that needs both. Test and held-out single-hop phrasings stay unseen.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from shared import prompts
+from shared.data import world
+from shared.log import get_logger
+from shared.lora.layers import Adapter, LoRALinear, applied
+from shared.methods.distilled.config import DistilledConfig
+from shared.methods.distilled.layers import (
+    MASK_TOKEN,
+    Generator,
+    add_mask_token,
+    draw_mask_vector,
+    install_mask_embedding,
+)
+from shared.models.loading import BaseModel
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Example:
+    """Documents, a question that needs them, and its answer."""
+
+    documents: list[str]
+    question: str
+    answer: str
+
+
+@dataclass
+class DistilledEncoder:
+    """A base model with the mask token installed, its adapted layers, and the generator."""
+
+    base: BaseModel
+    layers: dict[str, LoRALinear]
+    generator: Generator
+    mask_id: int
+    mask_vector: Tensor
+
+    @classmethod
+    def attach(cls, base: BaseModel, layers: dict[str, LoRALinear], generator: Generator,
+               mask_vector: Tensor) -> DistilledEncoder:
+        """Install the mask token in ``base`` and bind the generator to it."""
+        mask_id = add_mask_token(base.tokenizer)
+        install_mask_embedding(base.model, mask_id, mask_vector)
+        return cls(base, layers, generator, mask_id, mask_vector)
+
+    def ids(self, text: str) -> list[int]:
+        return self.base.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def read(self, documents: Sequence[Sequence[str]]) -> tuple[Tensor, Tensor]:
+        """Each row's documents, joined as in the prompt, as frozen base-model hidden states.
+
+        Documents longer than ``max_doc_tokens`` are truncated with a warning.
+        """
+        limit = self.generator.config.max_doc_tokens
+        rows = []
+        for docs in documents:
+            ids = self.ids("\n".join(docs))
+            if len(ids) > limit:
+                log.warning("distilled.documents.truncated", tokens=len(ids), kept=limit)
+                ids = ids[:limit]
+            rows.append(ids or [self.base.tokenizer.eos_token_id])
+        ids, mask = _right_padded(rows, self.base.tokenizer.pad_token_id)
+        with torch.no_grad(), applied(self.layers, None):
+            out = self.base.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        return out.hidden_states[-1], mask
+
+    def adapters(self, documents: Sequence[Sequence[str]]) -> Adapter:
+        """One generated LoRA per row of documents, batched (``A [b, r, in]``, ``B [b, out, r]``)."""
+        return self.generator(*self.read(documents))
+
+    def masked_prompt(self, documents: Sequence[str], question: str) -> str:
+        """The student's prompt: standard RAG's, with each document token replaced by the mask token."""
+        return prompts.with_context([MASK_TOKEN * len(self.ids(d)) for d in documents], question)
+
+    def pair(self, example: Example) -> tuple[list[int], list[int], int, int]:
+        """Teacher and student ids for one example, plus where the question and the answer start."""
+        teacher, student = self.ids("Context:\n"), self.ids("Context:\n")
+        for i, doc in enumerate(example.documents):
+            sep = self.ids("\n") if i else []
+            doc_ids = self.ids(doc)
+            teacher += sep + doc_ids
+            student += sep + [self.mask_id] * len(doc_ids)
+        question = self.ids("\n" + prompts.closed_book(example.question))
+        answer = self.ids(prompts.completion(example.answer)) + [self.base.tokenizer.eos_token_id]
+        question_start = len(teacher)
+        return teacher + question + answer, student + question + answer, question_start, question_start + len(question)
+
+
+def _right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(row)] = 1
+    return ids, mask
+
+
+def synthesise(rng: random.Random, pair_share: float) -> Example:
+    """One training example about freshly drawn people (single-document or cross-document)."""
+    person, mentor = world.fresh_pair(rng)
+    if rng.random() < pair_share:
+        attribute = rng.choice(sorted(world.MULTIHOP_TEMPLATES))
+        docs = [world.write_passage(person, rng), world.write_passage(mentor, rng)]
+        rng.shuffle(docs)
+        return Example(docs, world.ask(world.MULTIHOP_TEMPLATES, attribute, person.name, rng), mentor.facts[attribute])
+    attribute = rng.choice(world.ATTRIBUTES)
+    return Example([world.write_passage(person, rng)], world.ask(world.AUGMENT_TEMPLATES, attribute, person.name, rng),
+                   person.facts[attribute])
+
+
+def distillation_loss(student: object, teacher: object, ids: Tensor, question_mask: Tensor, answer_mask: Tensor,
+                      config: DistilledConfig) -> tuple[Tensor, dict[str, float]]:
+    """The weighted sum of L_gen, L_cos and L_KL (see the module docstring) and its parts."""
+    predicts = answer_mask[:, 1:].bool()  # logits at t predict the token at t+1
+    s_logits, t_logits = student.logits[:, :-1][predicts], teacher.logits[:, :-1][predicts]
+    gen = F.cross_entropy(s_logits, ids[:, 1:][predicts])
+    temp = config.temperature
+    kl = F.kl_div(F.log_softmax(s_logits / temp, -1), F.log_softmax(t_logits / temp, -1), log_target=True,
+                  reduction="batchmean") * temp ** 2
+    depth = len(student.hidden_states) - 1
+    weights = torch.arange(1, depth + 1, dtype=torch.float32) / sum(range(1, depth + 1))
+    where = (question_mask | answer_mask).bool()
+    cos = sum(w * (1 - F.cosine_similarity(s[where], t[where], dim=-1)).mean()
+              for w, s, t in zip(weights, student.hidden_states[1:], teacher.hidden_states[1:]))
+    loss = config.gen_weight * gen + config.cos_weight * cos + config.kl_weight * kl
+    return loss, {"gen": gen.item(), "cos": float(cos.detach()), "kl": kl.item()}
+
+
+def train_generator(base: BaseModel, layers: dict[str, LoRALinear], config: DistilledConfig,
+                    show_progress: bool = True) -> tuple[DistilledEncoder, float]:
+    """Train a generator for ``base`` from scratch; returns the encoder and the smoothed final loss."""
+    torch.manual_seed(config.seed)
+    generator = Generator(layers, base.model.config.hidden_size, config)
+    encoder = DistilledEncoder.attach(base, layers, generator, draw_mask_vector(base.model, config.seed))
+    optimizer = torch.optim.AdamW(generator.parameters(), lr=config.lr, weight_decay=0.01)
+    rng = random.Random(config.seed)
+    smoothed = float("nan")
+    generator.train()
+    bar = tqdm(range(config.steps), desc="distil generator", disable=not show_progress, unit="step")
+    for step in bar:
+        for group in optimizer.param_groups:  # cosine decay to a tenth
+            group["lr"] = config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / config.steps)))
+        examples = [synthesise(rng, config.pair_share) for _ in range(config.batch_size)]
+        pairs = [encoder.pair(e) for e in examples]
+        pad = base.tokenizer.pad_token_id
+        teacher_ids, attention = _right_padded([p[0] for p in pairs], pad)
+        student_ids, _ = _right_padded([p[1] for p in pairs], pad)
+        positions = torch.arange(teacher_ids.shape[1])
+        question_mask = torch.stack([(positions >= q) & (positions < a) for _, _, q, a in pairs]) & attention.bool()
+        answer_mask = torch.stack([positions >= a for _, _, _, a in pairs]) & attention.bool()
+        with torch.no_grad(), applied(layers, None):
+            teacher = base.model(input_ids=teacher_ids, attention_mask=attention, output_hidden_states=True)
+        with applied(layers, encoder.adapters([e.documents for e in examples])):
+            student = base.model(input_ids=student_ids, attention_mask=attention, output_hidden_states=True)
+        loss, parts = distillation_loss(student, teacher, student_ids, question_mask, answer_mask, config)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"distillation loss is {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(generator.parameters(), 1.0)
+        optimizer.step()
+        smoothed = loss.item() if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{smoothed:.3f}", gen=f"{parts['gen']:.2f}")
+    generator.eval()
+    log.info("distilled.train.done", steps=config.steps, final_loss=round(smoothed, 4))
+    return encoder, smoothed

@@ -1,0 +1,94 @@
+"""DistilledPRAG: the mask token, the generator's adapters, distillation steps, and its checkpoint."""
+
+import dataclasses
+import logging
+
+import pytest
+import torch
+
+from shared.eval.generate import generate_answers
+from shared.lora.layers import applied, attach_lora
+from shared.lora.store import EncodingMismatch
+from shared.methods.distilled import MASK_TOKEN, DistilledConfig
+from shared.methods.distilled import serializer
+from shared.methods.distilled.trainer import train_generator
+from shared.models.loading import load_causal_lm
+
+SMALL = DistilledConfig(width=16, heads=2, depth=1, steps=3, batch_size=4, max_doc_tokens=64)
+DOCS = [["Kara Lo was born in 1901. Kara Lo plays the harp."], ["Mi Ze grew up in Quessa. Mi Ze is a baker."]]
+
+
+@pytest.fixture()
+def base(random_llama_path):
+    return load_causal_lm(str(random_llama_path))
+
+
+@pytest.fixture()
+def trained(base):
+    return train_generator(base, attach_lora(base.model), SMALL, show_progress=False)
+
+
+def test_generated_adapters_cover_every_module_with_batched_factors(base, trained):
+    encoder, loss = trained
+    adapter = encoder.adapters(DOCS)
+    layers = attach_lora(base.model)
+    assert set(adapter) == set(layers) and loss == loss  # finite, not NaN
+    for name, delta in adapter.items():
+        assert delta.A.shape == (2, SMALL.rank, layers[name].in_features)
+        assert delta.B.shape == (2, layers[name].out_features, SMALL.rank)
+    assert any(delta.B.abs().sum() > 0 for delta in adapter.values())  # training moved B off zero
+    different = sum((adapter[n].B[0] @ adapter[n].A[0] - adapter[n].B[1] @ adapter[n].A[1]).abs().sum() for n in adapter)
+    assert different > 0  # different documents give different LoRAs
+
+
+def test_a_fresh_generator_leaves_the_model_unchanged(base):
+    layers = attach_lora(base.model)
+    encoder, _ = train_generator(base, layers, dataclasses.replace(SMALL, steps=0), show_progress=False)
+    prompts = [encoder.masked_prompt(d, "When was Kara Lo born?") for d in DOCS]
+    with applied(layers, None):
+        bare = base.model(**base.tokenizer(prompts, return_tensors="pt", padding=True)).logits
+    with applied(layers, encoder.adapters(DOCS)):
+        adapted = base.model(**base.tokenizer(prompts, return_tensors="pt", padding=True)).logits
+    assert torch.allclose(bare, adapted)
+
+
+def test_the_mask_token_has_one_frozen_embedding_and_leaves_other_inputs_alone(base, trained):
+    encoder, _ = trained
+    embedding = base.model.get_input_embeddings()
+    assert encoder.mask_id >= embedding.num_embeddings  # the model's table was not resized
+    ids = torch.tensor([[5, encoder.mask_id, 7, encoder.mask_id]])
+    out = embedding(ids)
+    assert torch.equal(out[0, 1], encoder.mask_vector) and torch.equal(out[0, 3], encoder.mask_vector)
+    assert torch.equal(out[0, 0], embedding.weight[5])
+    prompt = encoder.masked_prompt(["Kara Lo plays the harp."], "What does Kara Lo play?")
+    assert MASK_TOKEN in prompt and "harp" not in prompt
+    masked = base.tokenizer(prompt)["input_ids"].count(encoder.mask_id)
+    assert masked == len(encoder.ids("Kara Lo plays the harp."))
+    assert generate_answers(base.model, base.tokenizer, [prompt])  # the standard generate path runs
+
+
+def test_long_documents_are_truncated_with_a_warning(trained, caplog):
+    encoder, _ = trained
+    long = " ".join(["Kara Lo was born in 1901."] * 60)
+    with caplog.at_level(logging.WARNING, logger="fedprag"):
+        adapter = encoder.adapters([[long]])
+    assert "distilled.documents.truncated" in caplog.text
+    assert all(torch.isfinite(d.A).all() for d in adapter.values())
+
+
+def test_checkpoint_round_trips_and_is_refused_for_another_base_model(base, trained, tmp_path):
+    encoder, _ = trained
+    serializer.save(tmp_path / "gen", encoder)
+    loaded = serializer.load(tmp_path / "gen", base, attach_lora(base.model))
+    for name, delta in encoder.adapters(DOCS).items():
+        assert torch.allclose(delta.B, loaded.adapters(DOCS)[name].B)
+    other = dataclasses.replace(base, digest="0" * 64)
+    with pytest.raises(EncodingMismatch, match="base model"):
+        serializer.load(tmp_path / "gen", other, attach_lora(base.model))
+
+
+@pytest.mark.parametrize("field, value", [("rank", 0), ("heads", 3), ("pair_share", 1.5), ("temperature", 0.0)])
+def test_bad_settings_name_the_field(field, value):
+    with pytest.raises(ValueError, match=f"distilled.{field}"):
+        dataclasses.replace(DistilledConfig(), **{field: value}).validate()
+
