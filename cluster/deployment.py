@@ -13,12 +13,15 @@
    fedprag TOML file the coordinator reads.
 
 Each process runs in its own session, logs to ``<work_dir>/logs/<name>.log`` (``pids.json``
-lists them) and is stopped through its process group by PID. A SuperNode's log holds that site's
-own ClientApp logs, so it stays with the site.
+lists them) and is stopped through its process group by PID. Flower's SuperExec and the apps it
+launches run in sessions of their own, so the deployment also keeps track of every descendant of
+its processes while they run, and stops those too, even after their parent died. A SuperNode's
+log holds that site's own ClientApp logs, so it stays with the site.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -30,6 +33,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Self
+
+import psutil
 
 from cluster.certs import NodeKeys, TlsFiles, write_node_keys, write_tls
 from cluster.simulation import FLOWER_QUIET, simulate
@@ -84,10 +89,8 @@ def _quoted(value: str) -> str:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 @dataclass
@@ -112,6 +115,7 @@ class LocalDeployment:
         self.logs = self.work / "logs"
         self.port = 0
         self.processes: list[Started] = []
+        self.descendants: dict[int, psutil.Process] = {}
         self.tls: TlsFiles | None = None
 
     # -- processes -------------------------------------------------------------------------
@@ -129,10 +133,25 @@ class LocalDeployment:
                                        cwd=self.work, start_new_session=True)
         started = Started(name, process, path)
         self.processes.append(started)
-        atomic_write_text(self.logs / "pids.json",
-                          json.dumps({p.name: p.process.pid for p in self.processes}, indent=2))
+        self._write_pids()
         log.info("deployment.process.start", name=name, pid=process.pid)
         return started
+
+    def _write_pids(self) -> None:
+        pids = {p.name: p.process.pid for p in self.processes}
+        atomic_write_text(self.logs / "pids.json",
+                          json.dumps({**pids, "descendants": sorted(self.descendants)}, indent=2))
+
+    def remember_descendants(self) -> None:
+        """Note every live descendant of the processes started here (SuperExec, ServerApp, ClientApps)."""
+        for started in self.processes:
+            try:
+                children = psutil.Process(started.process.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                continue
+            for child in children:
+                self.descendants.setdefault(child.pid, child)
+        self._write_pids()
 
     def _tail(self, started: Started, lines: int = 8) -> str:
         text = started.log.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -162,6 +181,7 @@ class LocalDeployment:
             keys = self.node_keys(name)
             self.register(keys)
             self.start_supernode(name, path, keys)
+        self.remember_descendants()
 
     def _wait_listening(self, started: Started) -> None:
         deadline = time.monotonic() + self.startup_timeout
@@ -227,6 +247,7 @@ class LocalDeployment:
                               env=self._env(self.work / "flwr" / "cli"), cwd=self.work) as runner:
             for line in runner.stdout:
                 sys.stderr.write(line)
+                self.remember_descendants()
         rounds = recorded_rounds(registry_dir(config.federation))
         done = max((r.round for r in rounds if r.version is not None), default=0)
         if runner.returncode != 0 or done < config.federation.rounds:
@@ -235,7 +256,8 @@ class LocalDeployment:
         return rounds
 
     def stop(self) -> None:
-        """Stop every process this deployment started, newest first, by its process group."""
+        """Stop every process this deployment started, newest first, then their descendants."""
+        self.remember_descendants()
         for started in reversed(self.processes):
             _signal_group(started.process.pid, signal.SIGTERM)
             try:
@@ -246,7 +268,17 @@ class LocalDeployment:
             _signal_group(started.process.pid, signal.SIGKILL)  # anything the process left behind
             log.info("deployment.process.stop", name=started.name, pid=started.process.pid,
                      code=started.process.returncode)
+        left = list(self.descendants.values())
+        for child in left:  # psutil checks each is still the process we saw (pid and start time)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.terminate()
+        _, alive = psutil.wait_procs(left, timeout=10)
+        for child in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        psutil.wait_procs(alive, timeout=10)
         self.processes.clear()
+        self.descendants.clear()
 
     def __enter__(self) -> Self:
         try:

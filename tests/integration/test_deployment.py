@@ -8,12 +8,12 @@ must resume with round 2.
 
 import json
 import os
-import signal
 import socket
 import ssl
 import subprocess
 import time
 
+import psutil
 import pytest
 
 from client.store import SiteStore
@@ -40,8 +40,10 @@ def _kill_coordinator_after_round_one(work, spec):
     while not (work / "registry" / "v000001").is_dir():
         assert launcher.poll() is None and time.monotonic() < deadline, "round 1 never completed"
         time.sleep(0.2)
-    superlink = json.loads((work / "logs" / "pids.json").read_text())["superlink"]
-    os.killpg(superlink, signal.SIGKILL)
+    # the coordinator's machine dies: the SuperLink and everything it started (SuperExec, ServerApp)
+    coordinator = psutil.Process(json.loads((work / "logs" / "pids.json").read_text())["superlink"])
+    for process in [coordinator, *coordinator.children(recursive=True)]:
+        process.kill()
     stdout, stderr = launcher.communicate(timeout=300)
     return subprocess.CompletedProcess(launcher.args, launcher.returncode, stdout, stderr)
 
@@ -76,9 +78,11 @@ def test_a_killed_coordinator_resumes_without_losing_completed_rounds(deployed):
 
 def test_every_process_is_stopped(deployed):
     work, _, _, _ = deployed
-    for pid in json.loads((work / "logs" / "pids.json").read_text()).values():
-        with pytest.raises(ProcessLookupError):
-            os.killpg(pid, 0)
+    pids = json.loads((work / "logs" / "pids.json").read_text())
+    descendants = pids.pop("descendants")
+    assert descendants  # SuperExec and the apps were seen, so they were stopped too
+    for pid in [*pids.values(), *descendants]:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
 
 
 def test_no_canary_byte_leaves_any_site(deployed):
@@ -107,9 +111,9 @@ def test_an_unregistered_supernode_is_refused(superlink, tmp_path):
 
 def test_the_superlink_speaks_tls_with_the_local_ca_only(superlink):
     trusted = ssl.create_default_context(cafile=str(superlink.tls.ca_cert))
-    with socket.create_connection(("127.0.0.1", superlink.port)) as raw:
-        with trusted.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            assert tls.version() in ("TLSv1.2", "TLSv1.3")
-    with socket.create_connection(("127.0.0.1", superlink.port)) as raw:
-        with pytest.raises(ssl.SSLCertVerificationError):
-            ssl.create_default_context().wrap_socket(raw, server_hostname="127.0.0.1")
+    with (socket.create_connection(("127.0.0.1", superlink.port)) as raw,
+          trusted.wrap_socket(raw, server_hostname="127.0.0.1") as tls):
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+    with (socket.create_connection(("127.0.0.1", superlink.port)) as raw,
+          pytest.raises(ssl.SSLCertVerificationError)):
+        ssl.create_default_context().wrap_socket(raw, server_hostname="127.0.0.1")
