@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_seconds": {"expert_mass": main_s, "fedavg": fedavg_s},
         "rounds": config.federation.rounds, "local_epochs": config.federation.local_epochs,
         "sites": len(main_rounds[0].accepted), "alpha": config.benchmark.alpha,
+        "runtime": config.federation.runtime,
     }
     json_path, md_path = main_report.write(args.out, stem="federation")
     payload = json.loads(json_path.read_text())
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(json_path, json.dumps(payload, indent=2))
     lines = [
         "", f"Federation: {summary['sites']} sites, Dirichlet α={config.benchmark.alpha}, "
-            f"{config.federation.rounds} rounds × {config.federation.local_epochs} local epochs.", "",
+            f"{config.federation.rounds} rounds × {config.federation.local_epochs} local epochs, "
+            f"{config.federation.runtime} runtime.", "",
         "| single-hop EM | value |", "|---|---|",
         f"| federated Poly-PRAG, expert-mass aggregation | {em['poly_federated']:.3f} |",
         f"| federated Poly-PRAG, plain FedAvg | {em['poly_federated_fedavg']:.3f} |",
