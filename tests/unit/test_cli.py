@@ -40,3 +40,15 @@ def test_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for command in ("model", "data", "eval", "build-tiny"):
         assert command in out
+
+
+def test_certs_writes_what_superlink_and_supernodes_need(tmp_path, capsys):
+    assert main(["certs", "--out", str(tmp_path), "--node", "site-a", "--node", "site-b"]) == 0
+    written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert {"ca.crt", "server.pem", "server.key", "nodes/site-a", "nodes/site-a.pub", "nodes/site-b.pub"} <= written
+    assert "flwr supernode register" in capsys.readouterr().out
+
+
+def test_federate_without_site_stores_is_a_clear_error(tmp_path, capsys):
+    assert main(["federate", "--work-dir", str(tmp_path)]) == 2
+    assert "no site stores" in capsys.readouterr().err
