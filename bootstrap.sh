@@ -4,9 +4,19 @@
 # changed. Use: ./bootstrap.sh && .venv/bin/fedprag demo
 set -euo pipefail
 cd "$(dirname "$0")"
-python=${PYTHON:-python3.11}
-if ! command -v "$python" >/dev/null; then
-  echo "bootstrap: $python not found; install Python 3.11 or set PYTHON=/path/to/python3.11" >&2
+# The interpreter: $PYTHON, else python3.11, else a python3 that is 3.11.
+python=${PYTHON:-}
+if [ -z "$python" ]; then
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+      python=$candidate
+      break
+    fi
+  done
+fi
+if [ -z "$python" ] || ! command -v "$python" >/dev/null; then
+  echo "bootstrap: no Python 3.11 found; install it or set PYTHON=/path/to/python3.11" >&2
   exit 1
 fi
 want=$(sha256sum pyproject.toml | cut -c1-16)
