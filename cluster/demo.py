@@ -21,7 +21,7 @@ from client.routing_service import SiteRouter
 from cluster.deployment import federate
 from cluster.fanout import FederatedPoly
 from cluster.simulation import prepare_sites
-from coordinator.app import RoundReport
+from coordinator.app import RoundReport, registry_dir
 from coordinator.registry import PoolRegistry
 from shared.config import FedpragConfig
 from shared.data.benchmark import make_benchmark
@@ -57,14 +57,14 @@ def run_demo(config: FedpragConfig, show_progress: bool = True,
     stores = prepare_sites(dataset, work / "sites")
     log.info("demo.sites", sites=len(stores), passages=[len(s.passages()) for s in stores])
     reports = federate(config, [s.root for s in stores])
-    latest = PoolRegistry(work / "registry", base.digest).latest()
+    registry = PoolRegistry(registry_dir(federation), base.digest)
+    latest = registry.latest()
     if latest is None:
         raise RuntimeError("the federation published no pool; see the coordinator log")
     pool, manifest = latest
     encoder = SentenceEncoder()
     routers = [SiteRouter(s, encoder, base.digest, pool.n_groups, pool.n_experts) for s in stores]
-    pool_bytes = sum((work / "registry" / f"v{manifest['version']:06d}").joinpath(f).stat().st_size
-                     for f in ("tensors.safetensors", "manifest.json"))
+    pool_bytes = sum(f.stat().st_size for f in registry.path(manifest["version"]).iterdir())
     federated = FederatedPoly(pool, routers, config.poly, pool_bytes, config.harness.top_k)
     methods = [*build_methods(list(baselines), config.prag, config.poly), federated]
     report = evaluate(dataset, base, methods, config.harness, work / "eval", show_progress)

@@ -144,6 +144,7 @@ class LocalDeployment:
 
     def remember_descendants(self) -> None:
         """Note every live descendant of the processes started here (SuperExec, ServerApp, ClientApps)."""
+        known = len(self.descendants)
         for started in self.processes:
             try:
                 children = psutil.Process(started.process.pid).children(recursive=True)
@@ -151,7 +152,8 @@ class LocalDeployment:
                 continue
             for child in children:
                 self.descendants.setdefault(child.pid, child)
-        self._write_pids()
+        if len(self.descendants) > known:
+            self._write_pids()
 
     def _tail(self, started: Started, lines: int = 8) -> str:
         text = started.log.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -299,6 +301,6 @@ def federate(config: FedpragConfig, site_dirs: Sequence[Path]) -> list[RoundRepo
     ``simulation`` runs the sites as Ray actors (stores must be ``<work_dir>/sites/site-<i>``).
     """
     if config.federation.runtime == "simulation":
-        return simulate(config.model.path, config.poly, config.federation, len(site_dirs), config.federation.work_dir)
+        return simulate(config.model.path, config.poly, config.federation, len(site_dirs))
     with LocalDeployment(config.federation.work_dir, [(p.name, p) for p in site_dirs], config.model.path) as deployment:
         return deployment.run(config)

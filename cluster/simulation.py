@@ -16,7 +16,7 @@ from flwr.simulation import run_simulation
 
 from client.app import make_client_app
 from client.store import SiteStore
-from coordinator.app import RoundReport, make_server_app, recorded_rounds
+from coordinator.app import RoundReport, make_server_app, recorded_rounds, registry_dir
 from shared.config import FederationSection
 from shared.data.augment import augmentation_for
 from shared.data.schema import Dataset
@@ -50,15 +50,15 @@ def prepare_sites(dataset: Dataset, sites_root: str | Path) -> list[SiteStore]:
 
 
 def simulate(model_spec: str, poly: PolyConfig, federation: FederationSection, sites: int,
-             work_dir: str | Path, ray_cpus: int = 2) -> list[RoundReport]:
+             ray_cpus: int = 2) -> list[RoundReport]:
     """Run the federation's remaining rounds over ``sites`` simulated sites; returns every recorded round."""
-    work = Path(work_dir)
+    work = Path(federation.work_dir)
     flower_environment(work / "flwr-home")
-    server = make_server_app(model_spec, poly, federation, str(work / "registry"))
+    server = make_server_app(model_spec, poly, federation)
     client = make_client_app(model_spec, str(work / "sites"))
     run_simulation(
         server_app=server, client_app=client, num_supernodes=sites,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                         "init_args": {"num_cpus": ray_cpus, "include_dashboard": False}},
     )
-    return recorded_rounds(work / "registry")
+    return recorded_rounds(registry_dir(federation))

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from coordinator.privacy import DPSettings, add_noise, clip_update, epsilon
 from coordinator.registry import PoolRegistry
-from coordinator.strategy import strategy_named
+from coordinator.strategy import PoolStrategy, strategy_named
 from shared.config import FederationSection, load_config
 from shared.log import configure as configure_logging
 from shared.log import get_logger
@@ -68,11 +68,10 @@ def _wait_for_sites(grid: Grid, minimum: int, timeout: float) -> list[int]:
         time.sleep(1.0)
 
 
-def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: FederationSection,
-               registry_dir: str) -> list[RoundReport]:
-    """Run the remaining rounds up to ``federation.rounds``; returns one report per round run."""
+def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: FederationSection) -> None:
+    """Run the remaining rounds up to ``federation.rounds``; each round's report goes to the registry."""
     base = load_causal_lm(model_spec)
-    registry = PoolRegistry(registry_dir, base.digest)
+    registry = PoolRegistry(registry_dir(federation), base.digest)
     latest = registry.latest()
     if latest is None:
         pool = ExpertPool.initialised(attach_lora(base.model), poly.n_experts, poly.rank, poly.scale, poly.routing, poly.seed)
@@ -87,7 +86,6 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
           if federation.dp_noise_multiplier > 0 else None)
     settings = {**poly.to_numbers(), "epochs": float(federation.local_epochs),
                 "home_experts": float(federation.home_experts)}
-    reports = []
     for number in range(done + 1, federation.rounds + 1):
         nodes = _wait_for_sites(grid, federation.min_sites, federation.round_timeout)
         experts = pool_arrays(pool)
@@ -117,36 +115,39 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
             log.warning("coordinator.update.rejected", round=number, node=node, reason=reason)
         if len(updates) < federation.min_sites:
             log.error("coordinator.round.incomplete", round=number, valid=len(updates), needed=federation.min_sites)
-            registry.record_round(dataclasses.asdict(report))
-            reports.append(report)
-            continue
-        if dp is not None:  # central DP: clip each site's change, aggregate, then add noise
-            broadcast = pool_arrays(pool)
-            updates = [clip_update(u, broadcast, dp.clip) for u in updates]
-        pool = strategy.aggregate(pool, updates)
-        if dp is not None:
-            pool = pool_from_arrays(add_noise(pool_arrays(pool), dp, number), pool.scale, pool.routing)
-            report.epsilon = epsilon(number, dp.noise_multiplier, dp.delta)
-        report.loss = sum(u.loss * u.passages for u in updates) / sum(u.passages for u in updates)
-        metrics = {"loss": report.loss, "sites": float(len(updates))}
-        if report.epsilon is not None:
-            metrics["epsilon"] = report.epsilon
-        version = registry.publish(pool, poly, number, metrics)
-        report.version = version
-        log.info("coordinator.round.done", round=number, version=version, sites=len(updates),
-                 loss=round(report.loss, 4), epsilon=report.epsilon)
+        else:
+            pool, version = _aggregate_and_publish(registry, strategy, pool, updates, report, poly, dp)
         registry.record_round(dataclasses.asdict(report))
-        reports.append(report)
-    return reports
 
 
-def make_server_app(model_spec: str, poly: PolyConfig, federation: FederationSection, registry: str) -> ServerApp:
+def _aggregate_and_publish(registry: PoolRegistry, strategy: PoolStrategy, pool: ExpertPool, updates: list[SiteUpdate],
+                           report: RoundReport, poly: PolyConfig, dp: DPSettings | None) -> tuple[ExpertPool, int]:
+    """Aggregate a round's valid updates (central DP when set), publish the pool, fill in ``report``."""
+    number = report.round
+    if dp is not None:  # central DP: clip each site's change, aggregate, then add noise
+        broadcast = pool_arrays(pool)
+        updates = [clip_update(u, broadcast, dp.clip) for u in updates]
+    pool = strategy.aggregate(pool, updates)
+    if dp is not None:
+        pool = pool_from_arrays(add_noise(pool_arrays(pool), dp, number), pool.scale, pool.routing)
+        report.epsilon = epsilon(number, dp.noise_multiplier, dp.delta)
+    report.loss = sum(u.loss * u.passages for u in updates) / sum(u.passages for u in updates)
+    metrics = {"loss": report.loss, "sites": float(len(updates))}
+    if report.epsilon is not None:
+        metrics["epsilon"] = report.epsilon
+    report.version = registry.publish(pool, poly, number, metrics)
+    log.info("coordinator.round.done", round=number, version=report.version, sites=len(updates),
+             loss=round(report.loss, 4), epsilon=report.epsilon)
+    return pool, report.version
+
+
+def make_server_app(model_spec: str, poly: PolyConfig, federation: FederationSection) -> ServerApp:
     """A ServerApp bound to its settings (the in-process simulation runtime)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_rounds(grid, model_spec, poly, federation, registry)
+        run_rounds(grid, model_spec, poly, federation)
 
     return app
 
@@ -159,4 +160,4 @@ def deployed_main(grid: Grid, context: Context) -> None:
     """The coordinator as a SuperLink runs it: settings from the TOML file in ``run_config['config']``."""
     configure_logging()  # this process is flwr-serverapp; its stderr streams to ``flwr run``
     config = load_config(str(context.run_config.get("config", "")) or None)
-    run_rounds(grid, config.model.path, config.poly, config.federation, str(registry_dir(config.federation)))
+    run_rounds(grid, config.model.path, config.poly, config.federation)

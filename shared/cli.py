@@ -16,6 +16,7 @@ environment variables, ``--set section.field=value``); command flags are shortha
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -94,15 +95,27 @@ def _cmd_eval(args: argparse.Namespace, config: FedpragConfig) -> int:
     return 0
 
 
+def _federation_failures(handler: Handler) -> Handler:
+    """Report a federation that could not start or finish in one line, with exit code 1."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace, config: FedpragConfig) -> int:
+        from cluster.deployment import DeploymentError
+
+        try:
+            return handler(args, config)
+        except DeploymentError as exc:
+            print(f"fedprag: federation failed: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+@_federation_failures
 def _cmd_demo(args: argparse.Namespace, config: FedpragConfig) -> int:
     from cluster.demo import run_demo, traffic_table
-    from cluster.deployment import DeploymentError
 
-    try:
-        report, rounds = run_demo(config, show_progress=not args.quiet)
-    except DeploymentError as exc:
-        print(f"fedprag: federation failed: {exc}", file=sys.stderr)
-        return 1
+    report, rounds = run_demo(config, show_progress=not args.quiet)
     print(report.to_markdown())
     print("Federated rounds (bytes each site sent):\n")
     print(traffic_table(rounds))
@@ -110,20 +123,16 @@ def _cmd_demo(args: argparse.Namespace, config: FedpragConfig) -> int:
     return 0
 
 
+@_federation_failures
 def _cmd_federate(args: argparse.Namespace, config: FedpragConfig) -> int:
     from cluster.demo import traffic_table
-    from cluster.deployment import DeploymentError, federate
+    from cluster.deployment import federate
 
     work = Path(config.federation.work_dir)
     sites = sorted((work / "sites").glob("site-*"), key=lambda p: (len(p.name), p.name))
     if not sites:
         raise FileNotFoundError(f"{work / 'sites'}: no site stores (site-0, site-1, …); ingest passages first")
-    try:
-        rounds = federate(config, sites)
-    except DeploymentError as exc:
-        print(f"fedprag: federation failed: {exc}", file=sys.stderr)
-        return 1
-    print(traffic_table(rounds))
+    print(traffic_table(federate(config, sites)))
     return 0
 
 
@@ -173,8 +182,12 @@ def _common_options(parser: argparse.ArgumentParser, default: object = None) -> 
                         help="no progress bars")
 
 
-def _federation_options(parser: argparse.ArgumentParser) -> None:
+def _model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", dest="model.path", help="'tiny', 'tiny:<recipe>' or a local HF checkpoint")
+
+
+def _federation_options(parser: argparse.ArgumentParser) -> None:
+    _model_option(parser)
     parser.add_argument("--rounds", type=int, dest="federation.rounds", help="total rounds (completed ones are kept)")
     parser.add_argument("--strategy", dest="federation.strategy", help="expert_mass (default) or fedavg")
     parser.add_argument("--runtime", dest="federation.runtime", choices=("deployment", "simulation"),
@@ -211,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = groups.add_parser("eval", parents=[common], help="compare methods on one dataset; prints the results table")
     ev.add_argument("--data", dest="eval.data", help="dataset directory (default: generate the benchmark)")
-    ev.add_argument("--model", dest="model.path", help="'tiny', 'tiny:<recipe>' or a local HF checkpoint")
+    _model_option(ev)
     ev.add_argument("--methods", dest="eval.methods", help="comma-separated method names")
     ev.add_argument("--out", dest="eval.out", help="output directory for results (default runs/eval)")
     ev.set_defaults(handler=_cmd_eval)

@@ -1,7 +1,6 @@
 """What the federation tests share: sites with planted canaries, the CLI call, and log parsing."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -32,7 +31,7 @@ def federate_command(work, spec, rounds, runtime):
 
 def federate(work, spec, rounds, runtime):
     return subprocess.run(federate_command(work, spec, rounds, runtime), capture_output=True, text=True,
-                          timeout=600, env=os.environ.copy(), check=False)
+                          timeout=600, check=False)
 
 
 def events(text, name):

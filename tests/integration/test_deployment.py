@@ -7,7 +7,6 @@ must resume with round 2.
 """
 
 import json
-import os
 import socket
 import ssl
 import subprocess
@@ -35,7 +34,7 @@ pytestmark = pytest.mark.integration
 def _kill_coordinator_after_round_one(work, spec):
     """Start a 2-round federation, SIGKILL its SuperLink once round 1 is published; returns the run."""
     launcher = subprocess.Popen(federate_command(work, spec, 2, "deployment"), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+                                stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not (work / "registry" / "v000001").is_dir():
         assert launcher.poll() is None and time.monotonic() < deadline, "round 1 never completed"

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from shared.eval.generate import generate_answers
 from shared.lora.layers import applied, attach_lora
 from shared.lora.store import EncodingMismatch
 from shared.methods.distilled import MASK_TOKEN, DistilledConfig, serializer
@@ -62,9 +61,13 @@ def test_the_mask_token_has_one_frozen_embedding_and_leaves_other_inputs_alone(b
     assert torch.equal(out[0, 0], embedding.weight[5])
     prompt = encoder.masked_prompt(["Kara Lo plays the harp."], "What does Kara Lo play?")
     assert MASK_TOKEN in prompt and "harp" not in prompt
-    masked = base.tokenizer(prompt)["input_ids"].count(encoder.mask_id)
-    assert masked == len(encoder.ids("Kara Lo plays the harp."))
-    assert generate_answers(base.model, base.tokenizer, [prompt])  # the standard generate path runs
+    ids = torch.tensor([base.tokenizer(prompt)["input_ids"]])
+    assert (ids == encoder.mask_id).sum() == len(encoder.ids("Kara Lo plays the harp."))
+    # through the whole model, the hook equals feeding the mask vector by hand
+    by_hand = embedding.weight[ids.masked_fill(ids == encoder.mask_id, 0)]
+    by_hand[ids == encoder.mask_id] = encoder.mask_vector
+    with torch.no_grad():
+        assert torch.allclose(base.model(input_ids=ids).logits, base.model(inputs_embeds=by_hand).logits, atol=1e-5)
 
 
 def test_long_documents_are_truncated_with_a_warning(trained, caplog):

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from shared import prompts
 from shared.data import world
@@ -139,8 +140,8 @@ def synthesise(rng: random.Random, pair_share: float) -> Example:
                    person.facts[attribute])
 
 
-def distillation_loss(student: object, teacher: object, ids: Tensor, question_mask: Tensor, answer_mask: Tensor,
-                      config: DistilledConfig) -> tuple[Tensor, dict[str, float]]:
+def distillation_loss(student: CausalLMOutputWithPast, teacher: CausalLMOutputWithPast, ids: Tensor,
+                      question_mask: Tensor, answer_mask: Tensor, config: DistilledConfig) -> tuple[Tensor, dict[str, float]]:
     """The weighted sum of L_gen, L_cos and L_KL (see the module docstring) and its parts."""
     predicts = answer_mask[:, 1:].bool()  # logits at t predict the token at t+1
     s_logits, t_logits = student.logits[:, :-1][predicts], teacher.logits[:, :-1][predicts]
