@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.demo import run_demo, traffic_table
 from common import setup  # benchmarks/common.py (scripts run from this folder)
-from shared.io import atomic_write_text
 
+from cluster.demo import run_demo, traffic_table
+from shared.io import atomic_write_text
 
 
 def _run(config, work: Path, baselines=()):
@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
                    rounds_fedavg=[r.__dict__ for r in fedavg_rounds])
     atomic_write_text(json_path, json.dumps(payload, indent=2))
     lines = [
-        "", f"Federation: {summary['sites']} sites, Dirichlet α={config.benchmark.alpha}, "
-            f"{config.federation.rounds} rounds × {config.federation.local_epochs} local epochs, "
-            f"{config.federation.runtime} runtime.", "",
+        "", (f"Federation: {summary['sites']} sites, Dirichlet α={config.benchmark.alpha}, "
+             f"{config.federation.rounds} rounds × {config.federation.local_epochs} local epochs, "
+             f"{config.federation.runtime} runtime."), "",
         "| single-hop EM | value |", "|---|---|",
         f"| federated Poly-PRAG, expert-mass aggregation | {em['poly_federated']:.3f} |",
         f"| federated Poly-PRAG, plain FedAvg | {em['poly_federated_fedavg']:.3f} |",

@@ -13,14 +13,14 @@ import json
 import sys
 from pathlib import Path
 
+from common import setup  # benchmarks/common.py (scripts run from this folder)
+
 from shared.data.benchmark import make_benchmark
 from shared.eval.harness import evaluate
 from shared.eval.methods import build_methods
 from shared.eval.report import Report
-from common import setup  # benchmarks/common.py (scripts run from this folder)
 from shared.io import atomic_write_text
 from shared.models.loading import load_causal_lm
-
 
 
 def ratios(report: Report, kind: str = "single") -> list[dict[str, object]]:
@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     payload = json.loads(json_path.read_text())
     payload["ratios_single_hop"] = table
     atomic_write_text(json_path, json.dumps(payload, indent=2))
-    lines = ["", "Ratios (single-hop): share of the closed-book → standard-RAG exact-match gap closed, "
-             "and p50 latency relative to closed-book.", "",
+    lines = ["", ("Ratios (single-hop): share of the closed-book → standard-RAG exact-match gap closed, "
+                  "and p50 latency relative to closed-book."), "",
              "| method | gap closed | latency × closed-book |", "|---|---|---|"]
     lines += [f"| {r['method']} | {r['gap_closed']:.2f} | {r['latency_p50_vs_closed_book']:.2f} |" for r in table]
     atomic_write_text(md_path, md_path.read_text() + "\n".join(lines) + "\n")

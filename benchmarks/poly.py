@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import setup  # benchmarks/common.py (scripts run from this folder)
 
 from shared import prompts
 from shared.data.augment import augmentation_for
@@ -33,7 +34,6 @@ from shared.eval.harness import evaluate
 from shared.eval.methods import build_methods
 from shared.eval.metrics import exact_match
 from shared.eval.report import Report
-from common import setup  # benchmarks/common.py (scripts run from this folder)
 from shared.io import atomic_write_text
 from shared.lora.layers import applied, attach_lora, merged
 from shared.methods.poly import serializer as poly_serializer
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         "| | value |", "|---|---|",
         f"| single-hop EM on the added passages, incremental | {incremental['em_incremental']:.3f} |",
         f"| same questions, full training | {incremental['em_full_training']:.3f} |",
-        f"| seconds per passage, incremental / PRAG | {incremental['seconds_per_passage']:.4f} / "
-        f"{incremental['prag_seconds_per_passage']:.4f} ({incremental['cost_vs_prag']:.3f}×) |",
+        (f"| seconds per passage, incremental / PRAG | {incremental['seconds_per_passage']:.4f} / "
+         f"{incremental['prag_seconds_per_passage']:.4f} ({incremental['cost_vs_prag']:.3f}×) |"),
         f"| adding 1,000 passages to the frozen pool | {sizes['add_seconds']:.1f} s, pool unchanged |",
         "", "Storage:", "", "| passages | PRAG bytes | Poly pool + routing bytes | PRAG / Poly |", "|---|---|---|---|",
         f"| 1,000 (files) | {s1['prag']:,} | {s1['poly_pool']:,} + {s1['poly_routing']:,} | {s1['ratio']:.1f}× |",
@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         "", f"Throughput at batch 16, mixed routings (queries/s, median of {args.repeats}):", "",
         "| path | q/s |", "|---|---|",
         *[f"| {k} | {v:.1f} |" for k, v in qps.items()],
-        "", f"Poly batched / PRAG per-query merge: {qps_ratios['poly_vs_prag_merge']:.2f}×; "
-            f"closed-book / Poly batched: {qps_ratios['closed_book_vs_poly']:.2f}×.",
+        "", (f"Poly batched / PRAG per-query merge: {qps_ratios['poly_vs_prag_merge']:.2f}×; "
+             f"closed-book / Poly batched: {qps_ratios['closed_book_vs_poly']:.2f}×."),
     ]
     atomic_write_text(md_path, md_path.read_text() + "\n".join(lines) + "\n")
     print(md_path.read_text())

@@ -60,8 +60,8 @@ class Report:
         recall = ", ".join(f"{k} {v:.3f}" for k, v in self.recall_at_k.items())
         machine = ", ".join(f"{k} {v}" for k, v in self.machine.items())
         return "\n".join([
-            f"Base model `{self.base_model}` ({self.base_model_digest}); {self.passages} passages, "
-            f"{self.questions} questions ({counts}); retrieval recall@{self.top_k}: {recall}.",
+            (f"Base model `{self.base_model}` ({self.base_model_digest}); {self.passages} passages, "
+             f"{self.questions} questions ({counts}); retrieval recall@{self.top_k}: {recall}."),
             "",
             *lines,
             "",

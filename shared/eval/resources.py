@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import threading
+from typing import Self
 
 import psutil
 import torch
@@ -24,7 +25,7 @@ class PeakMemory:
             self.peak_mb = max(self.peak_mb, self._process.memory_info().rss / 2**20)
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> Self:
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self

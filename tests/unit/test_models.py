@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, MistralConfig, Qwen2Config, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
 from shared.eval.generate import generate_answers
 from shared.lora.layers import FFN_TARGETS, LowRank, applied, attach_lora
@@ -10,8 +10,8 @@ from shared.models.loading import ModelLoadError, load_causal_lm, model_digest
 from shared.models.tiny.build import EOS, cached_path, train_tokenizer
 from shared.models.tiny.recipe import RECIPES, TinyRecipe, recipe_named
 
-SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-             num_key_value_heads=2, max_position_embeddings=128)
+SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "num_key_value_heads": 2, "max_position_embeddings": 128}
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +63,18 @@ def test_tiny_build_is_deterministic_and_cached(tmp_path):
     stamp = (first / "recipe.json").stat().st_mtime_ns
     assert build_tiny(micro, cache_root=tmp_path / "a", show_progress=False) == first
     assert (first / "recipe.json").stat().st_mtime_ns == stamp  # cached: not rebuilt
+
+
+def test_tiny_build_reports_in_context_reading_per_attribute(tmp_path):
+    import json
+
+    from shared.data import world
+    from shared.models.tiny.build import build_tiny
+
+    micro = TinyRecipe(name="micro", steps=2, batch_size=4, layers=1, hidden_size=32, heads=2,
+                       intermediate_size=64, vocab_size=300)
+    metrics = json.loads((build_tiny(micro, cache_root=tmp_path, show_progress=False) / "metrics.json").read_text())
+    per_attribute = [metrics[f"em_with_passage_{a}"] for a in world.ATTRIBUTES]
+    assert all(0.0 <= v <= 1.0 for v in per_attribute)
+    # Every attribute is asked equally often, so the overall figure is their mean.
+    assert metrics["em_with_passage"] == pytest.approx(sum(per_attribute) / len(per_attribute))

@@ -8,7 +8,13 @@ import pytest
 
 from shared.data.benchmark import BenchmarkSpec, make_benchmark
 from shared.data.schema import (
-    MAX_PASSAGE_CHARS, PASSAGES_FILE, PASSAGES_SCHEMA, QUESTIONS_FILE, DatasetError, read_dataset, write_dataset,
+    MAX_PASSAGE_CHARS,
+    PASSAGES_FILE,
+    PASSAGES_SCHEMA,
+    QUESTIONS_FILE,
+    DatasetError,
+    read_dataset,
+    write_dataset,
 )
 
 

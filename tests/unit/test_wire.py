@@ -8,9 +8,11 @@ from shared.wire import RoundTask, SiteUpdate, WireError
 
 
 def _update(**changes):
-    fields = dict(site="site-3", round=2, pool_version=7, passages=40, sequences=320, loss=1.25,
-                  experts={"model.layers.0.mlp.up_proj.lora_A": np.ones((4, 1, 8), dtype=np.float32)},
-                  mass={"routing_mass": np.full((1, 4), 10.0, dtype=np.float32)})
+    fields = {
+        "site": "site-3", "round": 2, "pool_version": 7, "passages": 40, "sequences": 320, "loss": 1.25,
+        "experts": {"model.layers.0.mlp.up_proj.lora_A": np.ones((4, 1, 8), dtype=np.float32)},
+        "mass": {"routing_mass": np.full((1, 4), 10.0, dtype=np.float32)},
+    }
     return SiteUpdate(**{**fields, **changes})
 
 
