@@ -3,12 +3,7 @@
 import collections
 
 from shared.data import world
-from shared.data.benchmark import (
-    BenchmarkSpec,
-    dirichlet_sites,
-    make_benchmark,
-    training_people,
-)
+from shared.data.benchmark import BenchmarkSpec, dirichlet_sites, make_benchmark, training_people
 
 
 def test_every_person_has_at_least_five_attributes_in_their_passage():

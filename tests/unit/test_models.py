@@ -11,7 +11,7 @@ from shared.models.tiny.build import EOS, cached_path, train_tokenizer
 from shared.models.tiny.recipe import RECIPES, TinyRecipe, recipe_named
 
 SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "num_key_value_heads": 2, "max_position_embeddings": 128}
+         "num_key_value_heads": 2, "max_position_embeddings": 128}
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +65,19 @@ def test_tiny_build_is_deterministic_and_cached(tmp_path):
     assert (first / "recipe.json").stat().st_mtime_ns == stamp  # cached: not rebuilt
 
 
-def test_tiny_build_reports_in_context_reading_per_attribute(tmp_path):
-    import json
+def test_the_build_check_reports_reading_per_attribute(monkeypatch):
+    """A reader that can copy only years scores 1 on years, 0 elsewhere, and 1/6 overall."""
+    import re
 
     from shared.data import world
-    from shared.models.tiny.build import build_tiny
+    from shared.models.tiny import build
 
-    micro = TinyRecipe(name="micro", steps=2, batch_size=4, layers=1, hidden_size=32, heads=2,
-                       intermediate_size=64, vocab_size=300)
-    metrics = json.loads((build_tiny(micro, cache_root=tmp_path, show_progress=False) / "metrics.json").read_text())
-    per_attribute = [metrics[f"em_with_passage_{a}"] for a in world.ATTRIBUTES]
-    assert all(0.0 <= v <= 1.0 for v in per_attribute)
-    # Every attribute is asked equally often, so the overall figure is their mean.
-    assert metrics["em_with_passage"] == pytest.approx(sum(per_attribute) / len(per_attribute))
+    def years_only(model, tokenizer, prompts):
+        return [m.group(0) if "born?" in p and (m := re.search(r"\b1[89]\d\d\b", p)) else "" for p in prompts]
+
+    monkeypatch.setattr(build, "generate_answers", years_only)
+    metrics = build.held_out_check(model=None, tokenizer=None, people=5)
+    assert metrics["em_with_passage_year"] == 1.0
+    assert all(metrics[f"em_with_passage_{a}"] == 0.0 for a in world.ATTRIBUTES if a != "year")
+    assert metrics["em_with_passage"] == pytest.approx(1 / len(world.ATTRIBUTES))
+    assert metrics["em_closed_book"] == 0.0 and metrics["em_closed_book_year"] == 0.0

@@ -12,12 +12,7 @@ from shared.lora.layers import applied, attach_lora
 from shared.lora.store import EncodingMismatch
 from shared.methods.poly import PolyConfig, RoutingTable, serializer
 from shared.methods.poly.layers import ExpertPool, combine, keep_top_m, routing_weights
-from shared.methods.poly.trainer import (
-    EncodingHealthError,
-    check_health,
-    encode_incremental,
-    train_pool,
-)
+from shared.methods.poly.trainer import EncodingHealthError, check_health, encode_incremental, train_pool
 from shared.models.loading import load_causal_lm
 
 PROMPTS = ["Question: When was Kara born?\nAnswer:", "Question: Who trained Lo?\nAnswer:",

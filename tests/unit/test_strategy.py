@@ -5,11 +5,7 @@ import pytest
 import torch
 
 from coordinator.registry import PoolRegistry
-from coordinator.strategy import (
-    ExpertMassAggregation,
-    FedAvgAggregation,
-    strategy_named,
-)
+from coordinator.strategy import ExpertMassAggregation, FedAvgAggregation, strategy_named
 from shared.methods.poly.layers import ExpertPool
 from shared.methods.poly.serializer import pool_arrays
 from shared.wire import SiteUpdate, WireError
