@@ -45,7 +45,7 @@ from shared.models.loading import BaseModel, load_causal_lm
 from shared.retrieval.encoder import SentenceEncoder
 from shared.retrieval.index import PassageIndex
 
-METHODS = ["closed_book", "standard_rag", "prag", "poly", "poly_uniform", "poly_incremental", "poly_router"]
+METHODS = ["closed_book", "standard_rag", "standard_rag_top1", "prag", "poly", "poly_uniform", "poly_incremental", "poly_router"]
 
 
 def subset_em(report: Report, method: str, rows: list[int], answers: list[list[str]]) -> float:

@@ -34,7 +34,7 @@ from shared.models.loading import load_causal_lm
 from shared.retrieval.encoder import SentenceEncoder
 
 log = get_logger(__name__)
-BASELINES = ("closed_book", "standard_rag", "prag", "poly")
+BASELINES = ("closed_book", "standard_rag", "standard_rag_top1", "prag", "poly")
 
 
 def traffic_table(reports: list[RoundReport]) -> str:

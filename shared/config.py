@@ -50,8 +50,8 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class EvalSection:
-    methods: tuple[str, ...] = ("closed_book", "standard_rag", "prag", "prag_combine", "poly", "poly_uniform",
-                                "poly_incremental", "poly_router")
+    methods: tuple[str, ...] = ("closed_book", "standard_rag", "standard_rag_top1", "prag", "prag_combine", "poly",
+                                "poly_uniform", "poly_incremental", "poly_router")
     data: str = ""
     """A dataset directory; empty means the default benchmark, generated on first use."""
     out: str = "runs/eval"

@@ -1,22 +1,33 @@
 """The prompt formats the built-in model is pretrained on and every method is evaluated with.
 
 One module owns them so that pretraining, encoding and evaluation can never drift apart.
+
+With passages in context the question comes first, so that the model knows what it is looking
+for while it reads. Measured on the built-in 4-layer model (2 cores, single passage, reading
+only, 2,000 steps): question first, 0.94 exact match on never-seen people; passages first, 0.65,
+with the mentor (a name among other names) never learned.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+ANSWER_CUE = "\nAnswer:"
+
 
 def closed_book(question: str) -> str:
     """A question with nothing in context."""
-    return f"Question: {question}\nAnswer:"
+    return f"Question: {question}{ANSWER_CUE}"
+
+
+def context_header(question: str) -> str:
+    """What precedes the passages in a prompt with context: the question, then the context label."""
+    return f"Question: {question}\nContext:\n"
 
 
 def with_context(passages: Sequence[str], question: str) -> str:
-    """Standard RAG: the passages, one per line, then the question."""
-    context = "\n".join(passages)
-    return f"Context:\n{context}\n{closed_book(question)}"
+    """Standard RAG: the question, the passages one per line, then the answer cue."""
+    return context_header(question) + "\n".join(passages) + ANSWER_CUE
 
 
 def completion(answer: str) -> str:

@@ -103,16 +103,22 @@ class ClosedBook:
 
 
 class StandardRAG:
-    """The top-k passages in context: the ceiling parametric methods aim for."""
+    """Retrieved passages in context: the ceiling parametric methods aim for.
 
-    name = "standard_rag"
+    By default every retrieved passage (the harness's top-k) goes in; ``passages=1`` keeps only
+    the best one, which is how a reader that cannot tell passages apart should be measured.
+    """
+
+    def __init__(self, passages: int | None = None):
+        self.passages = passages
+        self.name = "standard_rag" if passages is None else f"standard_rag_top{passages}"
 
     def encode(self, ctx: EvalContext) -> EncodingCost:
         return EncodingCost()
 
     def inputs(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> tuple[list[str], Adapter | None]:
         texts = ctx.question_texts(question_rows)
-        return [prompts.with_context(ctx.passage_texts(r), q) for q, r in zip(texts, hits.rows)], None
+        return [prompts.with_context(ctx.passage_texts(r[:self.passages]), q) for q, r in zip(texts, hits.rows)], None
 
 
 class PRAG:
@@ -271,6 +277,7 @@ def build_methods(names: list[str], prag: PRAGConfig, poly: PolyConfig | None = 
     factories = {
         "closed_book": ClosedBook,
         "standard_rag": StandardRAG,
+        "standard_rag_top1": lambda: StandardRAG(passages=1),
         "prag": lambda: PRAG(prag),
         "prag_combine": lambda: PRAG(prag, combine=True),
         **{variant: (lambda v=variant: PolyPRAG(poly or PolyConfig(), v)) for variant in PolyPRAG.VARIANTS},

@@ -3,11 +3,13 @@
 Teacher: the frozen base model with the real documents in context. Student: the same model with
 each document token replaced by the mask token, plus the LoRA the generator made from those
 documents. Both sequences are built segment by segment, so they have the same length and every
-question and answer token sits at the same position in both. The loss is
+token after the documents (the answer cue and the answer) sits at the same position in both. The
+loss is
 
     gen_weight·L_gen + cos_weight·L_cos + kl_weight·L_KL
 
-over the question and answer: the student's answer cross-entropy; 1−cosine between student and
+over the answer cue and the answer (the question comes first, so it is identical in both): the
+student's answer cross-entropy; 1−cosine between student and
 teacher hidden states, weighted towards deeper layers; and the KL from the teacher's answer
 distribution at ``temperature`` (times T²).
 
@@ -104,17 +106,22 @@ class DistilledEncoder:
         return prompts.with_context([MASK_TOKEN * len(self.ids(d)) for d in documents], question)
 
     def pair(self, example: Example) -> tuple[list[int], list[int], int, int]:
-        """Teacher and student ids for one example, plus where the question and the answer start."""
-        teacher, student = self.ids("Context:\n"), self.ids("Context:\n")
+        """Teacher and student ids for one example, plus where the answer cue and the answer start.
+
+        Both sequences are built segment by segment (question, documents, answer cue, answer), so
+        every position after the documents lines up between teacher and student.
+        """
+        teacher = self.ids(prompts.context_header(example.question))
+        student = list(teacher)
         for i, doc in enumerate(example.documents):
             sep = self.ids("\n") if i else []
             doc_ids = self.ids(doc)
             teacher += sep + doc_ids
             student += sep + [self.mask_id] * len(doc_ids)
-        question = self.ids("\n" + prompts.closed_book(example.question))
+        cue = self.ids(prompts.ANSWER_CUE)
         answer = self.ids(prompts.completion(example.answer)) + [self.base.tokenizer.eos_token_id]
-        question_start = len(teacher)
-        return teacher + question + answer, student + question + answer, question_start, question_start + len(question)
+        cue_start = len(teacher)
+        return teacher + cue + answer, student + cue + answer, cue_start, cue_start + len(cue)
 
 
 def _right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -141,7 +148,7 @@ def synthesise(rng: random.Random, pair_share: float) -> Example:
 
 
 def distillation_loss(student: CausalLMOutputWithPast, teacher: CausalLMOutputWithPast, ids: Tensor,
-                      question_mask: Tensor, answer_mask: Tensor, config: DistilledConfig) -> tuple[Tensor, dict[str, float]]:
+                      cue_mask: Tensor, answer_mask: Tensor, config: DistilledConfig) -> tuple[Tensor, dict[str, float]]:
     """The weighted sum of L_gen, L_cos and L_KL (see the module docstring) and its parts."""
     predicts = answer_mask[:, 1:].bool()  # logits at t predict the token at t+1
     s_logits, t_logits = student.logits[:, :-1][predicts], teacher.logits[:, :-1][predicts]
@@ -151,7 +158,7 @@ def distillation_loss(student: CausalLMOutputWithPast, teacher: CausalLMOutputWi
                   reduction="batchmean") * temp ** 2
     depth = len(student.hidden_states) - 1
     weights = torch.arange(1, depth + 1, dtype=torch.float32) / sum(range(1, depth + 1))
-    where = (question_mask | answer_mask).bool()
+    where = (cue_mask | answer_mask).bool()
     cos = sum(w * (1 - F.cosine_similarity(s[where], t[where], dim=-1)).mean()
               for w, s, t in zip(weights, student.hidden_states[1:], teacher.hidden_states[1:]))
     loss = config.gen_weight * gen + config.cos_weight * cos + config.kl_weight * kl
@@ -178,13 +185,13 @@ def train_generator(base: BaseModel, layers: dict[str, LoRALinear], config: Dist
         teacher_ids, attention = _right_padded([p[0] for p in pairs], pad)
         student_ids, _ = _right_padded([p[1] for p in pairs], pad)
         positions = torch.arange(teacher_ids.shape[1])
-        question_mask = torch.stack([(positions >= q) & (positions < a) for _, _, q, a in pairs]) & attention.bool()
+        cue_mask = torch.stack([(positions >= c) & (positions < a) for _, _, c, a in pairs]) & attention.bool()
         answer_mask = torch.stack([positions >= a for _, _, _, a in pairs]) & attention.bool()
         with torch.no_grad(), applied(layers, None):
             teacher = base.model(input_ids=teacher_ids, attention_mask=attention, output_hidden_states=True)
         with applied(layers, encoder.adapters([e.documents for e in examples])):
             student = base.model(input_ids=student_ids, attention_mask=attention, output_hidden_states=True)
-        loss, parts = distillation_loss(student, teacher, student_ids, question_mask, answer_mask, config)
+        loss, parts = distillation_loss(student, teacher, student_ids, cue_mask, answer_mask, config)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"distillation loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)

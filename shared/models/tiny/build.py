@@ -177,6 +177,7 @@ def build_tiny(recipe: TinyRecipe, cache_root: Path | None = None, show_progress
     torch.manual_seed(recipe.seed)
     people = training_people()
     tokenizer_corpus = Corpus(people, recipe, EOS)
+    tokenizer_corpus.progress = 1.0  # the finished mix: every kind of text the model will see
     tokenizer = train_tokenizer(["".join(tokenizer_corpus.sample()) for _ in range(4000)], recipe.vocab_size)
     model = LlamaForCausalLM(_model_config(recipe, tokenizer))
     log.info("tiny.build.start", recipe=recipe.name, parameters=sum(p.numel() for p in model.parameters()))

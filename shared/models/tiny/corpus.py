@@ -11,6 +11,10 @@ Four kinds of example teach the skills parametric RAG relies on:
 
 Reading examples use freshly drawn people every time, so their facts cannot be memorised and
 the only way to answer is to read the context.
+
+Training has two stages (see :class:`TinyRecipe`): single-passage reading alone first, so the
+model learns to copy every kind of value from its context; then the full mix, with distractor
+passages in the reading examples.
 """
 
 from __future__ import annotations
@@ -47,9 +51,15 @@ class Corpus:
         keep = self.rng.sample(others, count)
         return world.write_passage(person, self.rng, (needed, *keep))
 
+    @property
+    def reading_stage(self) -> bool:
+        """Whether training is still in its first stage: single-passage reading only."""
+        return self.progress < self.recipe.reading_stage
+
     def _context(self, gold: list[tuple[world.Person, str]]) -> list[str]:
-        """The gold passages plus distractors (distractors join once the curriculum is over)."""
-        room = self.recipe.max_context_passages - len(gold) if self.progress >= self.recipe.curriculum else 0
+        """The gold passages plus distractors, once both the reading stage and the curriculum are over."""
+        settled = self.progress >= max(self.recipe.reading_stage, self.recipe.curriculum)
+        room = self.recipe.max_context_passages - len(gold) if settled else 0
         distractors = [(world.fresh_pair(self.rng)[0], self.rng.choice(world.ATTRIBUTES))
                        for _ in range(self.rng.randint(0, room))]
         passages = [self._passage(p, needed) for p, needed in gold + distractors]
@@ -58,7 +68,7 @@ class Corpus:
 
     def sample(self) -> tuple[str, str]:
         """One training example as (prompt, completion); plain passages have an empty prompt."""
-        kind = self.rng.choices(self.kinds, self.weights)[0]
+        kind = "reading" if self.reading_stage else self.rng.choices(self.kinds, self.weights)[0]
         if kind == "reading":
             person, _ = world.fresh_pair(self.rng)
             attribute = self.rng.choice(world.ATTRIBUTES)

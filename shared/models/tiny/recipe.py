@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 
 # Bump when the corpus or training code changes in a way that changes the weights.
-CODE_VERSION = 3
+CODE_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class TinyRecipe:
     heads: int = 4
     intermediate_size: int = 344
     max_positions: int = 512
-    steps: int = 2400
+    steps: int = 3600
     batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 50
@@ -35,9 +35,14 @@ class TinyRecipe:
     mix_passage_lm: float = 0.15
     mix_recall: float = 0.15
     max_context_passages: int = 3
-    # Reading examples start with short passages and no distractors; full difficulty is reached
-    # at this fraction of training.
-    curriculum: float = 0.3
+    # Training runs in two stages. Until ``reading_stage`` (a fraction of the steps) every example
+    # is single-passage reading; afterwards the mix above applies. Reading passages grow from one
+    # sentence to full length by ``curriculum``, and distractor passages join once both are over.
+    # A small model learns to copy one kind of value at a time. Measured on 2 cores: with the
+    # full mix from the first step, 2,400 steps taught it to copy only cities and companies;
+    # reading alone first (question before context) taught all six attributes in 2,000.
+    reading_stage: float = 0.55
+    curriculum: float = 0.25
 
     def digest(self) -> str:
         """A stable hash of the recipe and the code version; the model cache key."""
@@ -48,7 +53,7 @@ class TinyRecipe:
 RECIPES: dict[str, TinyRecipe] = {
     "default": TinyRecipe(),
     # A fast recipe for the integration tests: same architecture, fewer steps.
-    "small": TinyRecipe(name="small", steps=600),
+    "small": TinyRecipe(name="small", steps=600, reading_stage=0.0, curriculum=0.3),
 }
 
 
