@@ -9,8 +9,9 @@ One run, one machine, one base model, one dataset and one retrieval. It measures
 * storage: pool + routing rows against one LoRA per passage, at 1,000 passages (real files: 1,000
   new passages are encoded routing-only against the frozen pool) and at 10,000 (computed from the
   measured per-passage sizes);
-* throughput at batch 16 with mixed routings: Poly-PRAG batched, PRAG's per-query merge path and
-  the bare base model closed-book, as medians over repeats.
+* throughput at batch 16 with mixed routings (as answered, and at equal decode length): Poly-PRAG
+  batched, PRAG's per-query merge path and the bare base model closed-book, as medians over
+  repeats.
 
     .venv/bin/python benchmarks/poly.py          # writes benchmarks/results/poly.{json,md}
 """
@@ -29,7 +30,7 @@ from common import setup  # benchmarks/common.py (scripts run from this folder)
 from shared import prompts
 from shared.data.augment import augmentation_for
 from shared.data.benchmark import BenchmarkSpec, make_benchmark
-from shared.eval.generate import generate_answers
+from shared.eval.generate import MAX_NEW_TOKENS, generate_answers
 from shared.eval.harness import evaluate
 from shared.eval.methods import build_methods
 from shared.eval.metrics import exact_match
@@ -64,8 +65,15 @@ def timed_qps(run, batch: int, repeats: int) -> float:
     return batch / statistics.median(times)
 
 
-def throughput(base: BaseModel, work: Path, dataset, config, batch: int = 16, repeats: int = 5) -> dict[str, float]:
-    """Batch-16 throughput with mixed routings: Poly batched vs PRAG per-query merge vs bare model."""
+def throughput(base: BaseModel, work: Path, dataset, config, batch: int = 16, repeats: int = 5,
+               fixed_length: bool = False) -> dict[str, float]:
+    """Batch-16 throughput with mixed routings: Poly batched vs PRAG per-query merge vs bare model.
+
+    A batch decodes until its longest answer ends, so paths whose answers differ in length do
+    different work. ``fixed_length`` makes every request decode ``MAX_NEW_TOKENS`` tokens, which
+    isolates what routing itself costs.
+    """
+    min_tokens = MAX_NEW_TOKENS if fixed_length else 0
     layers = attach_lora(base.model)
     pool, _ = poly_serializer.load_pool(work / "poly" / "pool", base.digest)
     routing = poly_serializer.load_routing(work / "poly" / "routing", pool, base.digest)
@@ -82,18 +90,18 @@ def throughput(base: BaseModel, work: Path, dataset, config, batch: int = 16, re
     tok, model = base.tokenizer, base.model
 
     def bare():
-        generate_answers(model, tok, closed)
+        generate_answers(model, tok, closed, min_new_tokens=min_tokens)
 
     def poly():
         weights = combine(torch.stack([routing.weights(i) for i in ids]), torch.from_numpy(scores),
                           config.poly.top_m, config.poly.score_temperature)
         with applied(layers, pool.adapter(weights)):
-            generate_answers(model, tok, closed)
+            generate_answers(model, tok, closed, min_new_tokens=min_tokens)
 
     def prag_merge():
         for q in range(batch):
             with merged(layers, prag.summed(torch.tensor(hit_rows[q:q + 1], dtype=torch.long))):
-                generate_answers(model, tok, closed[q:q + 1])
+                generate_answers(model, tok, closed[q:q + 1], min_new_tokens=min_tokens)
 
     return {name: timed_qps(fn, batch, repeats) for name, fn in
             (("closed_book", bare), ("poly_batched", poly), ("prag_merge_per_query", prag_merge))}
@@ -151,12 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     incremental["cost_vs_prag"] = incremental["seconds_per_passage"] / incremental["prag_seconds_per_passage"]
     sizes = storage(base, work, config, work / "storage")
     qps = throughput(base, work, dataset, config, repeats=args.repeats)
+    qps_fixed = throughput(base, work, dataset, config, repeats=args.repeats, fixed_length=True)
     qps_ratios = {"poly_vs_prag_merge": qps["poly_batched"] / qps["prag_merge_per_query"],
-                  "closed_book_vs_poly": qps["closed_book"] / qps["poly_batched"]}
+                  "closed_book_vs_poly": qps["closed_book"] / qps["poly_batched"],
+                  "closed_book_vs_poly_fixed_length": qps_fixed["closed_book"] / qps_fixed["poly_batched"]}
 
     json_path, md_path = report.write(args.out, stem="poly")
     payload = json.loads(json_path.read_text())
-    payload.update(incremental=incremental, storage=sizes, throughput_qps_batch16=qps, throughput_ratios=qps_ratios)
+    payload.update(incremental=incremental, storage=sizes, throughput_qps_batch16=qps,
+                   throughput_qps_batch16_fixed_length=qps_fixed, throughput_ratios=qps_ratios)
     atomic_write_text(json_path, json.dumps(payload, indent=2))
     s1, s10 = sizes["bytes_1000"], sizes["bytes_10000_computed"]
     lines = [
@@ -171,10 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         f"| 1,000 (files) | {s1['prag']:,} | {s1['poly_pool']:,} + {s1['poly_routing']:,} | {s1['ratio']:.1f}× |",
         f"| 10,000 (computed) | {s10['prag']:,.0f} | {s10['poly']:,.0f} | {s10['ratio']:.1f}× |",
         "", f"Throughput at batch 16, mixed routings (queries/s, median of {args.repeats}):", "",
-        "| path | q/s |", "|---|---|",
-        *[f"| {k} | {v:.1f} |" for k, v in qps.items()],
+        "| path | q/s, answers end at end-of-text | q/s, every request decodes the same tokens |", "|---|---|---|",
+        *[f"| {k} | {v:.1f} | {qps_fixed[k]:.1f} |" for k, v in qps.items()],
         "", (f"Poly batched / PRAG per-query merge: {qps_ratios['poly_vs_prag_merge']:.2f}×; "
-             f"closed-book / Poly batched: {qps_ratios['closed_book_vs_poly']:.2f}×."),
+             f"closed-book / Poly batched: {qps_ratios['closed_book_vs_poly']:.2f}× as answered, "
+             f"{qps_ratios['closed_book_vs_poly_fixed_length']:.2f}× at equal decode length."),
     ]
     atomic_write_text(md_path, md_path.read_text() + "\n".join(lines) + "\n")
     print(md_path.read_text())

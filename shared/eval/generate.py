@@ -20,13 +20,19 @@ def generate_answers(
     tokenizer: PreTrainedTokenizerBase,
     prompt_texts: Sequence[str],
     max_new_tokens: int = MAX_NEW_TOKENS,
+    min_new_tokens: int = 0,
 ) -> list[str]:
-    """Greedy-decode a completion for each prompt in one batch; stops at end-of-text."""
+    """Greedy-decode a completion for each prompt in one batch; stops at end-of-text.
+
+    ``min_new_tokens`` suppresses end-of-text until that many tokens are out; throughput
+    benchmarks set it to ``max_new_tokens`` so that every path decodes the same number of tokens.
+    """
     tokenizer.padding_side = "left"
     batch = tokenizer(list(prompt_texts), return_tensors="pt", padding=True)
     out = model.generate(
         **batch,
         max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
         do_sample=False,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
