@@ -95,3 +95,14 @@ def test_bad_settings_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"distilled.{field}"):
         dataclasses.replace(DistilledConfig(), **{field: value}).validate()
 
+
+
+def test_generator_cache_is_keyed_by_base_model_settings_and_training_code(monkeypatch, tmp_path):
+    monkeypatch.setenv("FEDPRAG_HOME", str(tmp_path))
+    here = serializer.cache_dir("a" * 64, DistilledConfig())
+    assert here == serializer.cache_dir("a" * 64, DistilledConfig())
+    assert here.parent == tmp_path / "generators"
+    assert serializer.cache_dir("b" * 64, DistilledConfig()) != here
+    assert serializer.cache_dir("a" * 64, DistilledConfig(steps=601)) != here
+    monkeypatch.setattr(serializer, "TRAINING_VERSION", serializer.TRAINING_VERSION + 1)
+    assert serializer.cache_dir("a" * 64, DistilledConfig()) != here

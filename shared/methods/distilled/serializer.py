@@ -22,6 +22,9 @@ from shared.paths import fedprag_home
 
 METHOD = "distilled"
 FORMAT_VERSION = 1
+# Bump when the generator's layers or training change the weights a configuration produces, so
+# that cached generators made by older code are not reused.
+TRAINING_VERSION = 2
 MASK_VECTOR = "mask_vector"
 
 
@@ -45,15 +48,21 @@ def load(directory: str | Path, base: BaseModel, layers: dict[str, LoRALinear]) 
     return DistilledEncoder.attach(base, layers, generator, tensors[MASK_VECTOR])
 
 
+def cache_dir(base_digest: str, config: DistilledConfig) -> Path:
+    """Where the generator for a base model and configuration is cached (keyed by the code too)."""
+    payload = json.dumps({"training_version": TRAINING_VERSION, **dataclasses.asdict(config)}, sort_keys=True)
+    key = hashlib.sha256(payload.encode()).hexdigest()[:12]
+    return fedprag_home() / "generators" / f"distilled-{base_digest[:12]}-{key}"
+
+
 def cached_generator(base: BaseModel, layers: dict[str, LoRALinear], config: DistilledConfig,
                      show_progress: bool = True) -> tuple[DistilledEncoder, Path]:
     """The generator for ``base`` and ``config``: loaded from the cache, else trained and cached.
 
-    The cache lives under ``$FEDPRAG_HOME/generators``, keyed by the base model's digest and the
-    configuration, so a run never reuses a generator made for other settings.
+    The cache lives under ``$FEDPRAG_HOME/generators`` (see :func:`cache_dir`), so a run never
+    reuses a generator made for another base model, other settings or older training code.
     """
-    key = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:12]
-    path = fedprag_home() / "generators" / f"distilled-{base.digest[:12]}-{key}"
+    path = cache_dir(base.digest, config)
     if (path / "manifest.json").is_file():
         return load(path, base, layers), path
     encoder, _ = train_generator(base, layers, config, show_progress)
