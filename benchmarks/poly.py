@@ -22,6 +22,7 @@ import json
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -65,15 +66,15 @@ def timed_qps(run, batch: int, repeats: int) -> float:
     return batch / statistics.median(times)
 
 
-def throughput(base: BaseModel, work: Path, dataset, config, batch: int = 16, repeats: int = 5,
-               fixed_length: bool = False) -> dict[str, float]:
+def throughput(base: BaseModel, work: Path, dataset, config, batch: int = 16,
+               repeats: int = 5) -> dict[str, dict[str, float]]:
     """Batch-16 throughput with mixed routings: Poly batched vs PRAG per-query merge vs bare model.
 
-    A batch decodes until its longest answer ends, so paths whose answers differ in length do
-    different work. ``fixed_length`` makes every request decode ``MAX_NEW_TOKENS`` tokens, which
-    isolates what routing itself costs.
+    Measured twice on the same batch: ``as_answered``, where decoding stops at end-of-text, and
+    ``fixed_length``, where every request decodes ``MAX_NEW_TOKENS`` tokens. A batch runs until
+    its longest answer ends, so paths whose answers differ in length do different work; the
+    second isolates what routing itself costs.
     """
-    min_tokens = MAX_NEW_TOKENS if fixed_length else 0
     layers = attach_lora(base.model)
     pool, _ = poly_serializer.load_pool(work / "poly" / "pool", base.digest)
     routing = poly_serializer.load_routing(work / "poly" / "routing", pool, base.digest)
@@ -89,22 +90,23 @@ def throughput(base: BaseModel, work: Path, dataset, config, batch: int = 16, re
     closed = [prompts.closed_book(t) for t in texts]
     tok, model = base.tokenizer, base.model
 
-    def bare():
+    def bare(min_tokens: int):
         generate_answers(model, tok, closed, min_new_tokens=min_tokens)
 
-    def poly():
+    def poly(min_tokens: int):
         weights = combine(torch.stack([routing.weights(i) for i in ids]), torch.from_numpy(scores),
                           config.poly.top_m, config.poly.score_temperature)
         with applied(layers, pool.adapter(weights)):
             generate_answers(model, tok, closed, min_new_tokens=min_tokens)
 
-    def prag_merge():
+    def prag_merge(min_tokens: int):
         for q in range(batch):
             with merged(layers, prag.summed(torch.tensor(hit_rows[q:q + 1], dtype=torch.long))):
                 generate_answers(model, tok, closed[q:q + 1], min_new_tokens=min_tokens)
 
-    return {name: timed_qps(fn, batch, repeats) for name, fn in
-            (("closed_book", bare), ("poly_batched", poly), ("prag_merge_per_query", prag_merge))}
+    paths = (("closed_book", bare), ("poly_batched", poly), ("prag_merge_per_query", prag_merge))
+    return {length: {name: timed_qps(partial(fn, min_tokens), batch, repeats) for name, fn in paths}
+            for length, min_tokens in (("as_answered", 0), ("fixed_length", MAX_NEW_TOKENS))}
 
 
 def storage(base: BaseModel, work: Path, config, scratch: Path) -> dict[str, object]:
@@ -158,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     incremental["cost_vs_prag"] = incremental["seconds_per_passage"] / incremental["prag_seconds_per_passage"]
     sizes = storage(base, work, config, work / "storage")
-    qps = throughput(base, work, dataset, config, repeats=args.repeats)
-    qps_fixed = throughput(base, work, dataset, config, repeats=args.repeats, fixed_length=True)
+    measured = throughput(base, work, dataset, config, repeats=args.repeats)
+    qps, qps_fixed = measured["as_answered"], measured["fixed_length"]
     qps_ratios = {"poly_vs_prag_merge": qps["poly_batched"] / qps["prag_merge_per_query"],
                   "closed_book_vs_poly": qps["closed_book"] / qps["poly_batched"],
                   "closed_book_vs_poly_fixed_length": qps_fixed["closed_book"] / qps_fixed["poly_batched"]}

@@ -9,9 +9,9 @@ loss is
     gen_weight·L_gen + cos_weight·L_cos + kl_weight·L_KL
 
 over the answer cue and the answer (the question comes first, so it is identical in both): the
-student's answer cross-entropy; 1−cosine between student and
-teacher hidden states, weighted towards deeper layers; and the KL from the teacher's answer
-distribution at ``temperature`` (times T²).
+student's answer cross-entropy; 1−cosine between student and teacher hidden states, weighted
+towards deeper layers; and the KL from the teacher's answer distribution at ``temperature``
+(times T²).
 
 Training examples are synthesised from documents about freshly drawn fictional people, never the
 benchmark's, so evaluation documents are unseen: one document with an augmentation-template
