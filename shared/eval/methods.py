@@ -242,15 +242,25 @@ class DistilledPRAG:
     The generator is distilled once per base model on synthetic documents about other people
     (cached under ``$FEDPRAG_HOME/generators``), so every evaluated passage is one it never saw.
     Encoding a passage is one generator forward; the generator runs again for each query's top-k.
+
+    ``distilled_top1`` hands the generator only the best passage. ``distilled_irrelevant`` is the
+    ablation that checks the LoRA depends on its documents: the retrieved passages are swapped for
+    as many others that are neither retrieved nor gold for the question, so exact match should
+    fall to closed-book.
     """
 
-    name = "distilled"
+    VARIANTS = ("distilled", "distilled_top1", "distilled_irrelevant")
 
-    def __init__(self, config: DistilledConfig):
+    def __init__(self, config: DistilledConfig, variant: str = "distilled"):
+        if variant not in self.VARIANTS:
+            raise ValueError(f"unknown DistilledPRAG variant '{variant}' (known: {', '.join(self.VARIANTS)})")
         self.config = config
+        self.name = variant
+        self.passages = 1 if variant == "distilled_top1" else None
+        self.irrelevant = variant == "distilled_irrelevant"
 
     def encode(self, ctx: EvalContext) -> EncodingCost:
-        if self.name not in ctx.encodings:
+        if "distilled" not in ctx.encodings:
             encoder, path = distilled_serializer.cached_generator(ctx.base, ctx.layers, self.config, ctx.show_progress)
             texts = [p.text for p in ctx.dataset.passages]
             started = time.perf_counter()
@@ -259,16 +269,35 @@ class DistilledPRAG:
                     encoder.adapters([[t] for t in texts[start:start + 16]])
             seconds = (time.perf_counter() - started) / len(texts)
             stored = sum(f.stat().st_size for f in path.iterdir())
-            ctx.encodings[self.name] = (encoder, EncodingCost(seconds, stored))
-        return ctx.encodings[self.name][1]
+            ctx.encodings["distilled"] = (encoder, EncodingCost(seconds, stored))
+        return ctx.encodings["distilled"][1]
 
     def inputs(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> tuple[list[str], Adapter | None]:
-        encoder = ctx.encodings[self.name][0]
-        documents = [ctx.passage_texts(rows) for rows in hits.rows]
+        encoder = ctx.encodings["distilled"][0]
+        rows = [_elsewhere(ctx, q, found) for q, found in zip(question_rows, hits.rows)] if self.irrelevant else hits.rows
+        documents = [ctx.passage_texts(found[:self.passages]) for found in rows]
         with torch.no_grad():
             adapter = encoder.adapters(documents)
         texts = ctx.question_texts(question_rows)
         return [encoder.masked_prompt(d, q) for d, q in zip(documents, texts)], adapter
+
+
+def _elsewhere(ctx: EvalContext, question_row: int, found: list[int]) -> list[int]:
+    """As many passage rows as ``found``, half the corpus away, none retrieved or gold for the question."""
+    count = len(ctx.dataset.passages)
+    position = ctx.dataset.passage_index()
+    taken = set(found) | {position[g] for g in ctx.dataset.questions[question_row].gold_passage_ids}
+    if count < len(taken) + len(found):
+        raise ValueError(f"distilled_irrelevant: needs more than {len(taken) + len(found) - 1} passages, "
+                         f"the dataset has {count}")
+    swapped = []
+    for row in found:
+        other = (row + count // 2) % count
+        while other in taken:
+            other = (other + 1) % count
+        taken.add(other)
+        swapped.append(other)
+    return swapped
 
 
 def build_methods(names: list[str], prag: PRAGConfig, poly: PolyConfig | None = None,
@@ -281,7 +310,8 @@ def build_methods(names: list[str], prag: PRAGConfig, poly: PolyConfig | None = 
         "prag": lambda: PRAG(prag),
         "prag_combine": lambda: PRAG(prag, combine=True),
         **{variant: (lambda v=variant: PolyPRAG(poly or PolyConfig(), v)) for variant in PolyPRAG.VARIANTS},
-        "distilled": lambda: DistilledPRAG(distilled or DistilledConfig()),
+        **{variant: (lambda v=variant: DistilledPRAG(distilled or DistilledConfig(), v))
+           for variant in DistilledPRAG.VARIANTS},
     }
     unknown = [n for n in names if n not in factories]
     if unknown:

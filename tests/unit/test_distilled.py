@@ -9,7 +9,7 @@ import torch
 
 from shared.lora.layers import applied, attach_lora
 from shared.lora.store import EncodingMismatch
-from shared.methods.distilled import MASK_TOKEN, DistilledConfig, serializer
+from shared.methods.distilled import MASK_TOKEN, DistilledConfig, document_spread, serializer
 from shared.methods.distilled.trainer import train_generator
 from shared.models.loading import load_causal_lm
 
@@ -38,6 +38,8 @@ def test_generated_adapters_cover_every_module_with_batched_factors(base, traine
     assert any(delta.B.abs().sum() > 0 for delta in adapter.values())  # training moved B off zero
     different = sum((adapter[n].B[0] @ adapter[n].A[0] - adapter[n].B[1] @ adapter[n].A[1]).abs().sum() for n in adapter)
     assert different > 0  # different documents give different LoRAs
+    assert document_spread(adapter) > 0
+    assert document_spread(encoder.adapters([DOCS[0], DOCS[0]])) == pytest.approx(0, abs=1e-6)
 
 
 def test_a_fresh_generator_leaves_the_model_unchanged(base):

@@ -8,7 +8,7 @@ from shared.eval.generate import generate_answers
 from shared.lora.layers import FFN_TARGETS, LowRank, applied, attach_lora
 from shared.models.loading import ModelLoadError, load_causal_lm, model_digest
 from shared.models.tiny.build import EOS, cached_path, train_tokenizer
-from shared.models.tiny.recipe import RECIPES, TinyRecipe, recipe_named
+from shared.models.tiny.recipe import RECIPES, TinyFinish, TinyRecipe, recipe_named
 
 SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
          "num_key_value_heads": 2, "max_position_embeddings": 128}
@@ -52,6 +52,32 @@ def test_recipe_hash_is_the_cache_key():
         recipe_named("huge")
 
 
+def test_a_finishing_recipe_is_keyed_by_its_base_and_its_stages():
+    finish = TinyFinish(base=TinyRecipe())
+    assert finish.digest() == TinyFinish(base=TinyRecipe()).digest()
+    assert finish.digest() != TinyFinish(base=TinyRecipe(steps=5)).digest()
+    assert finish.digest() != TinyFinish(base=TinyRecipe(), drill_steps=5).digest()
+    assert cached_path(RECIPES["default"]) != cached_path(RECIPES["reader"])
+    assert RECIPES["default"].base == RECIPES["reader"]
+
+
+def test_the_drill_asks_about_one_of_several_people_who_differ_only_by_name():
+    from shared.data.benchmark import training_people
+    from shared.models.tiny.finish import FinishingExamples
+
+    examples = FinishingExamples(training_people(), TinyFinish(base=TinyRecipe()), EOS)
+    for _ in range(50):
+        prompt, completion = examples.lookup()
+        context = prompt.split("Context:")[1]
+        sentences = [s for s in context.split(". ") if s.strip()]
+        assert 2 <= len(sentences) <= 6
+        answer = completion.removesuffix(EOS).strip()
+        assert answer in context and completion.endswith(EOS)
+    kinds = [examples.mixed() for _ in range(400)]
+    plain = [c for p, c in kinds if not p]
+    assert 0.05 < len(plain) / len(kinds) < 0.3  # passage language modelling, 15% of the mix
+
+
 def test_tiny_build_is_deterministic_and_cached(tmp_path):
     from shared.models.tiny.build import build_tiny
 
@@ -63,6 +89,11 @@ def test_tiny_build_is_deterministic_and_cached(tmp_path):
     stamp = (first / "recipe.json").stat().st_mtime_ns
     assert build_tiny(micro, cache_root=tmp_path / "a", show_progress=False) == first
     assert (first / "recipe.json").stat().st_mtime_ns == stamp  # cached: not rebuilt
+    finished = build_tiny(TinyFinish(base=micro, name="micro", drill_steps=2, mix_steps=2, batch_size=2),
+                          cache_root=tmp_path / "a", show_progress=False)
+    assert finished != first and (first / "recipe.json").stat().st_mtime_ns == stamp  # base reused
+    assert (finished / "model.safetensors").read_bytes() != (first / "model.safetensors").read_bytes()
+    assert load_causal_lm(str(finished)).model.config.num_hidden_layers == 1
 
 
 def test_the_build_check_reports_reading_per_attribute(monkeypatch):

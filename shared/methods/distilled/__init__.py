@@ -7,6 +7,6 @@ its base model.
 """
 
 from shared.methods.distilled.config import DistilledConfig
-from shared.methods.distilled.layers import MASK_TOKEN, Generator
+from shared.methods.distilled.layers import MASK_TOKEN, Generator, document_spread
 
-__all__ = ["MASK_TOKEN", "DistilledConfig", "Generator"]
+__all__ = ["MASK_TOKEN", "DistilledConfig", "Generator", "document_spread"]

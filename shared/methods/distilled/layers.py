@@ -129,3 +129,22 @@ class Generator(nn.Module):
             b = self.head_b[target](z[:, layer]).view(-1, d_out, rank) * torch.sigmoid(self.gate[layer, target])
             adapter[name] = LowRank(A=a, B=b, scale=self.config.scale)
         return adapter
+
+
+def document_spread(adapter: Adapter) -> float:
+    """How much generated LoRAs differ across the batch's documents: the median over modules of
+    the root-mean-square distance of each row's ``ΔW = scale·B·A`` from the batch mean, relative
+    to the mean's norm.
+
+    Near 0 means the generator ignores its documents, the known failure of hypernetwork
+    translators (DESIGN.md §2.3); it needs a batch of at least two different documents.
+    """
+    spreads = []
+    for delta in adapter.values():
+        if delta.A.shape[0] < 2:
+            raise ValueError("document_spread: needs adapters for at least two documents")
+        dw = torch.einsum("bor,bri->boi", delta.B, delta.A) * delta.scale
+        mean = dw.mean(0, keepdim=True)
+        rms = (dw - mean).pow(2).sum((1, 2)).mean().sqrt()
+        spreads.append(float(rms / mean.norm().clamp_min(1e-12)))
+    return sorted(spreads)[len(spreads) // 2]

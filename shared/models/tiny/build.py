@@ -26,8 +26,10 @@ from shared.eval.generate import generate_answers
 from shared.eval.metrics import exact_match
 from shared.io import atomic_dir
 from shared.log import get_logger
+from shared.models.tiny.batches import collate, next_token_loss
 from shared.models.tiny.corpus import Corpus
-from shared.models.tiny.recipe import TinyRecipe
+from shared.models.tiny.finish import finish
+from shared.models.tiny.recipe import TinyFinish, TinyRecipe
 from shared.paths import fedprag_home
 
 EOS = "<|endoftext|>"
@@ -35,7 +37,7 @@ PAD = "<|pad|>"
 log = get_logger(__name__)
 
 
-def cached_path(recipe: TinyRecipe, cache_root: Path | None = None) -> Path:
+def cached_path(recipe: TinyRecipe | TinyFinish, cache_root: Path | None = None) -> Path:
     """Where the model for ``recipe`` lives once built."""
     root = cache_root or fedprag_home() / "models"
     return root / f"tiny-{recipe.name}-{recipe.digest()[:12]}"
@@ -83,33 +85,6 @@ def _length_bucketed(corpus: Corpus, batch_size: int, pool_batches: int = 8) -> 
         yield from chunks
 
 
-def collate(tokenizer: PreTrainedTokenizerFast, examples: list[tuple[str, str]], max_length: int) -> dict[str, torch.Tensor]:
-    """Right-padded ids with two label sets: every token, and the completion's tokens only.
-
-    Prompt and completion are tokenized separately, exactly as at inference time, where the
-    prompt is encoded alone and the completion is generated token by token.
-    """
-    rows = []
-    for prompt, completion in examples:
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
-        rows.append(((p + c)[:max_length], len(p)))
-    width = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    answer_labels = torch.full((len(rows), width), -100)
-    for i, (ids, prompt_len) in enumerate(rows):
-        input_ids[i, :len(ids)] = torch.tensor(ids)
-        attention_mask[i, :len(ids)] = 1
-        answer_labels[i, prompt_len:len(ids)] = input_ids[i, prompt_len:len(ids)]
-    labels = input_ids.masked_fill(attention_mask == 0, -100)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "answer_labels": answer_labels}
-
-
-def _next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
-
-
 def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, corpus: Corpus,
              recipe: TinyRecipe, show_progress: bool = True) -> float:
     """Train with the loss on every token plus the loss on the answer; returns the final loss."""
@@ -124,7 +99,7 @@ def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, corpus
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, recipe)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = _next_token_loss(logits, batch["labels"]) + _next_token_loss(logits, batch["answer_labels"])
+        loss = next_token_loss(logits, batch["labels"]) + next_token_loss(logits, batch["answer_labels"])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -136,25 +111,36 @@ def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, corpus
 
 
 def held_out_check(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, people: int = 40) -> dict[str, float]:
-    """Exact match on never-seen people, with their passage in context and without it.
+    """Exact match on never-seen people: with their passage in context, with it among two other
+    people's passages, and without it.
 
-    Besides the two overall figures it reports each per attribute (``em_with_passage_<attribute>``,
-    ``em_closed_book_<attribute>``): a small model learns to read one kind of value at a time, so
-    the overall figure alone hides which facts it cannot yet copy from its context.
+    Besides the three overall figures it reports each per attribute (``em_with_passage_<attribute>``,
+    ``em_with_distractors_<attribute>``, ``em_closed_book_<attribute>``): a small model learns to
+    read one kind of value at a time, so the overall figure alone hides which facts it cannot yet
+    copy from its context.
     """
     rng = random.Random(7)
     reserved = frozenset(p.name for p in training_people())
-    questions, answers, passages, attributes = [], [], [], []
-    for person in world.make_people(7, people, reserved):
+    population = world.make_people(7, people, reserved)
+    questions, answers, passages, attributes, owners = [], [], [], [], []
+    for person in population:
         passage = world.write_passage(person, rng)
         for attribute in world.ATTRIBUTES:
             questions.append(world.ask(world.TEST_TEMPLATES, attribute, person.name, rng))
             answers.append(person.facts[attribute])
             passages.append(passage)
             attributes.append(attribute)
+            owners.append(person)
+    crowded = []
+    for passage, question, owner in zip(passages, questions, owners):
+        others = [world.write_passage(p, rng) for p in rng.sample(population, 3) if p is not owner][:2]
+        context = [passage, *others]
+        rng.shuffle(context)
+        crowded.append(prompts.with_context(context, question))
     result = {}
     for condition, texts in (
         ("em_with_passage", [prompts.with_context([p], q) for p, q in zip(passages, questions)]),
+        ("em_with_distractors", crowded),
         ("em_closed_book", [prompts.closed_book(q) for q in questions]),
     ):
         predictions = []
@@ -168,26 +154,37 @@ def held_out_check(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, 
     return result
 
 
-def build_tiny(recipe: TinyRecipe, cache_root: Path | None = None, show_progress: bool = True) -> Path:
-    """Return the cached model directory for ``recipe``, training it first if needed."""
+def build_tiny(recipe: TinyRecipe | TinyFinish, cache_root: Path | None = None, show_progress: bool = True) -> Path:
+    """Return the cached model directory for ``recipe``, training it first if needed.
+
+    A :class:`TinyFinish` recipe builds (or reuses) its base recipe's model first, then trains
+    its finishing stages from it.
+    """
     target = cached_path(recipe, cache_root)
     if (target / "recipe.json").is_file():
         return target
     started = time.perf_counter()
-    torch.manual_seed(recipe.seed)
     people = training_people()
-    tokenizer_corpus = Corpus(people, recipe, EOS)
-    tokenizer_corpus.progress = 1.0  # the finished mix: every kind of text the model will see
-    tokenizer = train_tokenizer(["".join(tokenizer_corpus.sample()) for _ in range(4000)], recipe.vocab_size)
-    model = LlamaForCausalLM(_model_config(recipe, tokenizer))
-    log.info("tiny.build.start", recipe=recipe.name, parameters=sum(p.numel() for p in model.parameters()))
-    final_loss = pretrain(model, tokenizer, Corpus(people, recipe, EOS), recipe, show_progress)
+    if isinstance(recipe, TinyFinish):
+        source = build_tiny(recipe.base, cache_root, show_progress)
+        model = LlamaForCausalLM.from_pretrained(source)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
+        log.info("tiny.finish.start", recipe=recipe.name, base=source.name)
+        final_loss = finish(model, tokenizer, people, recipe, EOS, show_progress)
+    else:
+        torch.manual_seed(recipe.seed)
+        tokenizer_corpus = Corpus(people, recipe, EOS)
+        tokenizer_corpus.progress = 1.0  # the finished mix: every kind of text the model will see
+        tokenizer = train_tokenizer(["".join(tokenizer_corpus.sample()) for _ in range(4000)], recipe.vocab_size)
+        model = LlamaForCausalLM(_model_config(recipe, tokenizer))
+        log.info("tiny.build.start", recipe=recipe.name, parameters=sum(p.numel() for p in model.parameters()))
+        final_loss = pretrain(model, tokenizer, Corpus(people, recipe, EOS), recipe, show_progress)
     metrics = {"final_loss": final_loss, **held_out_check(model, tokenizer),
                "build_seconds": time.perf_counter() - started}
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (tmp / "recipe.json").write_text(json.dumps({"digest": recipe.digest(), **recipe.__dict__}, indent=2))
+        (tmp / "recipe.json").write_text(json.dumps(recipe.describe(), indent=2))
     log.info("tiny.build.done", recipe=recipe.name, path=str(target), **metrics)
     return target

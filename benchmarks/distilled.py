@@ -1,0 +1,92 @@
+"""DistilledPRAG benchmark: the generator's LoRAs next to closed-book, standard RAG and PRAG.
+
+One run, one machine, one base model, one dataset and one retrieval. Every benchmark passage is
+one the generator never saw (it is distilled on synthetic documents about other people). It
+measures:
+
+* exact match per question kind (single-hop, held-out phrasings, multi-hop) of DistilledPRAG with
+  the top-k passages, with the top passage only, and with irrelevant passages (someone else's),
+  next to closed-book, standard RAG (top-k and top passage) and PRAG;
+* the share of the closed-book → standard-RAG gap DistilledPRAG closes;
+* encoding seconds per passage (one generator forward) against PRAG's per-passage training;
+* how much the generated LoRAs differ across documents (:func:`document_spread`), and the
+  generator's size on disk.
+
+    .venv/bin/python benchmarks/distilled.py     # writes benchmarks/results/distilled.{json,md}
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from common import setup  # benchmarks/common.py (scripts run from this folder)
+
+from shared.data.benchmark import make_benchmark
+from shared.eval.harness import evaluate
+from shared.eval.methods import build_methods
+from shared.io import atomic_write_text
+from shared.lora.layers import attach_lora
+from shared.methods.distilled import document_spread
+from shared.methods.distilled import serializer as distilled_serializer
+from shared.models.loading import load_causal_lm
+
+METHODS = ["closed_book", "standard_rag", "standard_rag_top1", "prag", "distilled", "distilled_top1",
+           "distilled_irrelevant"]
+SPREAD_PASSAGES = 32
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, config = setup(__doc__, "runs/bench-distilled", argv)
+    base = load_causal_lm(config.model.path)
+    dataset = make_benchmark(config.benchmark)
+    report = evaluate(dataset, base, build_methods(METHODS, config.prag, distilled=config.distilled),
+                      config.harness, Path(args.work))
+    em = {r.method: {kind: s.em for kind, s in r.scores.items()} for r in report.results}
+    by = {r.method: r for r in report.results}
+
+    encoder, _ = distilled_serializer.cached_generator(base, attach_lora(base.model), config.distilled)
+    with torch.no_grad():
+        spread = document_spread(encoder.adapters([[p.text] for p in dataset.passages[:SPREAD_PASSAGES]]))
+    floor, ceiling = em["closed_book"]["single"], em["standard_rag"]["single"]
+    summary = {
+        "gap_closed_single": (em["distilled"]["single"] - floor) / (ceiling - floor) if ceiling != floor else float("nan"),
+        "encoding_speedup_vs_prag": by["prag"].encode_seconds_per_passage / by["distilled"].encode_seconds_per_passage,
+        "document_spread": spread,
+        "generator_parameters": sum(p.numel() for p in encoder.generator.parameters()),
+        "generator_bytes": by["distilled"].stored_bytes,
+        "generator_steps": config.distilled.steps,
+    }
+    checks = [
+        ("single-hop EM ≥ PRAG's", f"{em['distilled']['single']:.3f} vs {em['prag']['single']:.3f}",
+         em["distilled"]["single"] >= em["prag"]["single"]),
+        ("closes ≥ 60% of the closed-book → standard-RAG gap", f"{summary['gap_closed_single']:.2f}",
+         summary["gap_closed_single"] >= 0.6),
+        ("multi-hop EM above PRAG's", f"{em['distilled']['multihop']:.3f} vs {em['prag']['multihop']:.3f}",
+         em["distilled"]["multihop"] > em["prag"]["multihop"]),
+        ("encoding ≥ 20× faster per passage than PRAG", f"{summary['encoding_speedup_vs_prag']:.0f}×",
+         summary["encoding_speedup_vs_prag"] >= 20),
+        ("irrelevant passages: EM near closed-book (within 0.05)",
+         f"{em['distilled_irrelevant']['single']:.3f} vs {floor:.3f}", abs(em["distilled_irrelevant"]["single"] - floor) <= 0.05),
+    ]
+
+    json_path, md_path = report.write(args.out, stem="distilled")
+    payload = json.loads(json_path.read_text())
+    payload.update(summary=summary, acceptance=[{"check": c, "value": v, "met": m} for c, v, m in checks])
+    atomic_write_text(json_path, json.dumps(payload, indent=2))
+    lines = [
+        "", (f"Generator: {summary['generator_parameters']:,} parameters, {summary['generator_bytes']:,} bytes, "
+             f"{summary['generator_steps']} distillation steps. Relative spread of the generated ΔW across "
+             f"{SPREAD_PASSAGES} benchmark passages (median over modules): {spread:.3f}."), "",
+        "| check | measured | met |", "|---|---|---|",
+        *[f"| {c} | {v} | {'yes' if m else 'no'} |" for c, v, m in checks],
+    ]
+    atomic_write_text(md_path, md_path.read_text() + "\n".join(lines) + "\n")
+    print(md_path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The finishing stages of the built-in model: teach a reader to pick the right passage.
+
+A model built by :func:`shared.models.tiny.build.pretrain` reads one passage well but, with
+distractor passages beside it, picks a person's passage at about chance. Two more stages, trained
+from it, fix most of that (DESIGN.md's reading skills; figures in :class:`TinyFinish`):
+
+1. **Drill.** Every example is the name-lookup drill: sentences about 2–6 freshly drawn people
+   all state the same attribute, so only the asked-about name tells them apart. The loss is on the
+   answer only. A small model learns this only after a plateau (about 1,200 steps here).
+2. **Mix.** Reading with one or two distractor passages, the drill, plain passages about the
+   fixed training population and closed-book questions about it, with the loss on every token
+   plus the answer; the last two keep the recall that LoRA encodings rely on.
+
+Both stages use a constant learning rate, a fresh optimizer and a fresh seeded example stream.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from shared import prompts
+from shared.data import world
+from shared.models.tiny.batches import collate, next_token_loss
+from shared.models.tiny.recipe import TinyFinish
+
+Example = tuple[str, str]
+
+
+class FinishingExamples:
+    """The seeded example stream of the finishing stages (prompt, completion ending in ``eos``)."""
+
+    def __init__(self, people: list[world.Person], recipe: TinyFinish, eos: str):
+        self.people = people
+        self.recipe = recipe
+        self.eos = eos
+        self.rng = random.Random(recipe.seed)
+
+    def _question(self, person: world.Person, attribute: str) -> tuple[str, str]:
+        templates = self.rng.choice(world.TRAINING_QUESTION_TEMPLATES)
+        return world.ask(templates, attribute, person.name, self.rng), person.facts[attribute]
+
+    def reading(self, distractors: int) -> Example:
+        """A fresh person's passage among ``distractors`` other fresh people's passages."""
+        person, _ = world.fresh_pair(self.rng)
+        attribute = self.rng.choice(world.ATTRIBUTES)
+        passages = [world.write_passage(person, self.rng)]
+        passages += [world.write_passage(world.fresh_pair(self.rng)[0], self.rng) for _ in range(distractors)]
+        self.rng.shuffle(passages)
+        question, answer = self._question(person, attribute)
+        return prompts.with_context(passages, question), prompts.completion(answer) + self.eos
+
+    def lookup(self) -> Example:
+        """The drill: one sentence each about 2–6 fresh people, all on the same attribute."""
+        people = [world.fresh_pair(self.rng)[0] for _ in range(self.rng.randint(2, 6))]
+        attribute = self.rng.choice(world.ATTRIBUTES)
+        sentences = [world.write_passage(p, self.rng, (attribute,)) for p in people]
+        self.rng.shuffle(sentences)
+        question, answer = self._question(people[0], attribute)
+        return prompts.with_context([" ".join(sentences)], question), prompts.completion(answer) + self.eos
+
+    def mixed(self) -> Example:
+        """One example of the mix stage, drawn by the recipe's shares."""
+        recipe, draw = self.recipe, self.rng.random()
+        if draw < recipe.mix_reading:
+            return self.reading(self.rng.randint(1, 2))
+        if draw < recipe.mix_reading + recipe.mix_lookup:
+            return self.lookup()
+        person = self.rng.choice(self.people)
+        if draw < recipe.mix_reading + recipe.mix_lookup + recipe.mix_passage_lm:
+            return "", world.write_passage(person, self.rng) + self.eos
+        question, answer = self._question(person, self.rng.choice(world.ATTRIBUTES))
+        return prompts.closed_book(question), prompts.completion(answer) + self.eos
+
+
+def _train_stage(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, sample: Callable[[], Example],
+                 steps: int, lr: float, answer_only: bool, recipe: TinyFinish, desc: str, show_progress: bool) -> float:
+    """Constant-rate AdamW on ``steps`` batches from ``sample``; returns the smoothed final loss."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    model.train()
+    smoothed = float("nan")
+    for _ in (bar := tqdm(range(steps), desc=desc, disable=not show_progress, unit="step")):
+        batch = collate(tokenizer, [sample() for _ in range(recipe.batch_size)], recipe.max_length)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = next_token_loss(logits, batch["answer_labels"])
+        if not answer_only:
+            loss = next_token_loss(logits, batch["labels"]) + loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        smoothed = loss.item() if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{smoothed:.3f}")
+    model.eval()
+    return smoothed
+
+
+def finish(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, people: list[world.Person],
+           recipe: TinyFinish, eos: str, show_progress: bool = True) -> float:
+    """Run the drill stage, then the mix stage, each on its own fresh stream; returns the final loss."""
+    model.requires_grad_(True)
+    drill = FinishingExamples(people, recipe, eos)
+    _train_stage(model, tokenizer, drill.lookup, recipe.drill_steps, recipe.drill_lr, True, recipe,
+                 f"drill tiny-{recipe.name}", show_progress)
+    mix = FinishingExamples(people, recipe, eos)
+    return _train_stage(model, tokenizer, mix.mixed, recipe.mix_steps, recipe.mix_lr, False, recipe,
+                        f"mix tiny-{recipe.name}", show_progress)
