@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = groups.add_parser("model", help="base models").add_subparsers(dest="command", required=True)
     build = model.add_parser("build-tiny", parents=[common], help="train or find the cached built-in model")
-    build.add_argument("--recipe", default="default", help="recipe name: default (about 12 min on 2 cores) or small (about 3 min; tests)")
+    build.add_argument("--recipe", default="default", help="recipe name: default (about 39 min on 2 cores: the reader, then its finishing stages), reader (about 18 min) or small (about 3 min; tests)")
     build.set_defaults(handler=_cmd_build_tiny)
 
     data = groups.add_parser("data", help="datasets").add_subparsers(dest="command", required=True)
