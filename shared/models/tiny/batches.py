@@ -1,4 +1,4 @@
-"""Batches for training the built-in model: tokenized examples and the next-token loss."""
+"""Batches for training the built-in model: tokenized examples, the next-token loss, one step."""
 
 from __future__ import annotations
 
@@ -32,3 +32,18 @@ def collate(tokenizer: PreTrainedTokenizerFast, examples: list[tuple[str, str]],
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of each position's logits against the next position's label (-100 = skip)."""
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+               answer_only: bool = False) -> float:
+    """One optimizer step on the answer loss, plus the loss on every token unless ``answer_only``;
+    gradients clipped to norm 1. Returns the loss."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    loss = next_token_loss(logits, batch["answer_labels"])
+    if not answer_only:
+        loss = next_token_loss(logits, batch["labels"]) + loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss.item()

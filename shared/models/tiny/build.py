@@ -26,7 +26,7 @@ from shared.eval.generate import generate_answers
 from shared.eval.metrics import exact_match
 from shared.io import atomic_dir
 from shared.log import get_logger
-from shared.models.tiny.batches import collate, next_token_loss
+from shared.models.tiny.batches import collate, train_step
 from shared.models.tiny.corpus import Corpus
 from shared.models.tiny.finish import finish
 from shared.models.tiny.recipe import TinyFinish, TinyRecipe
@@ -98,13 +98,8 @@ def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, corpus
         batch = collate(tokenizer, next(batches), recipe.max_positions)
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, recipe)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = next_token_loss(logits, batch["labels"]) + next_token_loss(logits, batch["answer_labels"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        smoothed = loss.item() if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * loss.item()
+        loss = train_step(model, optimizer, batch)
+        smoothed = loss if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * loss
         bar.set_postfix(loss=f"{smoothed:.3f}")
     model.eval()
     return smoothed

@@ -27,6 +27,12 @@ from shared.data import world
 from shared.models.tiny.recipe import TinyRecipe
 
 
+def training_question(rng: random.Random, person: world.Person, attribute: str) -> tuple[str, str]:
+    """A question about ``person``'s ``attribute`` in a training phrasing, and its answer."""
+    templates = rng.choice(world.TRAINING_QUESTION_TEMPLATES)
+    return world.ask(templates, attribute, person.name, rng), person.facts[attribute]
+
+
 class Corpus:
     """Draws training examples; each ends with ``eos`` so the model learns where answers stop."""
 
@@ -40,8 +46,7 @@ class Corpus:
         self.weights = [recipe.mix_reading, recipe.mix_multihop, recipe.mix_passage_lm, recipe.mix_recall]
 
     def _question(self, person: world.Person, attribute: str) -> tuple[str, str]:
-        templates = self.rng.choice(world.TRAINING_QUESTION_TEMPLATES)
-        return world.ask(templates, attribute, person.name, self.rng), person.facts[attribute]
+        return training_question(self.rng, person, attribute)
 
     def _passage(self, person: world.Person, needed: str) -> str:
         """A passage with the ``needed`` fact; early in training it holds only a few other facts."""

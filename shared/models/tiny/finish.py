@@ -26,7 +26,8 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from shared import prompts
 from shared.data import world
-from shared.models.tiny.batches import collate, next_token_loss
+from shared.models.tiny.batches import collate, train_step
+from shared.models.tiny.corpus import training_question
 from shared.models.tiny.recipe import TinyFinish
 
 Example = tuple[str, str]
@@ -42,8 +43,7 @@ class FinishingExamples:
         self.rng = random.Random(recipe.seed)
 
     def _question(self, person: world.Person, attribute: str) -> tuple[str, str]:
-        templates = self.rng.choice(world.TRAINING_QUESTION_TEMPLATES)
-        return world.ask(templates, attribute, person.name, self.rng), person.facts[attribute]
+        return training_question(self.rng, person, attribute)
 
     def reading(self, distractors: int) -> Example:
         """A fresh person's passage among ``distractors`` other fresh people's passages."""
@@ -86,15 +86,8 @@ def _train_stage(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, sa
     smoothed = float("nan")
     for _ in (bar := tqdm(range(steps), desc=desc, disable=not show_progress, unit="step")):
         batch = collate(tokenizer, [sample() for _ in range(recipe.batch_size)], recipe.max_length)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = next_token_loss(logits, batch["answer_labels"])
-        if not answer_only:
-            loss = next_token_loss(logits, batch["labels"]) + loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        smoothed = loss.item() if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * loss.item()
+        loss = train_step(model, optimizer, batch, answer_only)
+        smoothed = loss if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * loss
         bar.set_postfix(loss=f"{smoothed:.3f}")
     model.eval()
     return smoothed
