@@ -250,6 +250,7 @@ class DistilledPRAG:
     """
 
     VARIANTS = ("distilled", "distilled_top1", "distilled_irrelevant")
+    KEY = "distilled"  # every variant shares one generator and one encoding cost
 
     def __init__(self, config: DistilledConfig, variant: str = "distilled"):
         if variant not in self.VARIANTS:
@@ -260,7 +261,7 @@ class DistilledPRAG:
         self.irrelevant = variant == "distilled_irrelevant"
 
     def encode(self, ctx: EvalContext) -> EncodingCost:
-        if "distilled" not in ctx.encodings:
+        if self.KEY not in ctx.encodings:
             encoder, path = distilled_serializer.cached_generator(ctx.base, ctx.layers, self.config, ctx.show_progress)
             texts = [p.text for p in ctx.dataset.passages]
             started = time.perf_counter()
@@ -269,12 +270,15 @@ class DistilledPRAG:
                     encoder.adapters([[t] for t in texts[start:start + 16]])
             seconds = (time.perf_counter() - started) / len(texts)
             stored = sum(f.stat().st_size for f in path.iterdir())
-            ctx.encodings["distilled"] = (encoder, EncodingCost(seconds, stored))
-        return ctx.encodings["distilled"][1]
+            ctx.encodings[self.KEY] = (encoder, EncodingCost(seconds, stored))
+        return ctx.encodings[self.KEY][1]
 
     def inputs(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> tuple[list[str], Adapter | None]:
-        encoder = ctx.encodings["distilled"][0]
-        rows = [_elsewhere(ctx, q, found) for q, found in zip(question_rows, hits.rows)] if self.irrelevant else hits.rows
+        encoder = ctx.encodings[self.KEY][0]
+        rows = hits.rows
+        if self.irrelevant:
+            position = ctx.dataset.passage_index()
+            rows = [_elsewhere(ctx, position, q, found) for q, found in zip(question_rows, hits.rows)]
         documents = [ctx.passage_texts(found[:self.passages]) for found in rows]
         with torch.no_grad():
             adapter = encoder.adapters(documents)
@@ -282,10 +286,10 @@ class DistilledPRAG:
         return [encoder.masked_prompt(d, q) for d, q in zip(documents, texts)], adapter
 
 
-def _elsewhere(ctx: EvalContext, question_row: int, found: list[int]) -> list[int]:
-    """As many passage rows as ``found``, half the corpus away, none retrieved or gold for the question."""
+def _elsewhere(ctx: EvalContext, position: dict[str, int], question_row: int, found: list[int]) -> list[int]:
+    """As many passage rows as ``found``, half the corpus away, none retrieved or gold for the question
+    (``position`` maps passage ids to rows)."""
     count = len(ctx.dataset.passages)
-    position = ctx.dataset.passage_index()
     taken = set(found) | {position[g] for g in ctx.dataset.questions[question_row].gold_passage_ids}
     if count < len(taken) + len(found):
         raise ValueError(f"distilled_irrelevant: needs more than {len(taken) + len(found) - 1} passages, "
