@@ -10,8 +10,8 @@ One run, one machine, one base model, one dataset and one retrieval. It measures
   new passages are encoded routing-only against the frozen pool) and at 10,000 (computed from the
   measured per-passage sizes);
 * throughput at batch 16 with mixed routings (as answered, and at equal decode length): Poly-PRAG
-  batched, PRAG's per-query merge path and the bare base model closed-book, as medians over
-  repeats.
+  batched, PRAG's per-query merge path and the bare base model closed-book, timed in interleaved
+  rounds; q/s are medians over rounds and the ratios are medians of per-round ratios.
 
     .venv/bin/python benchmarks/poly.py          # writes benchmarks/results/poly.{json,md}
 """
@@ -22,6 +22,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -55,19 +56,32 @@ def subset_em(report: Report, method: str, rows: list[int], answers: list[list[s
     return statistics.fmean(exact_match(predictions[i], answers[i]) for i in rows)
 
 
-def timed_qps(run, batch: int, repeats: int) -> float:
-    """Queries per second of ``run`` (which answers ``batch`` queries), median over ``repeats``."""
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return batch / statistics.median(times)
+def timed_side_by_side(paths: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per run of each path, timed in ``repeats`` interleaved rounds (after one warm-up).
+
+    Every round runs every path once, in a rotated order, so drift in the machine's speed (which on
+    a shared 2-core host moves absolute figures by 20–30% from one minute to the next) hits all
+    paths alike; compare paths with :func:`median_ratio`.
+    """
+    names = list(paths)
+    for name in names:
+        paths[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            started = time.perf_counter()
+            paths[name]()
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
+def median_ratio(times: dict[str, list[float]], slow: str, fast: str) -> float:
+    """Median over rounds of ``slow``'s time over ``fast``'s in the same round (fast's speed-up)."""
+    return statistics.median(s / f for s, f in zip(times[slow], times[fast]))
 
 
 def throughput(base: BaseModel, work: Path, dataset, config, batch: int = 16,
-               repeats: int = 5) -> dict[str, dict[str, float]]:
+               repeats: int = 21) -> dict[str, dict]:
     """Batch-16 throughput with mixed routings: Poly batched vs PRAG per-query merge vs bare model.
 
     Measured twice on the same batch: ``as_answered``, where decoding stops at end-of-text, and
@@ -104,9 +118,16 @@ def throughput(base: BaseModel, work: Path, dataset, config, batch: int = 16,
             with merged(layers, prag.summed(torch.tensor(hit_rows[q:q + 1], dtype=torch.long))):
                 generate_answers(model, tok, closed[q:q + 1], min_new_tokens=min_tokens)
 
-    paths = (("closed_book", bare), ("poly_batched", poly), ("prag_merge_per_query", prag_merge))
-    return {length: {name: timed_qps(partial(fn, min_tokens), batch, repeats) for name, fn in paths}
-            for length, min_tokens in (("as_answered", 0), ("fixed_length", MAX_NEW_TOKENS))}
+    paths = {"closed_book": bare, "poly_batched": poly, "prag_merge_per_query": prag_merge}
+    measured = {}
+    for length, min_tokens in (("as_answered", 0), ("fixed_length", MAX_NEW_TOKENS)):
+        seconds = timed_side_by_side({name: partial(fn, min_tokens) for name, fn in paths.items()}, repeats)
+        measured[length] = {
+            "qps": {name: batch / statistics.median(t) for name, t in seconds.items()},
+            "poly_vs_prag_merge": median_ratio(seconds, "prag_merge_per_query", "poly_batched"),
+            "closed_book_vs_poly": median_ratio(seconds, "poly_batched", "closed_book"),
+        }
+    return measured
 
 
 def storage(base: BaseModel, work: Path, config, scratch: Path) -> dict[str, object]:
@@ -141,7 +162,7 @@ def storage(base: BaseModel, work: Path, config, scratch: Path) -> dict[str, obj
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, config = setup(__doc__, "runs/bench-poly", argv, extra={"--repeats": {"type": int, "default": 5, "help": "timing repeats for throughput (median)"}})
+    args, config = setup(__doc__, "runs/bench-poly", argv, extra={"--repeats": {"type": int, "default": 21, "help": "interleaved timing rounds for throughput (medians)"}})
     work = Path(args.work)
     base = load_causal_lm(config.model.path)
     dataset = make_benchmark(config.benchmark)
@@ -161,10 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     incremental["cost_vs_prag"] = incremental["seconds_per_passage"] / incremental["prag_seconds_per_passage"]
     sizes = storage(base, work, config, work / "storage")
     measured = throughput(base, work, dataset, config, repeats=args.repeats)
-    qps, qps_fixed = measured["as_answered"], measured["fixed_length"]
-    qps_ratios = {"poly_vs_prag_merge": qps["poly_batched"] / qps["prag_merge_per_query"],
-                  "closed_book_vs_poly": qps["closed_book"] / qps["poly_batched"],
-                  "closed_book_vs_poly_fixed_length": qps_fixed["closed_book"] / qps_fixed["poly_batched"]}
+    qps, qps_fixed = measured["as_answered"]["qps"], measured["fixed_length"]["qps"]
+    qps_ratios = {"poly_vs_prag_merge": measured["as_answered"]["poly_vs_prag_merge"],
+                  "closed_book_vs_poly": measured["as_answered"]["closed_book_vs_poly"],
+                  "closed_book_vs_poly_fixed_length": measured["fixed_length"]["closed_book_vs_poly"]}
 
     json_path, md_path = report.write(args.out, stem="poly")
     payload = json.loads(json_path.read_text())
@@ -183,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         "", "Storage:", "", "| passages | PRAG bytes | Poly pool + routing bytes | PRAG / Poly |", "|---|---|---|---|",
         f"| 1,000 (files) | {s1['prag']:,} | {s1['poly_pool']:,} + {s1['poly_routing']:,} | {s1['ratio']:.1f}× |",
         f"| 10,000 (computed) | {s10['prag']:,.0f} | {s10['poly']:,.0f} | {s10['ratio']:.1f}× |",
-        "", f"Throughput at batch 16, mixed routings (queries/s, median of {args.repeats}):", "",
+        "", (f"Throughput at batch 16, mixed routings (queries/s, median of {args.repeats} interleaved rounds; "
+             "ratios are medians of per-round ratios):"), "",
         "| path | q/s, answers end at end-of-text | q/s, every request decodes the same tokens |", "|---|---|---|",
         *[f"| {k} | {v:.1f} | {qps_fixed[k]:.1f} |" for k, v in qps.items()],
         "", (f"Poly batched / PRAG per-query merge: {qps_ratios['poly_vs_prag_merge']:.2f}×; "

@@ -40,7 +40,8 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear):
         super().__init__()
         self.base = base
-        self.delta: LowRank | None = None
+        self.factors: tuple[Tensor, Tensor] | None = None
+        """The current update as ``(Aᵀ [b|1, in, r], scale·(B·diag(g))ᵀ [b|1, r, out])``; see :func:`applied`."""
 
     @property
     def in_features(self) -> int:
@@ -52,13 +53,17 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.base(x)
-        delta = self.delta
-        if delta is None:
+        if self.factors is None:
             return y
-        h = x @ delta.A.transpose(-1, -2)  # [b, t, r]
-        if delta.gate is not None:
-            h = h * delta.gate.unsqueeze(1)
-        return y + delta.scale * (h @ delta.B.transpose(-1, -2))
+        a_t, b_t = self.factors
+        return y + (x @ a_t) @ b_t
+
+
+def _folded(delta: LowRank) -> tuple[Tensor, Tensor]:
+    """``delta`` as the two matrices :class:`LoRALinear` multiplies by, with the scale and the gate
+    folded into ``B`` once per :func:`applied` block rather than once per forward (per decode step)."""
+    b = delta.B * delta.scale if delta.gate is None else delta.B * (delta.scale * delta.gate).unsqueeze(1)
+    return delta.A.transpose(-1, -2), b.transpose(-1, -2)
 
 
 Adapter = Mapping[str, LowRank]
@@ -97,11 +102,12 @@ def applied(layers: Mapping[str, LoRALinear], adapter: Adapter | None) -> Iterat
             raise KeyError(f"adapter names modules the model does not adapt: {sorted(unknown)[:3]}")
     try:
         for name, layer in layers.items():
-            layer.delta = None if adapter is None else adapter.get(name)
+            delta = None if adapter is None else adapter.get(name)
+            layer.factors = None if delta is None else _folded(delta)
         yield
     finally:
         for layer in layers.values():
-            layer.delta = None
+            layer.factors = None
 
 
 @contextlib.contextmanager

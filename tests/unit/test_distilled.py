@@ -3,14 +3,15 @@
 import dataclasses
 import logging
 import math
+import random
 
 import pytest
 import torch
 
-from shared.lora.layers import applied, attach_lora
+from shared.lora.layers import attach_lora
 from shared.lora.store import EncodingMismatch
 from shared.methods.distilled import MASK_TOKEN, DistilledConfig, document_spread, serializer
-from shared.methods.distilled.trainer import train_generator
+from shared.methods.distilled.trainer import synthesise, train_generator
 from shared.models.loading import load_causal_lm
 
 SMALL = DistilledConfig(width=16, heads=2, depth=1, steps=3, batch_size=4, max_doc_tokens=64)
@@ -38,19 +39,43 @@ def test_generated_adapters_cover_every_module_with_batched_factors(base, traine
     assert any(delta.B.abs().sum() > 0 for delta in adapter.values())  # training moved B off zero
     different = sum((adapter[n].B[0] @ adapter[n].A[0] - adapter[n].B[1] @ adapter[n].A[1]).abs().sum() for n in adapter)
     assert different > 0  # different documents give different LoRAs
-    assert document_spread(adapter) > 0
-    assert document_spread(encoder.adapters([DOCS[0], DOCS[0]])) == pytest.approx(0, abs=1e-6)
+    assert set(document_spread(adapter)) == set(layers) and max(document_spread(adapter).values()) > 0
+    assert max(document_spread(encoder.adapters([DOCS[0], DOCS[0]])).values()) == pytest.approx(0, abs=1e-6)
 
 
-def test_a_fresh_generator_leaves_the_model_unchanged(base):
+def test_a_fresh_generator_writes_only_the_documents_own_token_embeddings(base):
+    """At initialisation the only update is the copy path: every column of a residual-writing
+    module's B is a mix of the document's input embeddings, and the other modules' B is zero."""
     layers = attach_lora(base.model)
     encoder, _ = train_generator(base, layers, dataclasses.replace(SMALL, steps=0), show_progress=False)
-    prompts = [encoder.masked_prompt(d, "When was Kara Lo born?") for d in DOCS]
-    with applied(layers, None):
-        bare = base.model(**base.tokenizer(prompts, return_tensors="pt", padding=True)).logits
-    with applied(layers, encoder.adapters(DOCS)):
-        adapted = base.model(**base.tokenizer(prompts, return_tensors="pt", padding=True)).logits
-    assert torch.allclose(bare, adapted)
+    adapter = encoder.adapters(DOCS)
+    embeddings = base.model.get_input_embeddings().weight.detach()
+    spans = [embeddings[encoder.ids(doc[0])] for doc in DOCS]  # [tokens, hidden] per document
+
+    def off_span(columns, span):  # the part of each column outside the span of the embeddings
+        inside = span.T @ (torch.linalg.pinv(span.T) @ columns.T)
+        return float((columns - inside.T).norm() / columns.norm())
+
+    for delta in adapter.values():
+        if delta.B.shape[1] != base.model.config.hidden_size:
+            assert torch.count_nonzero(delta.B) == 0
+            continue
+        for row, span in enumerate(spans):
+            assert off_span(delta.B[row].T.detach(), span) < 1e-4
+        assert off_span(delta.B[0].T.detach(), spans[1]) > 0.1  # and not the other document's
+
+
+def test_training_examples_ask_what_their_documents_hold():
+    rng, config = random.Random(0), dataclasses.replace(SMALL, pair_share=0.3, distractor_share=0.5)
+    groups = [synthesise(rng, config) for _ in range(200)]
+    pairs = [g for g in groups if len(g) == 1]
+    singles = [g for g in groups if len(g) > 1]
+    assert pairs and singles and any(len(g[0].documents) > 1 for g in singles)
+    for group in singles:
+        assert len({e.question for e in group}) == len(group) == config.questions_per_document
+        assert all(e.documents is group[0].documents and e.answer in e.documents[0] for e in group)
+    for (example,) in pairs:
+        assert len(example.documents) == 2 and any(example.answer in d for d in example.documents)
 
 
 def test_the_mask_token_has_one_frozen_embedding_and_leaves_other_inputs_alone(base, trained):
@@ -92,7 +117,8 @@ def test_checkpoint_round_trips_and_is_refused_for_another_base_model(base, trai
         serializer.load(tmp_path / "gen", other, attach_lora(base.model))
 
 
-@pytest.mark.parametrize("field, value", [("rank", 0), ("heads", 3), ("pair_share", 1.5), ("temperature", 0.0)])
+@pytest.mark.parametrize("field, value", [("rank", 0), ("heads", 3), ("pair_share", 1.5), ("distractor_share", -0.1),
+                                                 ("questions_per_document", 0), ("temperature", 0.0)])
 def test_bad_settings_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"distilled.{field}"):
         dataclasses.replace(DistilledConfig(), **{field: value}).validate()

@@ -16,7 +16,8 @@ class DistilledConfig:
     question and answer, and the KL to the teacher's answer distribution at ``temperature``.
     """
 
-    rank: int = 2
+    rank: int = 8
+    """Rank of the generated LoRA: one generator slot per rank component and adapted layer."""
     alpha: float = 32.0
     targets: tuple[str, ...] = FFN_TARGETS
     width: int = 128
@@ -26,11 +27,15 @@ class DistilledConfig:
     heads: int = 4
     max_doc_tokens: int = 192
     """Document tokens the generator reads; longer inputs are truncated with a warning."""
-    steps: int = 600
+    steps: int = 1200
     batch_size: int = 16
     lr: float = 1e-3
     pair_share: float = 0.3
-    """Share of training examples built from two documents with a cross-document question."""
+    """Share of training document sets that are two documents with a cross-document question."""
+    distractor_share: float = 0.5
+    """Share of single-document sets followed by one or two other people's documents."""
+    questions_per_document: int = 4
+    """Questions (on different attributes) asked about one single-document set; they share its LoRA."""
     gen_weight: float = 1.0
     cos_weight: float = 0.5
     kl_weight: float = 0.1
@@ -42,14 +47,16 @@ class DistilledConfig:
         return self.alpha / self.rank
 
     def validate(self) -> None:
-        for name in ("rank", "width", "depth", "heads", "max_doc_tokens", "steps", "batch_size"):
+        for name in ("rank", "width", "depth", "heads", "max_doc_tokens", "steps", "batch_size",
+                     "questions_per_document"):
             if getattr(self, name) < 1:
                 raise ValueError(f"distilled.{name}: must be a positive integer")
         if self.width % self.heads:
             raise ValueError(f"distilled.width: must be a multiple of distilled.heads ({self.heads})")
         if self.lr <= 0 or self.temperature <= 0:
             raise ValueError("distilled.lr and distilled.temperature: must be positive")
-        if not 0 <= self.pair_share <= 1:
-            raise ValueError("distilled.pair_share: must be in [0, 1]")
+        for name in ("pair_share", "distractor_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"distilled.{name}: must be in [0, 1]")
         if min(self.gen_weight, self.cos_weight, self.kl_weight) < 0:
             raise ValueError("distilled.*_weight: loss weights must be zero or more")

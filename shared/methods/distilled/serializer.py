@@ -24,7 +24,7 @@ METHOD = "distilled"
 FORMAT_VERSION = 1
 # Bump when the generator's layers or training change the weights a configuration produces, so
 # that cached generators made by older code are not reused.
-TRAINING_VERSION = 2
+TRAINING_VERSION = 3
 MASK_VECTOR = "mask_vector"
 
 

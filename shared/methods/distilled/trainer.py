@@ -14,9 +14,10 @@ towards deeper layers; and the KL from the teacher's answer distribution at ``te
 (times T²).
 
 Training examples are synthesised from documents about freshly drawn fictional people, never the
-benchmark's, so evaluation documents are unseen: one document with an augmentation-template
-question about it, or (``pair_share``) a person's and their mentor's documents with a question
-that needs both. Test and held-out single-hop phrasings stay unseen.
+benchmark's, so evaluation documents are unseen: one document (sometimes followed by distractor
+documents) with several augmentation-template questions about it, which share one generated LoRA,
+or (``pair_share``) a person's and their mentor's documents with a question that needs both. Test
+and held-out single-hop phrasings stay unseen.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from shared import prompts
 from shared.data import world
 from shared.log import get_logger
-from shared.lora.layers import Adapter, LoRALinear, applied
+from shared.lora.layers import Adapter, LoRALinear, LowRank, applied
 from shared.methods.distilled.config import DistilledConfig
 from shared.methods.distilled.layers import (
     MASK_TOKEN,
@@ -80,7 +81,8 @@ class DistilledEncoder:
         return self.base.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def read(self, documents: Sequence[Sequence[str]]) -> tuple[Tensor, Tensor]:
-        """Each row's documents, joined as in the prompt, as frozen base-model hidden states.
+        """Each row's documents, joined as in the prompt, as frozen base-model states per token:
+        the input embedding and the last hidden state, concatenated.
 
         Documents longer than ``max_doc_tokens`` are truncated with a warning.
         """
@@ -95,7 +97,7 @@ class DistilledEncoder:
         ids, mask = _right_padded(rows, self.base.tokenizer.pad_token_id)
         with torch.no_grad(), applied(self.layers, None):
             out = self.base.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        return out.hidden_states[-1], mask
+        return torch.cat([out.hidden_states[0], out.hidden_states[-1]], -1), mask
 
     def adapters(self, documents: Sequence[Sequence[str]]) -> Adapter:
         """One generated LoRA per row of documents, batched (``A [b, r, in]``, ``B [b, out, r]``)."""
@@ -134,17 +136,43 @@ def _right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, T
     return ids, mask
 
 
-def synthesise(rng: random.Random, pair_share: float) -> Example:
-    """One training example about freshly drawn people (single-document or cross-document)."""
+def synthesise(rng: random.Random, config: DistilledConfig) -> list[Example]:
+    """Training examples about freshly drawn people that share one set of documents.
+
+    With probability ``pair_share``: a person's and their mentor's documents, in random order, and
+    one question that needs both. Otherwise: one person's document, followed with probability
+    ``distractor_share`` by one or two other people's (as in a retrieved top-k, where the best
+    match comes first), and ``questions_per_document`` questions on different attributes of it.
+    """
     person, mentor = world.fresh_pair(rng)
-    if rng.random() < pair_share:
+    if rng.random() < config.pair_share:
         attribute = rng.choice(sorted(world.MULTIHOP_TEMPLATES))
         docs = [world.write_passage(person, rng), world.write_passage(mentor, rng)]
         rng.shuffle(docs)
-        return Example(docs, world.ask(world.MULTIHOP_TEMPLATES, attribute, person.name, rng), mentor.facts[attribute])
-    attribute = rng.choice(world.ATTRIBUTES)
-    return Example([world.write_passage(person, rng)], world.ask(world.AUGMENT_TEMPLATES, attribute, person.name, rng),
-                   person.facts[attribute])
+        return [Example(docs, world.ask(world.MULTIHOP_TEMPLATES, attribute, person.name, rng), mentor.facts[attribute])]
+    docs = [world.write_passage(person, rng)]
+    if rng.random() < config.distractor_share:
+        docs += [world.write_passage(world.fresh_pair(rng)[0], rng) for _ in range(rng.choice((1, 2)))]
+    attributes = rng.sample(world.ATTRIBUTES, min(config.questions_per_document, len(world.ATTRIBUTES)))
+    return [Example(docs, world.ask(world.AUGMENT_TEMPLATES, a, person.name, rng), person.facts[a]) for a in attributes]
+
+
+def _batch(rng: random.Random, config: DistilledConfig) -> tuple[list[list[str]], list[Example], Tensor]:
+    """``batch_size`` examples, their distinct document sets, and each example's document set."""
+    documents: list[list[str]] = []
+    examples: list[Example] = []
+    owners: list[int] = []
+    while len(examples) < config.batch_size:
+        group = synthesise(rng, config)[:config.batch_size - len(examples)]
+        owners += [len(documents)] * len(group)
+        documents.append(group[0].documents)
+        examples += group
+    return documents, examples, torch.tensor(owners)
+
+
+def _rows(adapter: Adapter, index: Tensor) -> Adapter:
+    """The adapter with its batch rows picked by ``index`` (one generated LoRA, several questions)."""
+    return {name: LowRank(d.A[index], d.B[index], d.scale) for name, d in adapter.items()}
 
 
 def distillation_loss(student: CausalLMOutputWithPast, teacher: CausalLMOutputWithPast, ids: Tensor,
@@ -179,7 +207,7 @@ def train_generator(base: BaseModel, layers: dict[str, LoRALinear], config: Dist
     for step in bar:
         for group in optimizer.param_groups:  # cosine decay to a tenth
             group["lr"] = config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / config.steps)))
-        examples = [synthesise(rng, config.pair_share) for _ in range(config.batch_size)]
+        documents, examples, owners = _batch(rng, config)
         pairs = [encoder.pair(e) for e in examples]
         pad = base.tokenizer.pad_token_id
         teacher_ids, attention = _right_padded([p[0] for p in pairs], pad)
@@ -189,7 +217,7 @@ def train_generator(base: BaseModel, layers: dict[str, LoRALinear], config: Dist
         answer_mask = torch.stack([positions >= a for _, _, _, a in pairs]) & attention.bool()
         with torch.no_grad(), applied(layers, None):
             teacher = base.model(input_ids=teacher_ids, attention_mask=attention, output_hidden_states=True)
-        with applied(layers, encoder.adapters([e.documents for e in examples])):
+        with applied(layers, _rows(encoder.adapters(documents), owners)):
             student = base.model(input_ids=student_ids, attention_mask=attention, output_hidden_states=True)
         loss, parts = distillation_loss(student, teacher, student_ids, cue_mask, answer_mask, config)
         if not torch.isfinite(loss):
