@@ -26,7 +26,7 @@ from shared.log import get_logger
 from shared.lora.layers import applied, attach_lora
 from shared.models.loading import BaseModel
 from shared.retrieval.encoder import SentenceEncoder
-from shared.retrieval.index import PassageIndex, recall_at_k
+from shared.retrieval.index import PassageIndex, complete_at_k, recall_at_k
 
 log = get_logger(__name__)
 
@@ -118,9 +118,11 @@ def evaluate(dataset: Dataset, base: BaseModel, methods: list[Method], config: H
     retrieved = hits.rows
     position = dataset.passage_index()
     gold = [[position[g] for g in q.gold_passage_ids] for q in dataset.questions]
-    recall = {kind: recall_at_k([r for r, q in zip(retrieved, dataset.questions) if q.kind == kind],
-                                [g for g, q in zip(gold, dataset.questions) if q.kind == kind], config.top_k)
-              for kind in sorted({q.kind for q in dataset.questions})}
+    kinds = sorted({q.kind for q in dataset.questions})
+    of_kind = {kind: ([r for r, q in zip(retrieved, dataset.questions) if q.kind == kind],
+                      [g for g, q in zip(gold, dataset.questions) if q.kind == kind]) for kind in kinds}
+    recall = {kind: recall_at_k(*of_kind[kind], config.top_k) for kind in kinds}
+    complete = {kind: complete_at_k(*of_kind[kind], config.top_k) for kind in kinds}
     ctx = EvalContext(dataset=dataset, base=base, layers=attach_lora(base.model), hits=hits,
                       embed=retriever.encoder.embed,
                       work_dir=work_dir, show_progress=show_progress)
@@ -128,5 +130,5 @@ def evaluate(dataset: Dataset, base: BaseModel, methods: list[Method], config: H
     return Report(
         machine=machine_description(), base_model=str(base.path.name), base_model_digest=base.digest[:16],
         passages=len(dataset.passages), questions=len(dataset.questions), top_k=config.top_k,
-        recall_at_k=recall, results=results,
+        recall_at_k=recall, complete_at_k=complete, results=results,
     )

@@ -39,6 +39,8 @@ class Report:
     top_k: int
     recall_at_k: dict[str, float]
     results: list[MethodResult] = field(default_factory=list)
+    complete_at_k: dict[str, float] = field(default_factory=dict)
+    """Per question kind, the share of questions whose gold passages are all in the top k."""
 
     def kinds(self) -> list[str]:
         order = ["single", "ood", "multihop"]
@@ -58,10 +60,12 @@ class Report:
             lines.append("| " + " | ".join(cells) + " |")
         counts = ", ".join(f"{k}: {self.results[0].scores[k].n}" for k in kinds) if self.results else ""
         recall = ", ".join(f"{k} {v:.3f}" for k, v in self.recall_at_k.items())
+        complete = ", ".join(f"{k} {v:.3f}" for k, v in self.complete_at_k.items())
         machine = ", ".join(f"{k} {v}" for k, v in self.machine.items())
         return "\n".join([
             (f"Base model `{self.base_model}` ({self.base_model_digest}); {self.passages} passages, "
-             f"{self.questions} questions ({counts}); retrieval recall@{self.top_k}: {recall}."),
+             f"{self.questions} questions ({counts}); retrieval recall@{self.top_k}: {recall}; "
+             f"questions with every gold passage in the top {self.top_k}: {complete}."),
             "",
             *lines,
             "",

@@ -52,3 +52,11 @@ def recall_at_k(retrieved: Sequence[Sequence[int]], gold: Sequence[Sequence[int]
         return 0.0
     hits = [len(set(r[:k]) & set(g)) / len(g) for r, g in zip(retrieved, gold)]
     return float(np.mean(hits))
+
+
+def complete_at_k(retrieved: Sequence[Sequence[int]], gold: Sequence[Sequence[int]], k: int) -> float:
+    """Share of questions with *every* gold passage among their top-``k`` results: for a multi-hop
+    question, whether a reader of the retrieved passages could chain its two facts at all."""
+    if not gold:
+        return 0.0
+    return float(np.mean([set(g) <= set(r[:k]) for r, g in zip(retrieved, gold)]))

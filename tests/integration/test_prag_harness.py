@@ -40,7 +40,7 @@ def test_report_has_every_column(report_and_work, tmp_path):
     prag = next(r for r in report.results if r.method == "prag")
     assert prag.encode_seconds_per_passage > 0 and prag.stored_bytes > 0
     assert 0 < prag.latency_ms_p50 <= prag.latency_ms_p95 and prag.peak_memory_mb > 0
-    assert set(report.recall_at_k) == {"single", "ood", "multihop"}
+    assert set(report.recall_at_k) == set(report.complete_at_k) == {"single", "ood", "multihop"}
     json_path, md_path = report.write(tmp_path)
     assert json.loads(json_path.read_text())["results"][0]["method"] == "closed_book"
     assert "| prag |" in md_path.read_text()

@@ -5,7 +5,7 @@ import pytest
 
 from shared.data.benchmark import BenchmarkSpec, make_benchmark
 from shared.retrieval.encoder import EMBEDDING_DIM, SentenceEncoder
-from shared.retrieval.index import PassageIndex, recall_at_k
+from shared.retrieval.index import PassageIndex, complete_at_k, recall_at_k
 
 
 @pytest.fixture(scope="module")
@@ -35,3 +35,9 @@ def test_questions_retrieve_their_gold_passage(encoder, tmp_path):
 def test_recall_at_k_counts_fraction_of_gold():
     assert recall_at_k([[1, 2, 3], [4, 5, 6]], [[1], [9, 5]], k=3) == pytest.approx(0.75)
     assert recall_at_k([[1, 2, 3]], [[3]], k=2) == 0.0
+
+
+def test_complete_at_k_needs_every_gold_passage():
+    assert complete_at_k([[1, 2, 3], [4, 5, 6]], [[1], [9, 5]], k=3) == pytest.approx(0.5)
+    assert complete_at_k([[1, 2, 3]], [[1, 3]], k=2) == 0.0
+    assert complete_at_k([[1, 2, 3]], [[2, 1]], k=2) == 1.0
