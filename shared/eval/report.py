@@ -41,6 +41,8 @@ class Report:
     results: list[MethodResult] = field(default_factory=list)
     complete_at_k: dict[str, float] = field(default_factory=dict)
     """Per question kind, the share of questions whose gold passages are all in the top k."""
+    hops: int = 1
+    """Retrieval hops (2: a bridge passage from the top passage's sentences)."""
 
     def kinds(self) -> list[str]:
         order = ["single", "ood", "multihop"]
@@ -64,7 +66,8 @@ class Report:
         machine = ", ".join(f"{k} {v}" for k, v in self.machine.items())
         return "\n".join([
             (f"Base model `{self.base_model}` ({self.base_model_digest}); {self.passages} passages, "
-             f"{self.questions} questions ({counts}); retrieval recall@{self.top_k}: {recall}; "
+             f"{self.questions} questions ({counts}); retrieval{' with a bridge hop' if self.hops == 2 else ''} "
+             f"recall@{self.top_k}: {recall}; "
              f"questions with every gold passage in the top {self.top_k}: {complete}."),
             "",
             *lines,

@@ -31,6 +31,7 @@ def test_comma_separated_lists_from_flags():
     ({"prag.nonsense": "1"}, "prag.nonsense: unknown field"),
     ({"benchmark.alpha": "-1"}, "benchmark.alpha"),
     ({"harness.top_k": "0"}, "harness.top_k"),
+    ({"harness.hops": "3"}, "harness.hops: must be 1 or 2"),
     ({"federation.runtime": "cloud"}, "federation.runtime"),
 ])
 def test_errors_name_the_field(overrides, field):

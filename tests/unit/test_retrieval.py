@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from shared.data.benchmark import BenchmarkSpec, make_benchmark
+from shared.eval.harness import Retriever
 from shared.retrieval.encoder import EMBEDDING_DIM, SentenceEncoder
 from shared.retrieval.index import PassageIndex, complete_at_k, recall_at_k
 
@@ -41,3 +42,17 @@ def test_complete_at_k_needs_every_gold_passage():
     assert complete_at_k([[1, 2, 3], [4, 5, 6]], [[1], [9, 5]], k=3) == pytest.approx(0.5)
     assert complete_at_k([[1, 2, 3]], [[1, 3]], k=2) == 0.0
     assert complete_at_k([[1, 2, 3]], [[2, 1]], k=2) == 1.0
+
+
+def test_a_bridge_hop_finds_the_passage_the_top_passage_leads_to(tmp_path):
+    data = make_benchmark(BenchmarkSpec(people=30))
+    retriever = Retriever(data, tmp_path, show_progress=False)
+    multihop = [q for q in data.questions if q.kind == "multihop"]
+    position = data.passage_index()
+    gold = [[position[g] for g in q.gold_passage_ids] for q in multihop]
+    one = retriever.top_k([q.text for q in multihop], 3)
+    two = retriever.top_k([q.text for q in multihop], 3, hops=2)
+    assert complete_at_k(two.rows, gold, 3) > complete_at_k(one.rows, gold, 3)
+    for first, second in zip(one.rows, two.rows):
+        assert second[0] == first[0] and len(second) == 3 and len(set(second)) == 3  # top kept, no repeats
+    assert all(len(r) == len(s) for r, s in zip(two.rows, two.scores))
