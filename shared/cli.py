@@ -29,6 +29,7 @@ from shared import log
 from shared.config import ConfigError, FedpragConfig, load_config
 from shared.data.schema import DatasetError
 from shared.models.loading import ModelLoadError
+from shared.models.tiny.recipe import RECIPES, recipe_named
 
 Handler = Callable[[argparse.Namespace, FedpragConfig], int]
 
@@ -45,7 +46,6 @@ def _set_pairs(pairs: Sequence[str]) -> dict[str, str]:
 
 def _cmd_build_tiny(args: argparse.Namespace, config: FedpragConfig) -> int:
     from shared.models.tiny.build import build_tiny
-    from shared.models.tiny.recipe import recipe_named
 
     path = build_tiny(recipe_named(args.recipe), show_progress=not args.quiet)
     metrics = (path / "metrics.json").read_text()
@@ -207,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = groups.add_parser("model", help="base models").add_subparsers(dest="command", required=True)
     build = model.add_parser("build-tiny", parents=[common], help="train or find the cached built-in model")
-    build.add_argument("--recipe", default="default", help="recipe name: default (about 39 min on 2 cores: the reader, then its finishing stages), reader (about 18 min) or small (about 3 min; tests)")
+    build.add_argument("--recipe", default="default", choices=list(RECIPES),
+                       help="default: about 39 min on 2 cores (the reader, about 18 min, then its finishing "
+                            "stages); small and small-reader: 2-4 min models for the integration tests")
     build.set_defaults(handler=_cmd_build_tiny)
 
     data = groups.add_parser("data", help="datasets").add_subparsers(dest="command", required=True)

@@ -78,22 +78,20 @@ class Retriever:
         return self._bridged(hits, k) if hops == 2 else hits
 
     def _bridged(self, hits: Hits, k: int) -> Hits:
-        sentences = [_sentences(self.texts[row[0]]) if row else [] for row in hits.rows]
-        flat = [s for group in sentences for s in group]
-        scores, rows = self.index.search(self.encoder.embed(flat), 2) if flat else (np.zeros((0, 2)), np.zeros((0, 2)))
-        out_rows, out_scores, at = [], [], 0
-        for row, score, group in zip(hits.rows, hits.scores, sentences):
-            found = [(float(sc), int(r)) for srow, prow in zip(scores[at:at + len(group)], rows[at:at + len(group)])
-                     for sc, r in zip(srow, prow) if r >= 0 and int(r) != row[0]]
-            at += len(group)
-            if not found:
-                out_rows.append(row)
-                out_scores.append(score)
-                continue
-            bridge_score, bridge = max(found)
-            rest = [(r, s) for r, s in zip(row[1:], score[1:]) if r != bridge]
-            out_rows.append([row[0], bridge, *[r for r, _ in rest]][:k])
-            out_scores.append([score[0], bridge_score, *[s for _, s in rest]][:k])
+        groups = [_sentences(self.texts[row[0]]) for row in hits.rows]
+        scores, rows = self.index.search(self.encoder.embed([s for group in groups for s in group]), 2)
+        out_rows, out_scores, start = [], [], 0
+        for top, top_scores, group in zip(hits.rows, hits.scores, groups):
+            end = start + len(group)
+            found = [(float(s), int(r)) for s, r in zip(scores[start:end].ravel(), rows[start:end].ravel())
+                     if r >= 0 and r != top[0]]
+            start = end
+            bridge_score, bridge = max(found, default=(None, None))
+            rest = [(r, s) for r, s in zip(top[1:], top_scores[1:]) if r != bridge]
+            head = [(top[0], top_scores[0])] + ([(bridge, bridge_score)] if found else [])
+            kept = (head + rest)[:k]
+            out_rows.append([r for r, _ in kept])
+            out_scores.append([s for _, s in kept])
         return Hits(out_rows, out_scores)
 
 

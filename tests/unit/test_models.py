@@ -4,10 +4,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
+from shared.data.benchmark import training_people
 from shared.eval.generate import generate_answers
 from shared.lora.layers import FFN_TARGETS, LowRank, applied, attach_lora
 from shared.models.loading import ModelLoadError, load_causal_lm, model_digest
 from shared.models.tiny.build import EOS, cached_path, train_tokenizer
+from shared.models.tiny.finish import FinishingExamples
 from shared.models.tiny.recipe import RECIPES, TinyFinish, TinyRecipe, recipe_named
 
 SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -62,9 +64,6 @@ def test_a_finishing_recipe_is_keyed_by_its_base_and_its_stages():
 
 
 def test_the_drill_asks_about_one_of_several_people_who_differ_only_by_name():
-    from shared.data.benchmark import training_people
-    from shared.models.tiny.finish import FinishingExamples
-
     examples = FinishingExamples(training_people(), TinyFinish(base=TinyRecipe()), EOS)
     for _ in range(50):
         prompt, completion = examples.lookup()

@@ -45,9 +45,6 @@ class Corpus:
         self.kinds = ["reading", "multihop", "passage_lm", "recall"]
         self.weights = [recipe.mix_reading, recipe.mix_multihop, recipe.mix_passage_lm, recipe.mix_recall]
 
-    def _question(self, person: world.Person, attribute: str) -> tuple[str, str]:
-        return training_question(self.rng, person, attribute)
-
     def _passage(self, person: world.Person, needed: str) -> str:
         """A passage with the ``needed`` fact; early in training it holds only a few other facts."""
         ramp = min(1.0, self.progress / self.recipe.curriculum)
@@ -77,7 +74,7 @@ class Corpus:
         if kind == "reading":
             person, _ = world.fresh_pair(self.rng)
             attribute = self.rng.choice(world.ATTRIBUTES)
-            question, answer = self._question(person, attribute)
+            question, answer = training_question(self.rng, person, attribute)
             return prompts.with_context(self._context([(person, attribute)]), question), prompts.completion(answer) + self.eos
         if kind == "multihop":
             person, mentor = world.fresh_pair(self.rng)
@@ -88,7 +85,7 @@ class Corpus:
         person = self.rng.choice(self.people)
         if kind == "passage_lm":
             return "", world.write_passage(person, self.rng) + self.eos
-        question, answer = self._question(person, self.rng.choice(world.ATTRIBUTES))
+        question, answer = training_question(self.rng, person, self.rng.choice(world.ATTRIBUTES))
         return prompts.closed_book(question), prompts.completion(answer) + self.eos
 
     def stream(self) -> Iterator[tuple[str, str]]:

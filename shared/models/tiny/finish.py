@@ -42,9 +42,6 @@ class FinishingExamples:
         self.eos = eos
         self.rng = random.Random(recipe.seed)
 
-    def _question(self, person: world.Person, attribute: str) -> tuple[str, str]:
-        return training_question(self.rng, person, attribute)
-
     def reading(self, distractors: int) -> Example:
         """A fresh person's passage among ``distractors`` other fresh people's passages."""
         person, _ = world.fresh_pair(self.rng)
@@ -52,7 +49,7 @@ class FinishingExamples:
         passages = [world.write_passage(person, self.rng)]
         passages += [world.write_passage(world.fresh_pair(self.rng)[0], self.rng) for _ in range(distractors)]
         self.rng.shuffle(passages)
-        question, answer = self._question(person, attribute)
+        question, answer = training_question(self.rng, person, attribute)
         return prompts.with_context(passages, question), prompts.completion(answer) + self.eos
 
     def lookup(self) -> Example:
@@ -61,7 +58,7 @@ class FinishingExamples:
         attribute = self.rng.choice(world.ATTRIBUTES)
         sentences = [world.write_passage(p, self.rng, (attribute,)) for p in people]
         self.rng.shuffle(sentences)
-        question, answer = self._question(people[0], attribute)
+        question, answer = training_question(self.rng, people[0], attribute)
         return prompts.with_context([" ".join(sentences)], question), prompts.completion(answer) + self.eos
 
     def mixed(self) -> Example:
@@ -74,7 +71,7 @@ class FinishingExamples:
         person = self.rng.choice(self.people)
         if draw < recipe.mix_reading + recipe.mix_lookup + recipe.mix_passage_lm:
             return "", world.write_passage(person, self.rng) + self.eos
-        question, answer = self._question(person, self.rng.choice(world.ATTRIBUTES))
+        question, answer = training_question(self.rng, person, self.rng.choice(world.ATTRIBUTES))
         return prompts.closed_book(question), prompts.completion(answer) + self.eos
 
 

@@ -87,16 +87,19 @@ class TinyFinish:
     max_length: int = 512
     seed: int = 1
 
+    def _stages(self) -> dict[str, object]:
+        """Every field but ``base``."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "base"}
+
     def digest(self) -> str:
         """A stable hash of the base recipe, these stages and their code version; the cache key."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "base"}
-        payload = json.dumps({"finish_code": FINISH_CODE_VERSION, "base": self.base.digest(), **fields}, sort_keys=True)
+        payload = json.dumps({"finish_code": FINISH_CODE_VERSION, "base": self.base.digest(), **self._stages()},
+                             sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def describe(self) -> dict[str, object]:
         """The recipe as written next to the model it built, its base recipe included."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "base"}
-        return {"digest": self.digest(), "base": self.base.describe(), **fields}
+        return {"digest": self.digest(), "base": self.base.describe(), **self._stages()}
 
 
 RECIPES: dict[str, TinyRecipe | TinyFinish] = {
