@@ -208,8 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     model = groups.add_parser("model", help="base models").add_subparsers(dest="command", required=True)
     build = model.add_parser("build-tiny", parents=[common], help="train or find the cached built-in model")
     build.add_argument("--recipe", default="default", choices=list(RECIPES),
-                       help="default: about 39 min on 2 cores (the reader, about 18 min, then its finishing "
-                            "stages); small and small-reader: 2-4 min models for the integration tests")
+                       help="default: about 110 min on 2 cores from nothing (the reader, about 18 min, then four "
+                            "finishing stages, each cached: drilled, polished, annealed, default); small and "
+                            "small-reader: 2-4 min models for the integration tests")
     build.set_defaults(handler=_cmd_build_tiny)
 
     data = groups.add_parser("data", help="datasets").add_subparsers(dest="command", required=True)

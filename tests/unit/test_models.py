@@ -59,8 +59,13 @@ def test_a_finishing_recipe_is_keyed_by_its_base_and_its_stages():
     assert finish.digest() == TinyFinish(base=TinyRecipe()).digest()
     assert finish.digest() != TinyFinish(base=TinyRecipe(steps=5)).digest()
     assert finish.digest() != TinyFinish(base=TinyRecipe(), drill_steps=5).digest()
+    assert finish.digest() != TinyFinish(base=TinyRecipe(), decay=True).digest()
     assert cached_path(RECIPES["default"]) != cached_path(RECIPES["reader"])
-    assert RECIPES["default"].base == RECIPES["reader"]
+    chain, recipe = [], RECIPES["default"]
+    while isinstance(recipe, TinyFinish):
+        recipe = recipe.base
+        chain.append(recipe)
+    assert chain == [RECIPES["annealed"], RECIPES["polished"], RECIPES["drilled"], RECIPES["reader"]]
 
 
 def test_the_drill_asks_about_one_of_several_people_who_differ_only_by_name():
@@ -92,6 +97,11 @@ def test_tiny_build_is_deterministic_and_cached(tmp_path):
                           cache_root=tmp_path / "a", show_progress=False)
     assert finished != first and (first / "recipe.json").stat().st_mtime_ns == stamp  # base reused
     assert (finished / "model.safetensors").read_bytes() != (first / "model.safetensors").read_bytes()
+    stamp = (finished / "recipe.json").stat().st_mtime_ns
+    polished = build_tiny(TinyFinish(base=TinyFinish(base=micro, name="micro", drill_steps=2, mix_steps=2, batch_size=2),
+                                     name="micro", drill_steps=0, mix_steps=2, batch_size=2, decay=True),
+                          cache_root=tmp_path / "a", show_progress=False)
+    assert polished != finished and (finished / "recipe.json").stat().st_mtime_ns == stamp  # a finish finished again
     assert load_causal_lm(str(finished)).model.config.num_hidden_layers == 1
 
 

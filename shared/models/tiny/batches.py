@@ -1,6 +1,9 @@
-"""Batches for training the built-in model: tokenized examples, the next-token loss, one step."""
+"""Batches for training the built-in model: tokenized examples, the next-token loss, one step,
+and the learning-rate schedule."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from transformers import PreTrainedTokenizerFast
@@ -47,3 +50,11 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimizer.step()
     return loss.item()
+
+
+def cosine_lr(peak: float, step: int, steps: int, warmup: int = 0) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay from ``peak`` to a tenth of it."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))

@@ -26,7 +26,7 @@ from shared.eval.generate import generate_answers
 from shared.eval.metrics import exact_match
 from shared.io import atomic_dir
 from shared.log import get_logger
-from shared.models.tiny.batches import collate, train_step
+from shared.models.tiny.batches import collate, cosine_lr, train_step
 from shared.models.tiny.corpus import Corpus
 from shared.models.tiny.finish import finish
 from shared.models.tiny.recipe import TinyFinish, TinyRecipe
@@ -66,14 +66,6 @@ def _model_config(recipe: TinyRecipe, tokenizer: PreTrainedTokenizerFast) -> Lla
     )
 
 
-def _lr_at(step: int, recipe: TinyRecipe) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
-    if step < recipe.warmup_steps:
-        return recipe.lr * (step + 1) / recipe.warmup_steps
-    progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
-    return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def _length_bucketed(corpus: Corpus, batch_size: int, pool_batches: int = 8) -> Iterator[list[tuple[str, str]]]:
     """Batches of examples of similar length (less padding), in shuffled order."""
     rng = random.Random(corpus.recipe.seed)
@@ -97,7 +89,7 @@ def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, corpus
         corpus.progress = step / recipe.steps
         batch = collate(tokenizer, next(batches), recipe.max_positions)
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, recipe)
+            group["lr"] = cosine_lr(recipe.lr, step, recipe.steps, recipe.warmup_steps)
         loss = train_step(model, optimizer, batch)
         smoothed = loss if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * loss
         bar.set_postfix(loss=f"{smoothed:.3f}")

@@ -11,7 +11,9 @@ from it, fix most of that (DESIGN.md's reading skills; figures in :class:`TinyFi
    fixed training population and closed-book questions about it, with the loss on every token
    plus the answer; the last two keep the recall that LoRA encodings rely on.
 
-Both stages use a constant learning rate, a fresh optimizer and a fresh seeded example stream.
+Both stages use a fresh optimizer and a fresh seeded example stream, and a constant learning rate
+unless the recipe decays it. A recipe may finish another finished model: the default model is a
+second, decayed mix stage on top of the first finish.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from shared import prompts
 from shared.data import world
-from shared.models.tiny.batches import collate, train_step
+from shared.models.tiny.batches import collate, cosine_lr, train_step
 from shared.models.tiny.corpus import training_question
 from shared.models.tiny.recipe import TinyFinish
 
@@ -77,11 +79,15 @@ class FinishingExamples:
 
 def _train_stage(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, sample: Callable[[], Example],
                  steps: int, lr: float, answer_only: bool, recipe: TinyFinish, desc: str, show_progress: bool) -> float:
-    """Constant-rate AdamW on ``steps`` batches from ``sample``; returns the smoothed final loss."""
+    """AdamW on ``steps`` batches from ``sample`` at a constant rate, or decayed along a cosine when
+    the recipe says ``decay``; returns the smoothed final loss."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     model.train()
     smoothed = float("nan")
-    for _ in (bar := tqdm(range(steps), desc=desc, disable=not show_progress, unit="step")):
+    for step in (bar := tqdm(range(steps), desc=desc, disable=not show_progress, unit="step")):
+        if recipe.decay:
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(lr, step, steps)
         batch = collate(tokenizer, [sample() for _ in range(recipe.batch_size)], recipe.max_length)
         loss = train_step(model, optimizer, batch, answer_only)
         smoothed = loss if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * loss
@@ -92,11 +98,13 @@ def _train_stage(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, sa
 
 def finish(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, people: list[world.Person],
            recipe: TinyFinish, eos: str, show_progress: bool = True) -> float:
-    """Run the drill stage, then the mix stage, each on its own fresh stream; returns the final loss."""
+    """Run the drill stage (unless it has no steps), then the mix stage, each on its own fresh
+    stream; returns the final loss."""
     model.requires_grad_(True)
-    drill = FinishingExamples(people, recipe, eos)
-    _train_stage(model, tokenizer, drill.lookup, recipe.drill_steps, recipe.drill_lr, True, recipe,
-                 f"drill tiny-{recipe.name}", show_progress)
+    if recipe.drill_steps:
+        drill = FinishingExamples(people, recipe, eos)
+        _train_stage(model, tokenizer, drill.lookup, recipe.drill_steps, recipe.drill_lr, True, recipe,
+                     f"drill tiny-{recipe.name}", show_progress)
     mix = FinishingExamples(people, recipe, eos)
     return _train_stage(model, tokenizer, mix.mixed, recipe.mix_steps, recipe.mix_lr, False, recipe,
                         f"mix tiny-{recipe.name}", show_progress)
