@@ -93,13 +93,12 @@ def test_tiny_build_is_deterministic_and_cached(tmp_path):
     stamp = (first / "recipe.json").stat().st_mtime_ns
     assert build_tiny(micro, cache_root=tmp_path / "a", show_progress=False) == first
     assert (first / "recipe.json").stat().st_mtime_ns == stamp  # cached: not rebuilt
-    finished = build_tiny(TinyFinish(base=micro, name="micro", drill_steps=2, mix_steps=2, batch_size=2),
-                          cache_root=tmp_path / "a", show_progress=False)
+    micro_finish = TinyFinish(base=micro, name="micro", drill_steps=2, mix_steps=2, batch_size=2)
+    finished = build_tiny(micro_finish, cache_root=tmp_path / "a", show_progress=False)
     assert finished != first and (first / "recipe.json").stat().st_mtime_ns == stamp  # base reused
     assert (finished / "model.safetensors").read_bytes() != (first / "model.safetensors").read_bytes()
     stamp = (finished / "recipe.json").stat().st_mtime_ns
-    polished = build_tiny(TinyFinish(base=TinyFinish(base=micro, name="micro", drill_steps=2, mix_steps=2, batch_size=2),
-                                     name="micro", drill_steps=0, mix_steps=2, batch_size=2, decay=True),
+    polished = build_tiny(TinyFinish(base=micro_finish, name="micro", drill_steps=0, mix_steps=2, batch_size=2, decay=True),
                           cache_root=tmp_path / "a", show_progress=False)
     assert polished != finished and (finished / "recipe.json").stat().st_mtime_ns == stamp  # a finish finished again
     assert load_causal_lm(str(finished)).model.config.num_hidden_layers == 1
