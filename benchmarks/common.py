@@ -1,8 +1,11 @@
-"""What every benchmark script shares: its command line, configuration and logging."""
+"""What every benchmark script shares: its command line, configuration, logging and side-by-side timing."""
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from shared import log
@@ -23,3 +26,27 @@ def setup(doc: str, work: str, argv: list[str] | None = None,
     args = parser.parse_args(argv)
     log.configure()
     return args, load_config(args.config)
+
+
+def timed_side_by_side(paths: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per run of each path, timed in ``repeats`` interleaved rounds (after one warm-up).
+
+    Every round runs every path once, in a rotated order, so drift in the machine's speed (which on
+    a shared 2-core host moves absolute figures by 20–30% from one minute to the next) hits all
+    paths alike; compare paths with :func:`median_ratio`.
+    """
+    names = list(paths)
+    for name in names:
+        paths[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            started = time.perf_counter()
+            paths[name]()
+            times[name].append(time.perf_counter() - started)
+    return times
+
+
+def median_ratio(times: dict[str, list[float]], slow: str, fast: str) -> float:
+    """Median over rounds of ``slow``'s time over ``fast``'s in the same round (fast's speed-up)."""
+    return statistics.median(s / f for s, f in zip(times[slow], times[fast]))

@@ -22,12 +22,11 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import torch
-from common import setup  # benchmarks/common.py (scripts run from this folder)
+from common import median_ratio, setup, timed_side_by_side  # benchmarks/common.py (scripts run from this folder)
 
 from shared import prompts
 from shared.data.augment import augmentation_for
@@ -54,30 +53,6 @@ METHODS = ["closed_book", "standard_rag", "standard_rag_top1", "prag", "poly", "
 def subset_em(report: Report, method: str, rows: list[int], answers: list[list[str]]) -> float:
     predictions = next(r for r in report.results if r.method == method).predictions
     return statistics.fmean(exact_match(predictions[i], answers[i]) for i in rows)
-
-
-def timed_side_by_side(paths: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per run of each path, timed in ``repeats`` interleaved rounds (after one warm-up).
-
-    Every round runs every path once, in a rotated order, so drift in the machine's speed (which on
-    a shared 2-core host moves absolute figures by 20–30% from one minute to the next) hits all
-    paths alike; compare paths with :func:`median_ratio`.
-    """
-    names = list(paths)
-    for name in names:
-        paths[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(repeats):
-        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-            started = time.perf_counter()
-            paths[name]()
-            times[name].append(time.perf_counter() - started)
-    return times
-
-
-def median_ratio(times: dict[str, list[float]], slow: str, fast: str) -> float:
-    """Median over rounds of ``slow``'s time over ``fast``'s in the same round (fast's speed-up)."""
-    return statistics.median(s / f for s, f in zip(times[slow], times[fast]))
 
 
 def throughput(base: BaseModel, work: Path, dataset, config, batch: int = 16,

