@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from common import median_ratio, setup, timed_side_by_side  # benchmarks/common.py (scripts run from this folder)
 
-from shared.data.augment import augmentation_for
+from shared.data.augment import augmentations_of
 from shared.data.benchmark import make_benchmark
 from shared.data.schema import Dataset
 from shared.eval.harness import evaluate
@@ -50,10 +50,9 @@ def encoding_side_by_side(base: BaseModel, encoder: DistilledEncoder, dataset: D
                           repeats: int) -> dict[str, object]:
     """Seconds per passage to encode the benchmark's passages: PRAG's training against generator forwards."""
     passages = dataset.passages
-    augmentations = {p.passage_id: augmentation_for(dataset, p) for p in passages}
     texts = [p.text for p in passages]
     seconds = timed_side_by_side({
-        "prag": lambda: encode_passages(base, encoder.layers, passages, augmentations, prag, show_progress=False),
+        "prag": lambda: encode_passages(base, encoder.layers, passages, augmentations_of(dataset), prag, show_progress=False),
         "distilled": lambda: encoder.encode(texts),
     }, repeats)
     return {"repeats": repeats, "passages": len(passages),

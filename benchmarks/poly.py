@@ -29,7 +29,7 @@ import torch
 from common import median_ratio, setup, timed_side_by_side  # benchmarks/common.py (scripts run from this folder)
 
 from shared import prompts
-from shared.data.augment import augmentation_for
+from shared.data.augment import augmentations_of
 from shared.data.benchmark import BenchmarkSpec, make_benchmark
 from shared.eval.generate import MAX_NEW_TOKENS, generate_answers
 from shared.eval.harness import evaluate
@@ -110,7 +110,7 @@ def storage(base: BaseModel, work: Path, config, scratch: Path) -> dict[str, obj
     layers = attach_lora(base.model)
     pool, _ = poly_serializer.load_pool(work / "poly" / "pool", base.digest)
     added = make_benchmark(BenchmarkSpec(people=1000, sites=1, seed=11))
-    augmentations = {p.passage_id: augmentation_for(added, p) for p in added.passages}
+    augmentations = augmentations_of(added)
     before = pool.digest()
     started = time.perf_counter()
     rows = encode_incremental(base, layers, pool, added.passages, augmentations, config.poly, show_progress=True)

@@ -18,7 +18,7 @@ from client.app import make_client_app
 from client.store import SiteStore
 from coordinator.app import RoundReport, make_server_app, recorded_rounds, registry_dir
 from shared.config import FederationSection
-from shared.data.augment import augmentation_for
+from shared.data.augment import augmentations_of
 from shared.data.schema import Dataset
 from shared.methods.poly.config import PolyConfig
 
@@ -44,7 +44,7 @@ def prepare_sites(dataset: Dataset, sites_root: str | Path) -> list[SiteStore]:
         passages = [p for p in dataset.passages if p.site == site]
         store = SiteStore(Path(sites_root) / f"site-{len(stores)}", site_id=f"site-{len(stores)}")
         store.add_passages([(p.passage_id, p.text) for p in passages],
-                           {p.passage_id: augmentation_for(dataset, p) for p in passages})
+                           augmentations_of(dataset, passages))
         stores.append(store)
     return stores
 

@@ -9,6 +9,7 @@ dataset in the schema can be encoded.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from shared.data.schema import Augmentation, Dataset, Passage
 
@@ -29,6 +30,8 @@ def cloze_augmentation(passage: Passage) -> Augmentation:
     return Augmentation(passage.passage_id, " ".join(reversed(sentences)), qa)
 
 
-def augmentation_for(dataset: Dataset, passage: Passage) -> Augmentation:
-    """The dataset's own augmentation of ``passage`` if it has one, else the cloze fallback."""
-    return dataset.augmentations.get(passage.passage_id) or cloze_augmentation(passage)
+def augmentations_of(dataset: Dataset, passages: Sequence[Passage] | None = None) -> dict[str, Augmentation]:
+    """Each of ``passages`` (default: all the dataset's) by passage id: the dataset's own
+    augmentation if it has one, else the cloze fallback."""
+    chosen = dataset.passages if passages is None else passages
+    return {p.passage_id: dataset.augmentations.get(p.passage_id) or cloze_augmentation(p) for p in chosen}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from shared import prompts
-from shared.data.augment import augmentation_for
+from shared.data.augment import augmentations_of
 from shared.data.schema import Augmentation, Dataset
 from shared.lora.layers import Adapter, LoRALinear
 from shared.methods.distilled import DistilledConfig
@@ -79,7 +79,7 @@ class EvalContext:
 
     def augmentations(self) -> dict[str, Augmentation]:
         """Every passage's encoding-time augmentation (the dataset's own, else the cloze fallback)."""
-        return {p.passage_id: augmentation_for(self.dataset, p) for p in self.dataset.passages}
+        return augmentations_of(self.dataset)
 
 
 class Method(Protocol):

@@ -5,7 +5,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from shared.data.augment import augmentation_for
+from shared.data.augment import augmentations_of
 from shared.data.benchmark import BenchmarkSpec, make_benchmark
 from shared.eval.generate import generate_answers
 from shared.lora.layers import applied, attach_lora
@@ -83,7 +83,7 @@ def test_peft_export_loads_and_answers_the_same(base, random_llama_path, tmp_pat
 @pytest.fixture()
 def small_corpus():
     dataset = make_benchmark(BenchmarkSpec(people=5, sites=1))
-    return dataset.passages, {p.passage_id: augmentation_for(dataset, p) for p in dataset.passages}
+    return dataset.passages, augmentations_of(dataset)
 
 
 def test_incremental_encoding_trains_routing_and_leaves_experts_unchanged(base, small_corpus):
