@@ -43,6 +43,19 @@ def test_generated_adapters_cover_every_module_with_batched_factors(base, traine
     assert max(document_spread(encoder.adapters([DOCS[0], DOCS[0]])).values()) == pytest.approx(0, abs=1e-6)
 
 
+def test_encoding_passages_in_batches_gives_each_the_lora_it_gets_alone(trained):
+    encoder, _ = trained
+    texts = [DOCS[0][0], DOCS[1][0], "Ru Va works as a notary."]
+    batches = encoder.encode(texts, batch_size=2)
+    assert [next(iter(b.values())).A.shape[0] for b in batches] == [2, 1]
+    for row, text in enumerate(texts):
+        alone = encoder.adapters([[text]])
+        batched = batches[row // 2]
+        for name, delta in alone.items():
+            got = batched[name]
+            torch.testing.assert_close(got.B[row % 2] @ got.A[row % 2], delta.B[0] @ delta.A[0], atol=1e-5, rtol=1e-4)
+
+
 def test_a_fresh_generator_writes_only_the_documents_own_token_embeddings(base):
     """At initialisation the only update is the copy path: every column of a residual-writing
     module's B is a mix of the document's input embeddings, and the other modules' B is zero."""

@@ -6,12 +6,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from shared.data.augment import augmentations_of
 from shared.data.benchmark import BenchmarkSpec, make_benchmark
 from shared.data.schema import (
     MAX_PASSAGE_CHARS,
     PASSAGES_FILE,
     PASSAGES_SCHEMA,
     QUESTIONS_FILE,
+    Dataset,
     DatasetError,
     read_dataset,
     write_dataset,
@@ -110,3 +112,16 @@ def test_failed_write_leaves_the_old_file_and_no_temporaries(dataset_dir, monkey
         write_dataset(make_benchmark(BenchmarkSpec(people=5, seed=9)), dataset_dir)
     assert (dataset_dir / PASSAGES_FILE).read_bytes() == before
     assert not [f for f in os.listdir(dataset_dir) if f.endswith(".tmp")]
+
+
+def test_passages_without_an_augmentation_get_the_cloze_fallback():
+    dataset = make_benchmark(BenchmarkSpec(people=3, sites=1))
+    first, second, third = dataset.passages
+    partial = Dataset(dataset.passages, dataset.questions, {first.passage_id: dataset.augmentations[first.passage_id]})
+    chosen = augmentations_of(partial, [first, second])
+    assert set(chosen) == {first.passage_id, second.passage_id}
+    assert chosen[first.passage_id] == dataset.augmentations[first.passage_id]
+    fallback = chosen[second.passage_id]
+    assert fallback.rewrite != second.text and len(fallback.qa) >= 3
+    assert all(question.startswith("Complete: ") and answer in second.text for question, answer in fallback.qa)
+    assert set(augmentations_of(partial)) == {p.passage_id for p in (first, second, third)}
