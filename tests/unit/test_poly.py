@@ -154,7 +154,7 @@ def test_federated_training_options_constrain_the_pool(base, small_corpus):
     def trained_from_fresh_pool(**options):
         config = PolyConfig(n_experts=4, top_m=2, epochs=2, batch_size=8, lr=3e-2, **options)
         pool = ExpertPool.initialised(layers, 4, 1, config.scale, seed=0)
-        start = {n: [t.clone() for t in pool.factors(n)] for n in pool.names}
+        start = {n: [t.detach().clone() for t in pool.factors(n)] for n in pool.names}
         trained = train_pool(base, layers, passages, augmentations, config, show_progress=False,
                              start=(pool, torch.zeros(len(passages), 1, 4))).pool
         moved_a = max(float((trained.factors(n)[0] - start[n][0]).abs().max()) for n in pool.names)
