@@ -37,7 +37,10 @@ def _kill_coordinator_after_round_one(work, spec):
                                 stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not (work / "registry" / "v000001").is_dir():
-        assert launcher.poll() is None and time.monotonic() < deadline, "round 1 never completed"
+        if launcher.poll() is not None or time.monotonic() > deadline:
+            launcher.kill()
+            stdout, stderr = launcher.communicate()
+            pytest.fail(f"round 1 never completed (exit code {launcher.returncode}):\n{stdout[-3000:]}\n{stderr[-3000:]}")
         time.sleep(0.2)
     # the coordinator's machine dies: the SuperLink and everything it started (SuperExec, ServerApp)
     coordinator = psutil.Process(json.loads((work / "logs" / "pids.json").read_text())["superlink"])
