@@ -50,9 +50,10 @@ def encoding_side_by_side(base: BaseModel, encoder: DistilledEncoder, dataset: D
                           repeats: int) -> dict[str, object]:
     """Seconds per passage to encode the benchmark's passages: PRAG's training against generator forwards."""
     passages = dataset.passages
+    augmentations = augmentations_of(dataset)
     texts = [p.text for p in passages]
     seconds = timed_side_by_side({
-        "prag": lambda: encode_passages(base, encoder.layers, passages, augmentations_of(dataset), prag, show_progress=False),
+        "prag": lambda: encode_passages(base, encoder.layers, passages, augmentations, prag, show_progress=False),
         "distilled": lambda: encoder.encode(texts),
     }, repeats)
     return {"repeats": repeats, "passages": len(passages),

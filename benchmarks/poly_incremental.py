@@ -27,7 +27,7 @@ from common import setup  # benchmarks/common.py (scripts run from this folder)
 from shared import prompts
 from shared.data.augment import augmentations_of
 from shared.data.benchmark import BenchmarkSpec, make_benchmark
-from shared.data.schema import Augmentation, Dataset, Passage
+from shared.data.schema import Augmentation, Dataset, Passage, Question
 from shared.eval.generate import generate_answers
 from shared.eval.metrics import exact_match
 from shared.eval.resources import machine_description
@@ -66,11 +66,16 @@ VARIANTS = [
 ]
 
 
+def single_hop(dataset: Dataset, passages: list[Passage]) -> list[Question]:
+    """The single-hop questions whose gold passage is one of ``passages``."""
+    ids = {p.passage_id for p in passages}
+    return [q for q in dataset.questions if q.kind == "single" and q.gold_passage_ids[0] in ids]
+
+
 def single_hop_em(base: BaseModel, layers: dict[str, LoRALinear], pool: ExpertPool, routing: RoutingTable,
                   dataset: Dataset, passages: list[Passage]) -> float:
     """Exact match on the passages' single-hop questions, each under its gold passage's routing."""
-    ids = {p.passage_id for p in passages}
-    questions = [q for q in dataset.questions if q.kind == "single" and q.gold_passage_ids[0] in ids]
+    questions = single_hop(dataset, passages)
     predictions: list[str] = []
     for start in range(0, len(questions), 64):
         chunk = questions[start:start + 64]
@@ -89,11 +94,8 @@ def population() -> tuple[list[Passage], dict[str, Augmentation]]:
 
 def answer_coverage(dataset: Dataset, initial: list[Passage], added: list[Passage]) -> float:
     """Share of the added passages' single-hop questions whose answer is among the initial passages' answers."""
-    def answers(passages: list[Passage]) -> list[list[str]]:
-        ids = {p.passage_id for p in passages}
-        return [q.answers for q in dataset.questions if q.kind == "single" and q.gold_passage_ids[0] in ids]
-    seen = {a.lower() for group in answers(initial) for a in group}
-    return statistics.fmean(any(a.lower() in seen for a in group) for group in answers(added))
+    seen = {a.lower() for q in single_hop(dataset, initial) for a in q.answers}
+    return statistics.fmean(any(a.lower() in seen for a in q.answers) for q in single_hop(dataset, added))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     augmentations = augmentations_of(dataset)
     initial, added = dataset.passages[0::2], dataset.passages[1::2]
     others, other_augmentations = population()
+    every_augmentation = {**augmentations, **other_augmentations}
 
     prag_seconds = []
     for _ in range(3):
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         key = (variant.routing, variant.n_experts, variant.population)
         if key not in pools:
             fitted = initial + (others if variant.population else [])
-            pools[key] = train_pool(base, layers, fitted, {**augmentations, **other_augmentations}, poly, show_progress=True)
+            pools[key] = train_pool(base, layers, fitted, every_augmentation, poly, show_progress=True)
         trained = pools[key]
         started = time.perf_counter()
         new_rows = encode_incremental(base, layers, trained.pool, added, augmentations, poly, show_progress=True)

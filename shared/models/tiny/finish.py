@@ -12,8 +12,8 @@ from it, fix most of that (DESIGN.md's reading skills; figures in :class:`TinyFi
    plus the answer; the last two keep the recall that LoRA encodings rely on.
 
 Both stages use a fresh optimizer and a fresh seeded example stream, and a constant learning rate
-unless the recipe decays it. A recipe may finish another finished model: the default model is a
-second, decayed mix stage on top of the first finish.
+unless the recipe decays it. A recipe may finish another finished model: the default model is
+three decayed mix stages (no drill) on top of the first finish.
 """
 
 from __future__ import annotations
