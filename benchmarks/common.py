@@ -8,8 +8,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from shared import log
 from shared.config import FedpragConfig, load_config
+from shared.methods.prag import PRAGAdapters, PRAGConfig
+from shared.methods.prag import serializer as prag_serializer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -50,3 +54,11 @@ def timed_side_by_side(paths: dict[str, Callable[[], None]], repeats: int) -> di
 def median_ratio(times: dict[str, list[float]], slow: str, fast: str) -> float:
     """Median over rounds of ``slow``'s time over ``fast``'s in the same round (fast's speed-up)."""
     return statistics.median(s / f for s, f in zip(times[slow], times[fast]))
+
+
+def prag_bytes_at(count: int, like: PRAGAdapters, config: PRAGConfig, base_digest: str, scratch: Path) -> int:
+    """Bytes on disk of ``count`` per-passage LoRAs shaped like ``like``'s (a real file, zero-filled)."""
+    zeros = PRAGAdapters([f"x{i}" for i in range(count)],
+                         {n: (torch.zeros(count, *a.shape[1:]), torch.zeros(count, *b.shape[1:]))
+                          for n, (a, b) in like.factors.items()}, like.scale)
+    return prag_serializer.save(scratch, zeros, config, base_digest)

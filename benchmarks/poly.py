@@ -26,7 +26,12 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from common import median_ratio, setup, timed_side_by_side  # benchmarks/common.py (scripts run from this folder)
+from common import (  # benchmarks/common.py (scripts run from this folder)
+    median_ratio,
+    prag_bytes_at,
+    setup,
+    timed_side_by_side,
+)
 
 from shared import prompts
 from shared.data.augment import augmentations_of
@@ -41,7 +46,6 @@ from shared.lora.layers import applied, attach_lora, merged
 from shared.methods.poly import serializer as poly_serializer
 from shared.methods.poly.layers import combine
 from shared.methods.poly.trainer import encode_incremental
-from shared.methods.prag import PRAGAdapters
 from shared.methods.prag import serializer as prag_serializer
 from shared.models.loading import BaseModel, load_causal_lm
 from shared.retrieval.encoder import SentenceEncoder
@@ -118,11 +122,8 @@ def storage(base: BaseModel, work: Path, config, scratch: Path) -> dict[str, obj
     assert pool.digest() == before, "incremental encoding changed the expert pool"
     pool_bytes = poly_serializer.save_pool(scratch / "pool", pool, config.poly, base.digest)
     routing_bytes = poly_serializer.save_routing(scratch / "routing", rows, pool, base.digest)
-    prag_one = prag_serializer.load(work / "prag", base.digest)
-    zeros = PRAGAdapters([f"x{i}" for i in range(1000)],
-                         {n: (torch.zeros(1000, *a.shape[1:]), torch.zeros(1000, *b.shape[1:]))
-                          for n, (a, b) in prag_one.factors.items()}, prag_one.scale)
-    prag_bytes = prag_serializer.save(scratch / "prag", zeros, config.prag, base.digest)
+    prag_bytes = prag_bytes_at(1000, prag_serializer.load(work / "prag", base.digest), config.prag, base.digest,
+                               scratch / "prag")
     prag_per_passage = prag_bytes / 1000
     routing_per_passage = routing_bytes / 1000
     at_10k_prag = prag_per_passage * 10_000

@@ -28,7 +28,7 @@ from shared.log import configure as configure_logging
 from shared.log import get_logger
 from shared.lora.layers import attach_lora
 from shared.methods.poly.config import PolyConfig
-from shared.methods.poly.layers import ExpertPool
+from shared.methods.poly.layers import ExpertPool, placed
 from shared.methods.poly.serializer import pool_arrays, pool_from_arrays
 from shared.models.loading import load_causal_lm
 from shared.wire import RoundTask, SiteUpdate, WireError, record_bytes
@@ -74,7 +74,8 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
     registry = PoolRegistry(registry_dir(federation), base.digest)
     latest = registry.latest()
     if latest is None:
-        pool = ExpertPool.initialised(attach_lora(base.model), poly.n_experts, poly.rank, poly.scale, poly.routing, poly.seed)
+        pool = ExpertPool.initialised(placed(attach_lora(base.model), poly.layers, poly.targets), poly.n_experts, poly.rank, poly.scale,
+                                      poly.routing, poly.seed)
         version = registry.publish(pool, poly, 0, {})
         done = 0
     else:

@@ -12,6 +12,7 @@ Benchmark people never share a name with the people the tiny model was pretraine
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -92,3 +93,13 @@ def make_benchmark(spec: BenchmarkSpec = BenchmarkSpec()) -> Dataset:
         add(world.ask(world.MULTIHOP_TEMPLATES, attribute, p.name, rng), mentor.facts[attribute],
             [pid[p.name], pid[mentor.name]], "multihop")
     return Dataset(passages, questions, augmentations)
+
+
+def synthetic_population(people: int, seed: int = 77) -> tuple[list[Passage], dict[str, Augmentation]]:
+    """Passages and augmentations about ``people`` other people, with ids (``population-…``) that
+    cannot clash with a dataset's: a stand-in for a site's existing corpus when fitting a pool."""
+    others = make_benchmark(BenchmarkSpec(people=people, sites=1, seed=seed))
+    passages = [dataclasses.replace(p, passage_id=f"population-{p.passage_id}") for p in others.passages]
+    augmentations = {f"population-{pid}": dataclasses.replace(a, passage_id=f"population-{pid}")
+                     for pid, a in others.augmentations.items()}
+    return passages, augmentations

@@ -18,6 +18,7 @@ import torch
 
 from shared import prompts
 from shared.data.augment import augmentations_of
+from shared.data.benchmark import synthetic_population
 from shared.data.schema import Augmentation, Dataset
 from shared.lora.layers import Adapter, LoRALinear
 from shared.methods.distilled import DistilledConfig
@@ -164,8 +165,8 @@ class PolyPRAG:
 
     Variants: ``poly`` (learned routing, combined over the top-k by score), ``poly_uniform`` (the
     ablation: pool trained and used with equal weights on every expert), ``poly_incremental``
-    (pool trained on half the passages; the other half encoded routing-only against the frozen
-    pool) and ``poly_router`` (the learned query router instead of per-passage routing).
+    (pool trained on half the passages, plus ``poly.incremental_population`` synthetic people when
+    set; the other half encoded routing-only against the frozen pool) and ``poly_router`` (the learned query router instead of per-passage routing).
     """
 
     VARIANTS = ("poly", "poly_uniform", "poly_incremental", "poly_router")
@@ -199,7 +200,12 @@ class PolyPRAG:
         passages = ctx.dataset.passages
         augmentations = ctx.augmentations()
         initial, added = passages[0::2], passages[1::2]
-        pool, routing, *_ = poly_trainer.train_pool(ctx.base, ctx.layers, initial, augmentations, self.config, ctx.show_progress)
+        fitted = initial
+        if self.config.incremental_population:  # a site's existing corpus, beside the dataset's initial half
+            others, other_augmentations = synthetic_population(self.config.incremental_population)
+            fitted, augmentations = initial + others, {**augmentations, **other_augmentations}
+        pool, routing, *_ = poly_trainer.train_pool(ctx.base, ctx.layers, fitted, augmentations, self.config, ctx.show_progress)
+        routing = RoutingTable(routing.passage_ids[:len(initial)], routing.logits[:len(initial)])
         started = time.perf_counter()
         new_rows = poly_trainer.encode_incremental(ctx.base, ctx.layers, pool, added, augmentations, self.config, ctx.show_progress)
         seconds = (time.perf_counter() - started) / len(added)

@@ -40,8 +40,9 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear):
         super().__init__()
         self.base = base
-        self.factors: tuple[Tensor, Tensor] | None = None
-        """The current update as ``(Aᵀ [b|1, in, r], scale·(B·diag(g))ᵀ [b|1, r, out])``; see :func:`applied`."""
+        self.factors: tuple[Tensor, Tensor, Tensor | None] | None = None
+        """The current update as ``(Aᵀ [b, in, r] or [in, r], Bᵀ [b, r, out] or [r, out], gate [b, 1, r] or None)``;
+        see :func:`_folded`."""
 
     @property
     def in_features(self) -> int:
@@ -55,15 +56,26 @@ class LoRALinear(nn.Module):
         y = self.base(x)
         if self.factors is None:
             return y
-        a_t, b_t = self.factors
-        return y + (x @ a_t) @ b_t
+        a_t, b_t, gate = self.factors
+        h = x @ a_t
+        return y + (h if gate is None else h * gate) @ b_t
 
 
-def _folded(delta: LowRank) -> tuple[Tensor, Tensor]:
-    """``delta`` as the two matrices :class:`LoRALinear` multiplies by, with the scale and the gate
-    folded into ``B`` once per :func:`applied` block rather than once per forward (per decode step)."""
-    b = delta.B * delta.scale if delta.gate is None else delta.B * (delta.scale * delta.gate).unsqueeze(1)
-    return delta.A.transpose(-1, -2), b.transpose(-1, -2)
+def _folded(delta: LowRank) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``delta`` as what :class:`LoRALinear` multiplies by, prepared once per :func:`applied` block
+    rather than once per forward (per decode step): the scale folded into ``B``, and the gate too
+    when ``B`` is per request already. With a ``B`` shared by the batch the gate stays a gate on
+    the rank activations, so a batch of mixtures never holds a copy of ``B`` per request; and a
+    factor shared by the batch is a plain matrix, so it costs one matrix product, not one per row."""
+    def shared(factor: Tensor) -> Tensor:
+        return factor[0] if factor.shape[0] == 1 else factor
+
+    a_t = shared(delta.A.transpose(-1, -2))
+    if delta.gate is None:
+        return a_t, shared((delta.B * delta.scale).transpose(-1, -2)), None
+    if delta.B.shape[0] == 1:
+        return a_t, (delta.B[0] * delta.scale).T, delta.gate.unsqueeze(1)
+    return a_t, (delta.B * (delta.scale * delta.gate).unsqueeze(1)).transpose(-1, -2), None
 
 
 Adapter = Mapping[str, LowRank]

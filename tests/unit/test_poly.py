@@ -5,14 +5,22 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from shared import prompts
 from shared.data.augment import augmentations_of
 from shared.data.benchmark import BenchmarkSpec, make_benchmark
 from shared.eval.generate import generate_answers
 from shared.lora.layers import applied, attach_lora
 from shared.lora.store import EncodingMismatch
 from shared.methods.poly import PolyConfig, RoutingTable, serializer
-from shared.methods.poly.layers import ExpertPool, combine, keep_top_m, routing_weights
-from shared.methods.poly.trainer import EncodingHealthError, check_health, encode_incremental, train_pool
+from shared.methods.poly.layers import ExpertPool, combine, keep_top_m, placed, routing_weights
+from shared.methods.poly.trainer import (
+    EncodingHealthError,
+    answer_states,
+    check_health,
+    encode_incremental,
+    last_layer_logits,
+    train_pool,
+)
 from shared.models.loading import load_causal_lm
 
 PROMPTS = ["Question: When was Kara born?\nAnswer:", "Question: Who trained Lo?\nAnswer:",
@@ -86,11 +94,14 @@ def small_corpus():
     return dataset.passages, augmentations_of(dataset)
 
 
-def test_incremental_encoding_trains_routing_and_leaves_experts_unchanged(base, small_corpus):
+@pytest.mark.parametrize("placement", ["all", "last"])
+def test_incremental_encoding_trains_routing_and_leaves_experts_unchanged(base, small_corpus, placement):
     passages, augmentations = small_corpus
     layers = attach_lora(base.model)
-    config = PolyConfig(n_experts=4, top_m=2, epochs=1, incremental_epochs=2, batch_size=8)
+    config = PolyConfig(n_experts=4, top_m=2, epochs=1, incremental_epochs=2, batch_size=8, layers=placement,
+                        incremental_sampling=placement == "all")
     pool, routing, *_ = train_pool(base, layers, passages[:3], augmentations, config, show_progress=False)
+    assert set(pool.names) == set(placed(layers, placement, config.targets))
     before = pool.digest()
     new_rows = encode_incremental(base, layers, pool, passages[3:], augmentations, config, show_progress=False)
     assert pool.digest() == before
@@ -100,6 +111,52 @@ def test_incremental_encoding_trains_routing_and_leaves_experts_unchanged(base, 
     assert merged.weights([passages[4].passage_id]).shape == (1, pool.n_groups, 4)
     with pytest.raises(ValueError, match="already exist"):
         merged.extended(new_rows)
+
+
+def test_pool_sits_on_its_targets_in_its_layers(base):
+    layers = attach_lora(base.model)
+    last = placed(layers, "last", ("gate_proj", "up_proj", "down_proj"))
+    assert last and set(last) < set(layers)
+    assert {name.split(".layers.")[1].split(".")[0] for name in last} == {str(len(base.model.model.layers) - 1)}
+    down = placed(layers, "all", ("down_proj",))
+    assert len(down) == len(base.model.model.layers) and all(name.endswith(".down_proj") for name in down)
+    assert set(placed(layers, "last", ("down_proj",))) == set(last) & set(down)
+
+
+def test_answer_states_reproduce_the_whole_models_answer_logits(base, small_corpus):
+    """The last-layer shortcut is exact: same logits as running the whole model under the mixture."""
+    passages, augmentations = small_corpus
+    layers = attach_lora(base.model)
+    pool = _random_pool(placed(layers, "last", ("up_proj", "down_proj")))
+    weights = routing_weights(torch.randn(len(passages), pool.n_groups, pool.n_experts) * 3)
+    states = answer_states(base, passages, augmentations)
+    assert len(states.starts) - 1 == sum(len(augmentations[p.passage_id].qa) for p in passages)
+    with torch.no_grad(), applied(layers, pool.adapter(weights[states.rows])):
+        shortcut = last_layer_logits(base, states.hidden)
+    pair, row = 0, 0
+    for row, passage in enumerate(passages):
+        for question, answer in augmentations[passage.passage_id].qa:
+            text = prompts.closed_book(question) + prompts.completion(answer) + base.tokenizer.eos_token
+            ids = base.tokenizer([text], return_tensors="pt")
+            with torch.no_grad(), applied(layers, pool.adapter(weights[row:row + 1])):
+                whole = base.model(**ids).logits[0]
+            span = slice(int(states.starts[pair]), int(states.starts[pair + 1]))
+            n = span.stop - span.start
+            assert n >= 2  # at least one answer token and the end-of-text
+            torch.testing.assert_close(shortcut[span], whole[-n - 1:-1], atol=1e-4, rtol=1e-4)
+            assert states.targets[span].tolist() == ids["input_ids"][0, -n:].tolist()
+            pair += 1
+
+
+def test_pool_placement_is_validated():
+    with pytest.raises(ValueError, match="poly.layers"):
+        PolyConfig(layers="first").validate()
+    with pytest.raises(ValueError, match="poly.routing"):
+        PolyConfig(layers="last", routing="per_layer").validate()
+    with pytest.raises(ValueError, match="poly.targets"):
+        PolyConfig(targets=("q_proj",)).validate()
+    config = PolyConfig(layers="last", n_experts=8, top_m=4)
+    assert PolyConfig.from_numbers(config.to_numbers()) == config
 
 
 def test_routing_rows_are_refused_for_another_pool_or_base_model(base, tmp_path):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from shared.lora.layers import FFN_TARGETS
 
 ROUTING_MODES = ("shared", "per_layer")
+PLACEMENTS = ("all", "last")
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,12 @@ class PolyConfig:
     ``routing`` is ``"shared"`` (one row of K logits per passage, used by every layer) or
     ``"per_layer"`` (K logits per transformer layer). ``uniform`` trains and answers with equal
     weights on every expert: the ablation that shows what routing contributes.
+
+    ``layers`` places the experts: on the FFN projections of ``"all"`` layers, or of the ``"last"``
+    layer only. A last-layer pool is trained and routed on the base model's states entering that
+    FFN, computed once per sequence, since nothing below it depends on the routing; and only on
+    the answers of closed-book QA pairs, so a pool fitted to many passages becomes a decoder of
+    routing rows, and rows for new passages are fitted in a few full-batch steps.
     """
 
     n_experts: int = 20
@@ -25,6 +32,7 @@ class PolyConfig:
     alpha: float = 16.0
     targets: tuple[str, ...] = FFN_TARGETS
     routing: str = "shared"
+    layers: str = "all"
     uniform: bool = False
     # Offline encoding: multi-task training of pool and routing over every passage's augmentation.
     epochs: int = 30
@@ -36,6 +44,11 @@ class PolyConfig:
     incremental_epochs: int = 2
     incremental_lr: float = 0.1
     incremental_batch_size: int = 32
+    # New rows train under sampled weights, as the pool did, or (False) under the inference-time ones.
+    incremental_sampling: bool = True
+    # The harness's incremental variant fits the pool to the initial passages plus this many
+    # synthetic people (names disjoint from the dataset's): a stand-in for a site's existing corpus.
+    incremental_population: int = 0
     # Routed inference: passages' weights combined by softmax(score / score_temperature); top-m kept.
     top_m: int = 10
     score_temperature: float = 0.05
@@ -58,6 +71,15 @@ class PolyConfig:
                 raise ValueError(f"poly.{name}: must be positive")
         if self.routing not in ROUTING_MODES:
             raise ValueError(f"poly.routing: must be one of {ROUTING_MODES}, not '{self.routing}'")
+        unknown = [t for t in self.targets if t not in FFN_TARGETS]
+        if not self.targets or unknown:
+            raise ValueError(f"poly.targets: must be a non-empty subset of {list(FFN_TARGETS)}, not {list(self.targets)}")
+        if self.layers not in PLACEMENTS:
+            raise ValueError(f"poly.layers: must be one of {PLACEMENTS}, not '{self.layers}'")
+        if self.layers == "last" and self.routing == "per_layer":
+            raise ValueError("poly.routing: 'per_layer' needs poly.layers = 'all' (a last-layer pool has one layer)")
+        if self.incremental_population < 0:
+            raise ValueError("poly.incremental_population: must be zero or positive")
         if self.proximal_mu < 0:
             raise ValueError("poly.proximal_mu: must be zero or positive")
         if self.top_m > self.n_experts:
@@ -68,6 +90,7 @@ class PolyConfig:
         numbers = {f.name: float(getattr(self, f.name)) for f in dataclasses.fields(self)
                    if isinstance(getattr(self, f.name), (int, float))}
         numbers["routing_per_layer"] = float(self.routing == "per_layer")
+        numbers["layers_last"] = float(self.layers == "last")
         return numbers
 
     @classmethod
@@ -81,6 +104,7 @@ class PolyConfig:
             elif kinds.get(name) == "float":
                 values[name] = float(value)
         values["routing"] = "per_layer" if numbers.get("routing_per_layer") else "shared"
+        values["layers"] = "last" if numbers.get("layers_last") else "all"
         config = cls(**values)
         config.validate()
         return config

@@ -44,6 +44,22 @@ def routing_groups(module_names: list[str], mode: str) -> dict[str, int]:
     return groups
 
 
+def placed(layers: Mapping[str, LoRALinear], placement: str, targets: tuple[str, ...]) -> dict[str, LoRALinear]:
+    """The adapted modules a pool's experts sit on: those named in ``targets``, in every layer
+    (``placement`` ``"all"``) or in the last one (``"last"``)."""
+    chosen = {name: layer for name, layer in layers.items() if name.rsplit(".", 1)[-1] in targets}
+    if not chosen:
+        raise ValueError(f"poly.targets: no adapted module is named {list(targets)}")
+    if placement == "all":
+        return chosen
+    indices = {name: _LAYER_INDEX.search(f".{name}.") for name in chosen}
+    unindexed = [name for name, match in indices.items() if match is None]
+    if unindexed:
+        raise ValueError(f"poly.layers: 'last' needs a layer index in module name '{unindexed[0]}'")
+    last = max(int(match.group(1)) for match in indices.values())
+    return {name: layer for name, layer in chosen.items() if int(indices[name].group(1)) == last}
+
+
 def gumbel_sigmoid(logits: Tensor, temperature: float, generator: torch.Generator | None = None) -> Tensor:
     """A relaxed-Bernoulli sample of each logit (training-time routing)."""
     u = torch.rand(logits.shape, generator=generator).clamp(1e-6, 1 - 1e-6)

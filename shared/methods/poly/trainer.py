@@ -10,6 +10,11 @@
 A passage's training data is its text and rewrite as plain language modelling, plus every
 augmentation QA pair asked *without* the passage (DESIGN.md §5: that is what makes facts come
 out of the weights, not only out of the context).
+
+A pool on the last layer only (``poly.layers = "last"``) trains on the answers of those QA pairs
+alone, from the states entering the last layer's FFN (:func:`answer_states`), which the routing
+cannot change: the base model runs over each pair once, and every step after that costs one FFN
+and the LM head per answer token (:func:`last_layer_logits`).
 """
 
 from __future__ import annotations
@@ -22,18 +27,20 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from shared import prompts
 from shared.data.schema import Augmentation, Passage
 from shared.log import get_logger
-from shared.lora.layers import LoRALinear, applied
+from shared.lora.layers import LoRALinear, LowRank, applied
 from shared.lora.objective import per_sequence_loss
 from shared.methods.poly.config import PolyConfig
 from shared.methods.poly.layers import (
     ExpertPool,
     QueryRouter,
     RoutingTable,
+    placed,
     routing_weights,
 )
 from shared.models.loading import BaseModel
@@ -69,30 +76,31 @@ def _length_bucketed(samples: list[tuple[int, str]], batch_size: int, rng: rando
     return batches
 
 
-def _run_epochs(base: BaseModel, layers: Mapping[str, LoRALinear], pool: ExpertPool, logits: torch.Tensor,
-                samples: list[tuple[int, str]], optimizer: torch.optim.Optimizer, epochs: int, batch_size: int,
-                config: PolyConfig, desc: str, show_progress: bool) -> float:
-    """Shared loop of both encoders: shuffled batches, each row under its passage's sampled mixture."""
-    rng = random.Random(config.seed)
+@dataclass(frozen=True)
+class _Batch:
+    """One training step's data: the passage row of each batch row, and its loss under an adapter."""
+
+    rows: torch.Tensor
+    loss: Callable[[dict[str, LowRank]], torch.Tensor]
+
+
+def _run_epochs(pool: ExpertPool, logits: torch.Tensor, schedule: Sequence[Sequence[_Batch]],
+                optimizer: torch.optim.Optimizer, config: PolyConfig, desc: str, show_progress: bool,
+                sampled: bool = True) -> float:
+    """Shared loop of every encoder: each batch's rows run under their passages' mixtures, sampled
+    (relaxed Bernoulli) or, with ``sampled`` False, the inference-time weights."""
     generator = torch.Generator().manual_seed(config.seed)
-    tokenizer = base.tokenizer
-    tokenizer.padding_side = "right"
-    schedule = [_length_bucketed(samples, batch_size, rng) for _ in range(epochs)]
     smoothed = float("nan")
     trainable = any(p.requires_grad for p in pool.parameters())
     anchor = [p.detach().clone() for p in pool.parameters()] if trainable and config.proximal_mu > 0 else None
     with tqdm(total=sum(map(len, schedule)), desc=desc, unit="step", disable=not show_progress) as bar:
         for epoch in schedule:
-            for chunk in epoch:
-                batch = tokenizer([t for _, t in chunk], return_tensors="pt", padding=True)
-                rows = torch.tensor([r for r, _ in chunk])
+            for batch in epoch:
                 if config.uniform:
-                    weights = torch.full((len(chunk), pool.n_groups, pool.n_experts), 1.0 / pool.n_experts)
+                    weights = torch.full((len(batch.rows), pool.n_groups, pool.n_experts), 1.0 / pool.n_experts)
                 else:
-                    weights = routing_weights(logits[rows], True, config.temperature, generator)
-                with applied(layers, pool.adapter(weights)):
-                    out = base.model(**batch).logits
-                loss = per_sequence_loss(out, batch["input_ids"], batch["attention_mask"]).mean()
+                    weights = routing_weights(logits[batch.rows], sampled, config.temperature, generator)
+                loss = batch.loss(pool.adapter(weights))
                 if anchor is not None:  # FedProx: stay near the broadcast pool
                     loss = loss + config.proximal_mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(pool.parameters(), anchor))
                 optimizer.zero_grad(set_to_none=True)
@@ -102,6 +110,108 @@ def _run_epochs(base: BaseModel, layers: Mapping[str, LoRALinear], pool: ExpertP
                 bar.set_postfix(loss=f"{smoothed:.3f}")
                 bar.update(1)
     return smoothed
+
+
+def _sequence_schedule(base: BaseModel, layers: Mapping[str, LoRALinear], samples: list[tuple[int, str]],
+                       epochs: int, batch_size: int, seed: int) -> list[list[_Batch]]:
+    """Whole-model training: batches of whole sequences, next-token loss on every token."""
+    tokenizer = base.tokenizer
+    tokenizer.padding_side = "right"
+
+    def batch(chunk: list[tuple[int, str]]) -> _Batch:
+        def loss(adapter: dict[str, LowRank]) -> torch.Tensor:
+            encoded = tokenizer([t for _, t in chunk], return_tensors="pt", padding=True)
+            with applied(layers, adapter):
+                out = base.model(**encoded).logits
+            return per_sequence_loss(out, encoded["input_ids"], encoded["attention_mask"]).mean()
+        return _Batch(torch.tensor([r for r, _ in chunk]), loss)
+
+    rng = random.Random(seed)
+    return [[batch(chunk) for chunk in _length_bucketed(samples, batch_size, rng)] for _ in range(epochs)]
+
+
+class AnswerStates(NamedTuple):
+    """The base model's residual stream entering the last layer's FFN, at every answer-token position.
+
+    Position ``i`` predicts ``targets[i]`` (an answer token, or the end-of-text after it) of a QA
+    pair of passage row ``rows[i]``; the positions of QA pair ``j`` are ``starts[j]:starts[j + 1]``.
+    """
+
+    hidden: torch.Tensor  # [N, d]
+    targets: torch.Tensor  # [N]
+    rows: torch.Tensor  # [N]
+    starts: torch.Tensor  # [QA pairs + 1]
+
+
+@torch.no_grad()
+def answer_states(base: BaseModel, passages: Sequence[Passage], augmentations: Mapping[str, Augmentation],
+                  batch_size: int = 256) -> AnswerStates:
+    """Run every passage's closed-book QA pairs through the base model once; keep the answer states."""
+    pairs = [(row, prompts.closed_book(q), prompts.completion(a) + base.tokenizer.eos_token)
+             for row, p in enumerate(passages) for q, a in augmentations[p.passage_id].qa]
+    tokenizer = base.tokenizer
+    tokenizer.padding_side = "right"
+    last = base.model.model.layers[-1]
+    captured: list[torch.Tensor] = []
+    hook = last.post_attention_layernorm.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
+    hidden, targets, rows, lengths = [], [], [], []
+    try:
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            encoded = tokenizer([q + a for _, q, a in chunk], return_tensors="pt", padding=True)
+            prompt_lengths = [len(ids) for ids in tokenizer([q for _, q, _ in chunk])["input_ids"]]
+            captured.clear()
+            base.model.model(**encoded)
+            for i, (row, _, _) in enumerate(chunk):
+                end = int(encoded["attention_mask"][i].sum()) - 1
+                positions = torch.arange(prompt_lengths[i] - 1, end)
+                hidden.append(captured[0][i, positions])
+                targets.append(encoded["input_ids"][i, positions + 1])
+                rows.append(torch.full((len(positions),), row))
+                lengths.append(len(positions))
+    finally:
+        hook.remove()
+    starts = torch.tensor([0, *lengths]).cumsum(0)
+    return AnswerStates(torch.cat(hidden), torch.cat(targets), torch.cat(rows), starts)
+
+
+def last_layer_logits(base: BaseModel, hidden: torch.Tensor) -> torch.Tensor:
+    """Next-token logits from states entering the last layer's FFN: that FFN (with whatever
+    adapter is applied), the final norm and the LM head. ``hidden`` is ``[N, d]``, one position each."""
+    decoder = base.model.model
+    last = decoder.layers[-1]
+    h = hidden[:, None, :]
+    h = h + last.mlp(last.post_attention_layernorm(h))
+    return base.model.lm_head(decoder.norm(h))[:, 0]
+
+
+def _answer_schedule(base: BaseModel, layers: Mapping[str, LoRALinear], states: AnswerStates, epochs: int,
+                     batch_size: int, seed: int) -> list[list[_Batch]]:
+    """Last-layer training: batches of ``batch_size`` QA pairs' answer positions, cross-entropy on the answer."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def batch(pairs: torch.Tensor) -> _Batch:
+        index = torch.cat([torch.arange(states.starts[j], states.starts[j + 1]) for j in pairs.tolist()])
+
+        def loss(adapter: dict[str, LowRank]) -> torch.Tensor:
+            with applied(layers, adapter):
+                return F.cross_entropy(last_layer_logits(base, states.hidden[index]), states.targets[index])
+        return _Batch(states.rows[index], loss)
+
+    n_pairs = len(states.starts) - 1
+    return [[batch(chunk) for chunk in torch.randperm(n_pairs, generator=generator).split(batch_size)]
+            for _ in range(epochs)]
+
+
+def _schedule(base: BaseModel, layers: Mapping[str, LoRALinear], passages: Sequence[Passage],
+              augmentations: Mapping[str, Augmentation], config: PolyConfig, epochs: int,
+              batch_size: int) -> tuple[list[list[_Batch]], int]:
+    """The training batches for ``config.layers``, and how many sequences one epoch holds."""
+    if config.layers == "last":
+        states = answer_states(base, passages, augmentations)
+        return _answer_schedule(base, layers, states, epochs, batch_size, config.seed), len(states.starts) - 1
+    samples = _samples(passages, augmentations, base.tokenizer.eos_token)
+    return _sequence_schedule(base, layers, samples, epochs, batch_size, config.seed), len(samples)
 
 
 class TrainedPool(NamedTuple):
@@ -122,7 +232,8 @@ def train_pool(base: BaseModel, layers: Mapping[str, LoRALinear], passages: Sequ
     config.validate()
     torch.manual_seed(config.seed)
     if start is None:
-        pool = ExpertPool.initialised(layers, config.n_experts, config.rank, config.scale, config.routing, config.seed)
+        pool = ExpertPool.initialised(placed(layers, config.layers, config.targets), config.n_experts, config.rank, config.scale,
+                                      config.routing, config.seed)
         # near-zero, but not equal, so the experts' symmetry breaks from the start
         initial = torch.empty(len(passages), pool.n_groups, config.n_experts).normal_(
             0.0, 0.01, generator=torch.Generator().manual_seed(config.seed))
@@ -139,14 +250,13 @@ def train_pool(base: BaseModel, layers: Mapping[str, LoRALinear], passages: Sequ
         {"params": [p for p in pool.parameters() if p.requires_grad], "lr": config.lr, "weight_decay": 0.0},
         {"params": [logits], "lr": config.routing_lr, "weight_decay": 0.0},
     ])
-    samples = _samples(passages, augmentations, base.tokenizer.eos_token)
-    loss = _run_epochs(base, layers, pool, logits, samples, optimizer, config.epochs, config.batch_size,
-                       config, "Poly-PRAG encode", show_progress)
+    schedule, sequences = _schedule(base, layers, passages, augmentations, config, config.epochs, config.batch_size)
+    loss = _run_epochs(pool, logits, schedule, optimizer, config, "Poly-PRAG encode", show_progress)
     pool.requires_grad_(False)
     routing = RoutingTable([p.passage_id for p in passages], logits.detach().clone())
     health = check_health(pool, routing, config)
     log.info("poly.train.done", passages=len(passages), final_loss=round(loss, 4), **health.as_log())
-    return TrainedPool(pool, routing, loss, len(samples) * config.epochs)
+    return TrainedPool(pool, routing, loss, sequences * config.epochs)
 
 
 def encode_incremental(base: BaseModel, layers: Mapping[str, LoRALinear], pool: ExpertPool,
@@ -159,9 +269,10 @@ def encode_incremental(base: BaseModel, layers: Mapping[str, LoRALinear], pool: 
     try:
         logits = torch.nn.Parameter(torch.zeros(len(passages), pool.n_groups, pool.n_experts))
         optimizer = torch.optim.Adam([logits], lr=config.incremental_lr)
-        samples = _samples(passages, augmentations, base.tokenizer.eos_token)
-        _run_epochs(base, layers, pool, logits, samples, optimizer, config.incremental_epochs,
-                    config.incremental_batch_size, config, "Poly-PRAG incremental", show_progress)
+        schedule, _ = _schedule(base, layers, passages, augmentations, config, config.incremental_epochs,
+                                config.incremental_batch_size)
+        _run_epochs(pool, logits, schedule, optimizer, config, "Poly-PRAG incremental", show_progress,
+                    sampled=config.incremental_sampling)
     finally:
         for param, flag in zip(pool.parameters(), frozen):
             param.requires_grad_(flag)
