@@ -74,8 +74,8 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
     registry = PoolRegistry(registry_dir(federation), base.digest)
     latest = registry.latest()
     if latest is None:
-        pool = ExpertPool.initialised(placed(attach_lora(base.model), poly.layers, poly.targets), poly.n_experts, poly.rank, poly.scale,
-                                      poly.routing, poly.seed)
+        modules = placed(attach_lora(base.model), poly.layers, poly.targets)
+        pool = ExpertPool.initialised(modules, poly.n_experts, poly.rank, poly.scale, poly.routing, poly.seed)
         version = registry.publish(pool, poly, 0, {})
         done = 0
     else:

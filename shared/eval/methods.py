@@ -166,7 +166,8 @@ class PolyPRAG:
     Variants: ``poly`` (learned routing, combined over the top-k by score), ``poly_uniform`` (the
     ablation: pool trained and used with equal weights on every expert), ``poly_incremental``
     (pool trained on half the passages, plus ``poly.incremental_population`` synthetic people when
-    set; the other half encoded routing-only against the frozen pool) and ``poly_router`` (the learned query router instead of per-passage routing).
+    set; the other half encoded routing-only against the frozen pool) and ``poly_router`` (the
+    learned query router instead of per-passage routing).
     """
 
     VARIANTS = ("poly", "poly_uniform", "poly_incremental", "poly_router")
@@ -205,7 +206,7 @@ class PolyPRAG:
             others, other_augmentations = synthetic_population(self.config.incremental_population)
             fitted, augmentations = initial + others, {**augmentations, **other_augmentations}
         pool, routing, *_ = poly_trainer.train_pool(ctx.base, ctx.layers, fitted, augmentations, self.config, ctx.show_progress)
-        routing = RoutingTable(routing.passage_ids[:len(initial)], routing.logits[:len(initial)])
+        routing = RoutingTable(routing.passage_ids[:len(initial)], routing.logits[:len(initial)])  # the dataset's rows
         started = time.perf_counter()
         new_rows = poly_trainer.encode_incremental(ctx.base, ctx.layers, pool, added, augmentations, self.config, ctx.show_progress)
         seconds = (time.perf_counter() - started) / len(added)

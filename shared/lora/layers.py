@@ -41,8 +41,8 @@ class LoRALinear(nn.Module):
         super().__init__()
         self.base = base
         self.factors: tuple[Tensor, Tensor, Tensor | None] | None = None
-        """The current update as ``(Aᵀ [b, in, r] or [in, r], Bᵀ [b, r, out] or [r, out], gate [b, 1, r] or None)``;
-        see :func:`_folded`."""
+        """The current update as ``(Aᵀ [b, in, r] or [in, r], Bᵀ [b, r, out] or [r, out],
+        gate [b, 1, r] or None)``; see :func:`_folded`."""
 
     @property
     def in_features(self) -> int:

@@ -133,7 +133,7 @@ def test_answer_states_reproduce_the_whole_models_answer_logits(base, small_corp
     assert len(states.starts) - 1 == sum(len(augmentations[p.passage_id].qa) for p in passages)
     with torch.no_grad(), applied(layers, pool.adapter(weights[states.rows])):
         shortcut = last_layer_logits(base, states.hidden)
-    pair, row = 0, 0
+    pair = 0
     for row, passage in enumerate(passages):
         for question, answer in augmentations[passage.passage_id].qa:
             text = prompts.closed_book(question) + prompts.completion(answer) + base.tokenizer.eos_token

@@ -232,8 +232,8 @@ def train_pool(base: BaseModel, layers: Mapping[str, LoRALinear], passages: Sequ
     config.validate()
     torch.manual_seed(config.seed)
     if start is None:
-        pool = ExpertPool.initialised(placed(layers, config.layers, config.targets), config.n_experts, config.rank, config.scale,
-                                      config.routing, config.seed)
+        modules = placed(layers, config.layers, config.targets)
+        pool = ExpertPool.initialised(modules, config.n_experts, config.rank, config.scale, config.routing, config.seed)
         # near-zero, but not equal, so the experts' symmetry breaks from the start
         initial = torch.empty(len(passages), pool.n_groups, config.n_experts).normal_(
             0.0, 0.01, generator=torch.Generator().manual_seed(config.seed))
