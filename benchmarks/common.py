@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from shared import log
-from shared.config import FedpragConfig, load_config
-from shared.methods.prag import PRAGAdapters, PRAGConfig
-from shared.methods.prag import serializer as prag_serializer
+from fedprag.shared import log
+from fedprag.shared.config import FedpragConfig, load_config
+from fedprag.shared.methods.prag import PRAGAdapters, PRAGConfig
+from fedprag.shared.methods.prag import serializer as prag_serializer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -27,19 +27,19 @@ from pathlib import Path
 import torch
 from common import median_ratio, setup, timed_side_by_side  # benchmarks/common.py (scripts run from this folder)
 
-from shared.data.augment import augmentations_of
-from shared.data.benchmark import make_benchmark
-from shared.data.schema import Dataset
-from shared.eval.harness import evaluate
-from shared.eval.methods import build_methods
-from shared.io import atomic_write_text
-from shared.lora.layers import attach_lora
-from shared.methods.distilled import document_spread
-from shared.methods.distilled import serializer as distilled_serializer
-from shared.methods.distilled.trainer import DistilledEncoder
-from shared.methods.prag import PRAGConfig
-from shared.methods.prag.trainer import encode_passages
-from shared.models.loading import BaseModel, load_causal_lm
+from fedprag.shared.data.augment import augmentations_of
+from fedprag.shared.data.benchmark import make_benchmark
+from fedprag.shared.data.schema import Dataset
+from fedprag.shared.eval.harness import evaluate
+from fedprag.shared.eval.methods import build_methods
+from fedprag.shared.io import atomic_write_text
+from fedprag.shared.lora.layers import attach_lora
+from fedprag.shared.methods.distilled import document_spread
+from fedprag.shared.methods.distilled import serializer as distilled_serializer
+from fedprag.shared.methods.distilled.trainer import DistilledEncoder
+from fedprag.shared.methods.prag import PRAGConfig
+from fedprag.shared.methods.prag.trainer import encode_passages
+from fedprag.shared.models.loading import BaseModel, load_causal_lm
 
 METHODS = ["closed_book", "standard_rag", "standard_rag_top1", "prag", "distilled", "distilled_top1",
            "distilled_irrelevant"]
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "--stem": {"default": "distilled", "help": "result file names: <stem>.json and <stem>.md"}})
     base = load_causal_lm(config.model.path)
     dataset = make_benchmark(config.benchmark)
-    report = evaluate(dataset, base, build_methods(METHODS, config.prag, distilled=config.distilled),
+    report = evaluate(dataset, base, build_methods(METHODS, prag=config.prag, distilled=config.distilled),
                       config.harness, Path(args.work))
     em = {r.method: {kind: s.em for kind, s in r.scores.items()} for r in report.results}
     by = {r.method: r for r in report.results}

@@ -22,16 +22,18 @@ from pathlib import Path
 
 from common import setup  # benchmarks/common.py (scripts run from this folder)
 
-from cluster.demo import run_demo, traffic_table
-from shared.io import atomic_write_text
+from fedprag.cluster.demo import run_federation, traffic_table
+from fedprag.shared.eval.federated import evaluate_federation
+from fedprag.shared.io import atomic_write_text
 
 
 def _run(config, work: Path, baselines=()):
     shutil.rmtree(work, ignore_errors=True)
     config = dataclasses.replace(config, federation=dataclasses.replace(config.federation, work_dir=str(work)))
     started = time.perf_counter()
-    report, rounds = run_demo(config, show_progress=False, baselines=baselines)
-    return report, rounds, time.perf_counter() - started
+    federation = run_federation(config, show_progress=False)
+    report = evaluate_federation(federation, config, show_progress=False, baselines=baselines)
+    return report, federation.rounds, time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> int:

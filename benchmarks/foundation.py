@@ -15,12 +15,12 @@ from pathlib import Path
 
 from common import setup  # benchmarks/common.py (scripts run from this folder)
 
-from shared.data.benchmark import make_benchmark
-from shared.eval.harness import evaluate
-from shared.eval.methods import build_methods
-from shared.eval.report import Report
-from shared.io import atomic_write_text
-from shared.models.loading import load_causal_lm
+from fedprag.shared.data.benchmark import make_benchmark
+from fedprag.shared.eval.harness import evaluate
+from fedprag.shared.eval.methods import build_methods
+from fedprag.shared.eval.report import Report
+from fedprag.shared.io import atomic_write_text
+from fedprag.shared.models.loading import load_causal_lm
 
 
 def ratios(report: Report, kind: str = "single") -> list[dict[str, object]]:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args, config = setup(__doc__, "runs/bench-foundation", argv)
     base = load_causal_lm(config.model.path)
     dataset = make_benchmark(config.benchmark)
-    methods = build_methods(["closed_book", "standard_rag", "standard_rag_top1", "prag", "prag_combine"], config.prag)
+    methods = build_methods(["closed_book", "standard_rag", "standard_rag_top1", "prag", "prag_combine"], prag=config.prag)
     report = evaluate(dataset, base, methods, config.harness, Path(args.work))
     table = ratios(report)
     json_path, md_path = report.write(args.out, stem="foundation")

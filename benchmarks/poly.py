@@ -33,23 +33,26 @@ from common import (  # benchmarks/common.py (scripts run from this folder)
     timed_side_by_side,
 )
 
-from shared import prompts
-from shared.data.augment import augmentations_of
-from shared.data.benchmark import BenchmarkSpec, make_benchmark
-from shared.eval.generate import MAX_NEW_TOKENS, generate_answers
-from shared.eval.harness import evaluate
-from shared.eval.methods import build_methods
-from shared.eval.metrics import exact_match
-from shared.eval.report import Report
-from shared.io import atomic_write_text
-from shared.lora.layers import applied, attach_lora, merged
-from shared.methods.poly import serializer as poly_serializer
-from shared.methods.poly.layers import combine
-from shared.methods.poly.trainer import encode_incremental
-from shared.methods.prag import serializer as prag_serializer
-from shared.models.loading import BaseModel, load_causal_lm
-from shared.retrieval.encoder import SentenceEncoder
-from shared.retrieval.index import PassageIndex
+from fedprag.shared import prompts
+from fedprag.shared.data.augment import augmentations_of
+from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
+from fedprag.shared.eval.harness import evaluate
+from fedprag.shared.eval.methods import build_methods
+from fedprag.shared.eval.report import Report
+from fedprag.shared.io import atomic_write_text
+from fedprag.shared.lora.layers import attach_lora, merged
+from fedprag.shared.methods.base import Routing
+from fedprag.shared.methods.baselines import ClosedBookModel
+from fedprag.shared.methods.poly import serializer as poly_serializer
+from fedprag.shared.methods.poly.model import PolyModel
+from fedprag.shared.methods.poly.trainer import encode_incremental
+from fedprag.shared.methods.prag import serializer as prag_serializer
+from fedprag.shared.metrics import exact_match
+from fedprag.shared.models.generate import MAX_NEW_TOKENS, generate_answers
+from fedprag.shared.models.loading import BaseModel, load_causal_lm
+from fedprag.shared.query import QueryEngine
+from fedprag.shared.retrieval.encoder import SentenceEncoder
+from fedprag.shared.retrieval.index import PassageIndex
 
 METHODS = ["closed_book", "standard_rag", "standard_rag_top1", "prag", "poly", "poly_uniform", "poly_incremental", "poly_router"]
 
@@ -68,7 +71,8 @@ def throughput(base: BaseModel, work: Path, dataset, config, batch: int = 16,
     its longest answer ends, so paths whose answers differ in length do different work; the
     second isolates what routing itself costs.
     """
-    layers = attach_lora(base.model)
+    engine = QueryEngine(base)
+    layers = engine.layers
     pool, _ = poly_serializer.load_pool(work / "poly" / "pool", base.digest)
     routing = poly_serializer.load_routing(work / "poly" / "routing", pool, base.digest)
     prag = prag_serializer.load(work / "prag", base.digest)
@@ -79,18 +83,17 @@ def throughput(base: BaseModel, work: Path, dataset, config, batch: int = 16,
     texts = [dataset.questions[r].text for r in rows]
     encoder, index = SentenceEncoder(), PassageIndex.load(work / "passages.faiss")
     scores, hit_rows = index.search(encoder.embed(texts), config.harness.top_k)
-    ids = [[dataset.passages[int(p)].passage_id for p in row] for row in hit_rows]
+    routings = [Routing(passage_ids=tuple(dataset.passages[int(p)].passage_id for p in row),
+                        scores=tuple(float(s) for s in srow)) for row, srow in zip(hit_rows, scores)]
     closed = [prompts.closed_book(t) for t in texts]
     tok, model = base.tokenizer, base.model
+    closed_book, poly_model = ClosedBookModel(), PolyModel(pool, config.poly, routing)
 
     def bare(min_tokens: int):
-        generate_answers(model, tok, closed, min_new_tokens=min_tokens)
+        engine.answer(closed_book, texts, routings, min_new_tokens=min_tokens)
 
     def poly(min_tokens: int):
-        weights = combine(torch.stack([routing.weights(i) for i in ids]), torch.from_numpy(scores),
-                          config.poly.top_m, config.poly.score_temperature)
-        with applied(layers, pool.adapter(weights)):
-            generate_answers(model, tok, closed, min_new_tokens=min_tokens)
+        engine.answer(poly_model, texts, routings, min_new_tokens=min_tokens)
 
     def prag_merge(min_tokens: int):
         for q in range(batch):
@@ -142,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     base = load_causal_lm(config.model.path)
     dataset = make_benchmark(config.benchmark)
-    report = evaluate(dataset, base, build_methods(METHODS, config.prag, config.poly), config.harness, work)
+    report = evaluate(dataset, base, build_methods(METHODS, prag=config.prag, poly=config.poly), config.harness, work)
 
     by = {r.method: r for r in report.results}
     answers = [q.answers for q in dataset.questions]

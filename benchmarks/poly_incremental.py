@@ -33,22 +33,22 @@ from pathlib import Path
 import torch
 from common import prag_bytes_at, setup  # benchmarks/common.py (scripts run from this folder)
 
-from shared import prompts
-from shared.config import load_config
-from shared.data.augment import augmentations_of
-from shared.data.benchmark import make_benchmark, synthetic_population
-from shared.data.schema import Dataset, Passage, Question
-from shared.eval.generate import generate_answers
-from shared.eval.metrics import exact_match
-from shared.eval.resources import machine_description
-from shared.io import atomic_write_text
-from shared.lora.layers import LoRALinear, applied, attach_lora
-from shared.methods.poly import ExpertPool, PolyConfig, RoutingTable
-from shared.methods.poly import serializer as poly_serializer
-from shared.methods.poly.trainer import TrainedPool, encode_incremental, train_pool
-from shared.methods.prag import PRAGAdapters, PRAGConfig
-from shared.methods.prag.trainer import encode_passages
-from shared.models.loading import BaseModel, load_causal_lm
+from fedprag.shared import prompts
+from fedprag.shared.config import load_config
+from fedprag.shared.data.augment import augmentations_of
+from fedprag.shared.data.benchmark import make_benchmark, synthetic_population
+from fedprag.shared.data.schema import Dataset, Passage, Question
+from fedprag.shared.eval.resources import machine_description
+from fedprag.shared.io import atomic_write_text
+from fedprag.shared.lora.layers import LoRALinear, applied, attach_lora
+from fedprag.shared.methods.poly import ExpertPool, PolyConfig, RoutingTable
+from fedprag.shared.methods.poly import serializer as poly_serializer
+from fedprag.shared.methods.poly.trainer import TrainedPool, encode_incremental, train_pool
+from fedprag.shared.methods.prag import PRAGAdapters, PRAGConfig
+from fedprag.shared.methods.prag.trainer import encode_passages
+from fedprag.shared.metrics import exact_match
+from fedprag.shared.models.generate import generate_answers
+from fedprag.shared.models.loading import BaseModel, load_causal_lm
 
 POPULATION = 240  # other people the all-layer population variant's pool is also fitted to
 LAST_LAYER = Path(__file__).resolve().parent / "poly_last_layer.toml"  # the last-layer pool's settings

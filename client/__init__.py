@@ -1,4 +1,2 @@
-"""The data-owner daemon: site store, ingestion, local training, Flower ClientApp, routing service.
-
-Arrives with the federation issue; the encodings it trains live in :mod:`shared.methods`.
-"""
+"""The data owner's side: the site store and ingestion, the local round, the Flower ClientApp and the
+routing service. Passage text is read only here; what leaves is a message of :mod:`fedprag.shared.wire`."""

@@ -17,12 +17,12 @@ import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.store import SiteStore
-from client.train import local_round
-from shared.log import configure as configure_logging
-from shared.log import get_logger
-from shared.models.loading import BaseModel, load_causal_lm
-from shared.wire import RoundTask, record_blobs
+from fedprag.client.store import SiteStore
+from fedprag.client.train import local_round
+from fedprag.shared.log import configure as configure_logging
+from fedprag.shared.log import get_logger
+from fedprag.shared.models.loading import BaseModel, load_causal_lm
+from fedprag.shared.wire import RoundTask, record_blobs
 
 log = get_logger(__name__)
 

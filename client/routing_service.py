@@ -1,7 +1,7 @@
 """A site's routing service: answer a query with opaque passage ids, scores and routing, never text.
 
 The site embeds its passages once into its own faiss index (kept in its data directory), searches
-it for each query embedding the query API sends, and replies with a :class:`~shared.wire.RoutingReply`
+it for each query embedding the query API sends, and replies with a :class:`~fedprag.shared.wire.RoutingReply`
 per query. Passage ids are replaced by opaque ids (a keyed hash only the site can map back).
 """
 
@@ -11,19 +11,19 @@ import hashlib
 
 import numpy as np
 
-from client.store import SiteStore
-from shared.methods.poly.layers import routing_weights
-from shared.retrieval.encoder import SentenceEncoder
-from shared.retrieval.index import PassageIndex
-from shared.wire import RoutingReply
+from fedprag.client.store import SiteStore
+from fedprag.shared.methods.poly.layers import ExpertPool, routing_weights
+from fedprag.shared.retrieval.encoder import SentenceEncoder
+from fedprag.shared.retrieval.index import PassageIndex
+from fedprag.shared.wire import RoutingReply
 
 INDEX_FILE = "index.faiss"
 
 
 class SiteRouter:
-    """Serves routing for one site store against pools of shape ``[G, K]``."""
+    """Serves routing for one site store against the federation's current pool."""
 
-    def __init__(self, store: SiteStore, encoder: SentenceEncoder, base_digest: str, n_groups: int, n_experts: int):
+    def __init__(self, store: SiteStore, encoder: SentenceEncoder, base_digest: str, pool: ExpertPool):
         self.store = store
         passages = store.passages()
         path = store.root / INDEX_FILE
@@ -32,7 +32,7 @@ class SiteRouter:
             index = PassageIndex.build(encoder.embed([p.text for p in passages]), list(range(len(passages))))
             index.save(path)
         self.index = index
-        self.weights = routing_weights(store.routing(n_groups, n_experts, base_digest)).numpy()
+        self.weights = routing_weights(store.routing(pool, base_digest)).numpy()
         secret = store.state.site_id.encode() + str(store.root.resolve()).encode()
         self.opaque = [("x" + hashlib.sha256(secret + p.passage_id.encode()).hexdigest()[:16]) for p in passages]
 

@@ -4,19 +4,38 @@ Layout of ``<data_dir>``::
 
     passages.parquet        passage_id, text (the only copy of the text; it never leaves)
     augmentations.parquet   optional encoding-time QA, if the owner supplied it
-    routing/                the site's private routing rows (safetensors + manifest)
+    routing/                the site's private routing rows (the Poly-PRAG serializer's format)
     state.json              site id, rounds joined, pool version
 
 Every file is replaced atomically, so a crash mid-ingest leaves the previous complete state.
 Ingestion is idempotent: a passage is keyed by its id (given, or a hash of its text), re-ingesting
 the same passages adds nothing, and an id that comes back with different text is an error rather
 than a silent overwrite.
+
+Ingestion is all or nothing. Every source of one ``ingest`` call is read and checked before the
+store is written; any bad input ends in one :class:`DatasetError` that names the file and the
+row (``file.jsonl:LINE`` with lines counted from 1; ``file.parquet, row N`` with rows counted from
+0, as in the dataset reader; the file itself for a ``.txt`` file) and nothing of that call is
+stored. Refused: a file that is not UTF-8 (a leading UTF-8 byte-order mark is allowed) or not
+readable Parquet; a line that is not a JSON object; a missing, null or non-string text (a Parquet
+binary cell must hold UTF-8); an empty or whitespace-only text; an id that is null, empty, a
+float, a list or anything but a non-empty string or an integer (integers are stored as their
+decimal string; a missing id is a hash of the text); an id given twice in one call with different
+texts (both places are named); an id already stored with different text.
+
+Passages longer than :data:`~fedprag.shared.data.schema.MAX_PASSAGE_CHARS` (the dataset limit)
+are split, not refused: into chunks of at most that many characters, cut at the last sentence end
+(else the last whitespace, else hard at the limit) of each window, dropping the whitespace at the
+cut, and stored as ``<id>#1``, ``<id>#2``, …. The split is deterministic, so re-ingesting the same
+file stays idempotent. Passages within the limit keep their id unchanged.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,17 +44,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from shared.data.augment import cloze_augmentation
-from shared.data.schema import Augmentation, DatasetError, Passage, read_dataset
-from shared.io import atomic_path, atomic_write_text
-from shared.lora.store import load_encoding, save_encoding
-from shared.methods.poly.layers import RoutingTable
+from fedprag.shared.data.augment import cloze_augmentation
+from fedprag.shared.data.schema import MAX_PASSAGE_CHARS, Augmentation, DatasetError, Passage, read_dataset
+from fedprag.shared.io import atomic_path, atomic_write_text
+from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable
+from fedprag.shared.methods.poly.serializer import load_routing, save_routing
 
 PASSAGES = "passages.parquet"
 AUGMENTATIONS = "augmentations.parquet"
 ROUTING = "routing"
 STATE = "state.json"
-_ROUTING_METHOD = "poly_site_routing"
 
 
 @dataclass
@@ -52,6 +70,7 @@ class SiteState:
 class IngestReport:
     added: int
     unchanged: int
+    split: int = 0  # source passages over the limit that were stored as '<id>#k' chunks
 
 
 def passage_id_for(text: str) -> str:
@@ -59,37 +78,237 @@ def passage_id_for(text: str) -> str:
     return "h" + hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _read_sources(path: Path) -> list[tuple[str, str]]:
-    """(id, text) pairs from a JSONL file, a Parquet file or a folder of ``.txt`` files."""
-    if path.is_dir():
-        if (path / PASSAGES).is_file() and (path / "questions.parquet").is_file():
-            return [(p.passage_id, p.text) for p in read_dataset(path).passages]
-        files = sorted(path.glob("*.txt"))
-        if not files:
-            raise DatasetError(path, "no .txt files (and not a dataset directory)")
-        return [(f.stem, f.read_text(encoding="utf-8")) for f in files]
-    if path.suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}:{number}", f"not JSON ({exc.msg})") from None
-            if not isinstance(item, dict) or not isinstance(item.get("text"), str):
-                raise DatasetError(f"{path}:{number}", "needs a string field 'text'")
-            rows.append((str(item.get("id") or passage_id_for(item["text"])), item["text"]))
-        return rows
-    if path.suffix == ".parquet":
-        table = pq.read_table(path)
-        if "text" not in table.column_names:
+# A sentence end: terminal punctuation, closing quotes or brackets, then whitespace (the cut lies
+# before the whitespace); CJK full stops need no whitespace after them.
+_SENTENCE_END = re.compile(r"[.!?…][\"'”’»)\]]*(?=\s)|[。！？][」』”’）]*")
+
+
+def split_passage(text: str, limit: int = MAX_PASSAGE_CHARS) -> list[str]:
+    """``text`` in chunks of at most ``limit`` characters (see the module docstring); deterministic."""
+    if len(text) <= limit:
+        return [text]
+    chunks: list[str] = []
+    start, end = 0, len(text)
+    while end - start > limit:
+        window_end = start + limit + 1  # one past the limit: whitespace right after a full chunk counts
+        cut = 0
+        for match in _SENTENCE_END.finditer(text, start + limit // 2, window_end):
+            if match.end() - start <= limit:
+                cut = match.end()
+        if not cut:
+            cut = next((i for i in range(window_end - 1, start, -1) if text[i].isspace()), 0)
+        if not cut:
+            cut = start + limit
+        chunk = text[start:cut].rstrip()
+        if chunk.strip():
+            chunks.append(chunk)
+        start = cut
+        while start < end and text[start].isspace():
+            start += 1
+    if text[start:].strip():
+        chunks.append(text[start:])
+    return chunks
+
+
+def _one_line(detail: object, limit: int = 200) -> str:
+    """An exception's text on one line, cut to ``limit`` characters (error messages are one line)."""
+    flat = " ".join(str(detail).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _show(value: str, limit: int = 60) -> str:
+    """An id for an error message: quoted, escaped, and cut short."""
+    return repr(value if len(value) <= limit else value[: limit - 1] + "…")
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _error(path: Path | str, row: int | None, message: str, *, line: bool = False) -> DatasetError:
+    """A DatasetError; JSONL lines read ``file:LINE: message``, Parquet rows ``file, row N: message``."""
+    if line and row is not None:
+        error = DatasetError(f"{path}:{row}", message)
+        error.path, error.row = str(path), row
+        return error
+    return DatasetError(path, message, row)
+
+
+def _decode(data: bytes, path: Path, *, line: bool) -> str:
+    """Strict UTF-8 (an optional byte-order mark is dropped); a bad byte names its line in JSONL."""
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if line:
+            number = data.count(b"\n", 0, exc.start) + 1
+            column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1)
+            raise _error(path, number, f"not valid UTF-8 ({exc.reason} at byte {column} of the line); "
+                                       "save the file as UTF-8", line=True) from None
+        raise DatasetError(path, f"not valid UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                 "save the file as UTF-8") from None
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(path, f"cannot read the file ({_one_line(exc.strerror or exc)})") from None
+
+
+@dataclass(frozen=True)
+class SourcePassage:
+    """One passage as read from a source: checked, and one chunk of it if it was over the limit."""
+
+    passage_id: str
+    text: str
+    path: Path
+    row: int | None = None  # JSONL line (from 1) or Parquet row (from 0); None for a .txt file
+    line: bool = False      # ``row`` is a JSONL line number
+    given_id: str = ""      # the id in the source; differs from passage_id for a chunk ('<id>#k')
+    whole: str = ""         # the source's whole text; differs from text for a chunk
+
+    @property
+    def where(self) -> str:
+        if self.row is None:
+            return str(self.path)
+        return f"{self.path}:{self.row}" if self.line else f"{self.path}, row {self.row}"
+
+    def error(self, message: str) -> DatasetError:
+        return _error(self.path, self.row, message, line=self.line)
+
+
+def _checked(pid: object, text: object, path: Path, row: int | None, *, line: bool = False,
+             hash_missing: bool = False) -> SourcePassage:
+    """One source row with a valid id and text, or a DatasetError naming file and row."""
+
+    def refuse(message: str) -> DatasetError:
+        return _error(path, row, message, line=line)
+
+    def unicode(value: object, what: str) -> object:
+        """``value`` as text if it is text (UTF-8 bytes decoded), refusing what is not valid Unicode."""
+        try:
+            value = value.decode("utf-8") if isinstance(value, bytes) else value
+            if isinstance(value, str):
+                value.encode("utf-8")
+            return value
+        except UnicodeError as exc:
+            raise refuse(f"{what} is not valid UTF-8 ({exc.reason})") from None
+
+    text = unicode(text, "text")
+    if not isinstance(text, str):
+        raise refuse(f"text must be a string, got {_kind(text)}")
+    if not text.strip():
+        raise refuse("text is empty")
+    if pid is None and hash_missing:
+        pid = passage_id_for(text)
+    pid = unicode(pid, "passage id")
+    if isinstance(pid, int) and not isinstance(pid, bool):
+        pid = str(pid)
+    if not isinstance(pid, str):
+        raise refuse(f"passage id must be a non-empty string or an integer, got {_kind(pid)}")
+    if not pid.strip():
+        raise refuse("passage id is empty")
+    return SourcePassage(pid, text, path, row, line, pid, text)
+
+
+def _read_jsonl(path: Path) -> list[SourcePassage]:
+    text = _decode(_read_bytes(path), path, line=True)
+    rows = []
+    for number, line in enumerate(text.split("\n"), 1):  # JSON strings may hold U+2028 and the like
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise _error(path, number, f"not JSON ({exc.msg} at column {exc.colno})", line=True) from None
+        except (ValueError, RecursionError) as exc:  # an integer too long, nesting too deep
+            raise _error(path, number, f"not usable JSON ({_one_line(exc) or type(exc).__name__})",
+                         line=True) from None
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+            raise _error(path, number, "needs a string field 'text'", line=True)
+        if "id" in item and item["id"] is None:
+            raise _error(path, number, "passage id must be a non-empty string or an integer, got null "
+                                       "(leave 'id' out to use a hash of the text)", line=True)
+        rows.append(_checked(item.get("id"), item["text"], path, number, line=True, hash_missing=True))
+    return rows
+
+
+# What reading a damaged Parquet file can raise, from pyarrow or while converting its cells.
+_PARQUET_ERRORS = (pa.ArrowException, OSError, ValueError, TypeError, KeyError, IndexError,
+                   NotImplementedError, MemoryError, OverflowError)
+
+
+def _read_parquet(path: Path) -> list[SourcePassage]:
+    try:
+        names = pq.read_schema(path).names
+        if "text" not in names:
             raise DatasetError(path, "needs a 'text' column")
+        key = next((c for c in ("passage_id", "id") if c in names), None)
+        table = pq.read_table(path, columns=["text"] + ([key] if key else []))
         texts = table.column("text").to_pylist()
-        key = next((c for c in ("passage_id", "id") if c in table.column_names), None)
-        ids = table.column(key).to_pylist() if key else [passage_id_for(t) for t in texts]
-        return [(str(i), t) for i, t in zip(ids, texts)]
-    raise DatasetError(path, "ingest takes .jsonl, .parquet or a folder of .txt files")
+        ids = table.column(key).to_pylist() if key else None
+    except DatasetError:
+        raise
+    except _PARQUET_ERRORS as exc:
+        raise DatasetError(path, f"not a readable Parquet file ({_one_line(exc) or type(exc).__name__})") from None
+    if ids is None:
+        return [_checked(None, t, path, row, hash_missing=True) for row, t in enumerate(texts)]
+    return [_checked(i, t, path, row) for row, (i, t) in enumerate(zip(ids, texts))]
+
+
+def _read_folder(path: Path) -> list[SourcePassage]:
+    if (path / PASSAGES).is_file() and (path / "questions.parquet").is_file():
+        return [SourcePassage(p.passage_id, p.text, path / PASSAGES, row, False, p.passage_id, p.text)
+                for row, p in enumerate(read_dataset(path).passages)]
+    files = sorted(path.glob("*.txt"))
+    if not files:
+        raise DatasetError(path, "no .txt files (and not a dataset directory)")
+    return [_checked(f.stem, _decode(_read_bytes(f), f, line=False), f, None) for f in files]
+
+
+def _read_sources(path: Path) -> list[SourcePassage]:
+    """Checked passages from a JSONL file, a Parquet file or a folder of ``.txt`` files (not split)."""
+    if path.is_dir():
+        return _read_folder(path)
+    if path.suffix not in (".jsonl", ".parquet"):
+        raise DatasetError(path, "ingest takes .jsonl, .parquet or a folder of .txt files")
+    if not path.exists():
+        raise DatasetError(path, "no such file")
+    return _read_jsonl(path) if path.suffix == ".jsonl" else _read_parquet(path)
+
+
+def _prepare(rows: Iterable[SourcePassage]) -> list[SourcePassage]:
+    """Refuse an id given twice with different texts (naming both rows); split long passages."""
+    first: dict[str, SourcePassage] = {}
+    out: list[SourcePassage] = []
+    for source in rows:
+        earlier = first.setdefault(source.given_id, source)
+        if earlier.whole != source.whole:
+            raise source.error(f"passage id {_show(source.given_id)} is also given at {earlier.where} "
+                               "with different text; give one of them another id")
+        chunks = split_passage(source.whole)
+        if len(chunks) == 1:
+            out.append(source)
+            continue
+        out += [SourcePassage(f"{source.given_id}#{k}", chunk, source.path, source.row, source.line,
+                              source.given_id, source.whole) for k, chunk in enumerate(chunks, 1)]
+    # A chunk id can still meet an id given as such ('x#1' beside a long 'x').
+    seen: dict[str, SourcePassage] = {}
+    for source in out:
+        earlier = seen.setdefault(source.passage_id, source)
+        if earlier.text != source.text:
+            raise source.error(f"passage id {_show(source.passage_id)} is also given at {earlier.where} "
+                               "with different text; give one of them another id")
+    return out
+
+
+def read_sources(sources: Iterable[str | Path]) -> list[SourcePassage]:
+    """Read and check every source of one ingest, before any store is touched (see the module docstring)."""
+    rows: list[SourcePassage] = []
+    for source in sources:
+        rows += _read_sources(Path(source))
+    return _prepare(rows)
 
 
 class SiteStore:
@@ -126,29 +345,53 @@ class SiteStore:
         return {p.passage_id: supplied.get(p.passage_id) or cloze_augmentation(p) for p in self.passages()}
 
     def ingest(self, sources: Iterable[str | Path]) -> IngestReport:
-        """Add passages from JSONL, Parquet or text-folder sources (see the module docstring)."""
-        pairs: list[tuple[str, str]] = []
-        for source in sources:
-            pairs += _read_sources(Path(source))
-        return self.add_passages(pairs)
+        """Add passages from JSONL, Parquet or text-folder sources (see the module docstring).
+
+        All or nothing: every source is read and checked first; any bad row raises a
+        :class:`DatasetError` naming its file and row, and then nothing of this call is stored.
+        """
+        return self.add_read(read_sources(sources))
 
     def add_passages(self, pairs: Iterable[tuple[str, str]],
                      augmentations: dict[str, Augmentation] | None = None) -> IngestReport:
-        """Add (id, text) passages and, optionally, their augmentation; idempotent and atomic."""
+        """Add (id, text) passages and, optionally, their augmentation; idempotent and atomic.
+
+        The pairs are checked as ingested rows are (an error names ``<data_dir>, row N``, N counted
+        from 0); a passage over the limit is split, and its augmentation then left out.
+        """
+        rows = [_checked(pid, text, self.root, row) for row, (pid, text) in enumerate(pairs)]
+        return self.add_read(_prepare(rows), augmentations)
+
+    def add_read(self, passages: Iterable[SourcePassage],
+                 augmentations: dict[str, Augmentation] | None = None) -> IngestReport:
+        """Store passages from :func:`read_sources`; nothing is written unless all of them can be."""
         existing = {p.passage_id: p.text for p in self.passages()}
         new: dict[str, str] = {}
         unchanged = 0
-        for pid, text in pairs:
-            if not text.strip():
-                raise DatasetError(self.root, f"passage '{pid}' is empty")
-            known = existing.get(pid, new.get(pid))
+        split: set[str] = set()
+        kept_whole: set[str] = set()  # long passages stored unsplit by an older version, given again
+        for source in passages:
+            if source.passage_id != source.given_id:  # a chunk of a long passage
+                stored = existing.get(source.given_id)
+                if stored == source.whole:
+                    if source.given_id not in kept_whole:
+                        kept_whole.add(source.given_id)
+                        unchanged += 1
+                    continue
+                if stored is not None:
+                    raise source.error(f"passage id {_show(source.given_id)} is already stored with different "
+                                       "text; give the new passage another id")
+                split.add(source.given_id)
+            known = existing.get(source.passage_id, new.get(source.passage_id))
             if known is None:
-                new[pid] = text
-            elif known == text:
+                new[source.passage_id] = source.text
+            elif known == source.text:
                 unchanged += 1
-            else:
-                raise DatasetError(self.root, f"passage id '{pid}' is already stored with different text; "
-                                              "give the new passage another id")
+            elif source.passage_id in existing:
+                raise source.error(f"passage id {_show(source.passage_id)} is already stored with different "
+                                   "text; give the new passage another id")
+            else:  # read_sources refuses these already; kept for passages built elsewhere
+                raise source.error(f"passage id {_show(source.passage_id)} is given twice with different text")
         if augmentations:
             self._merge_augmentations({k: v for k, v in augmentations.items() if k in new or k in existing})
         if new:
@@ -156,7 +399,7 @@ class SiteStore:
             table = pa.table({"passage_id": list(merged), "text": list(merged.values())})
             with atomic_path(self.root / PASSAGES) as tmp:
                 pq.write_table(table, tmp)
-        return IngestReport(added=len(new), unchanged=unchanged)
+        return IngestReport(added=len(new), unchanged=unchanged, split=len(split))
 
     def _merge_augmentations(self, extra: dict[str, Augmentation]) -> None:
         path = self.root / AUGMENTATIONS
@@ -167,31 +410,27 @@ class SiteStore:
         with atomic_path(path) as tmp:
             pq.write_table(pa.Table.from_pylist(list(rows.values())), tmp)
 
-    def routing(self, n_groups: int, n_experts: int, base_digest: str, home: list[int] | None = None) -> torch.Tensor:
-        """This site's routing logits ``[P, G, K]`` in passage order.
+    def routing(self, pool: ExpertPool, base_digest: str, home: list[int] | None = None) -> torch.Tensor:
+        """This site's routing logits ``[P, G, K]`` for ``pool``, in passage order.
 
-        Stored rows are kept; new passages start near zero or, given the site's ``home`` experts,
-        on those (logit +3, the others −3), so that sites store their facts in different experts.
+        Stored rows are kept (rows of another shape or base model are refused, never dropped);
+        passages without one start near zero or, given the site's ``home`` experts, on those
+        (logit +3, the others −3), so that sites store their facts in different experts.
         """
         passages = self.passages()
         generator = torch.Generator().manual_seed(int(hashlib.sha256(self.state.site_id.encode()).hexdigest()[:8], 16))
-        logits = torch.empty(len(passages), n_groups, n_experts).normal_(0.0, 0.01, generator=generator)
+        logits = torch.empty(len(passages), pool.n_groups, pool.n_experts).normal_(0.0, 0.01, generator=generator)
         if home:
-            lean = torch.full((n_experts,), -3.0)
+            lean = torch.full((pool.n_experts,), -3.0)
             lean[home] = 3.0
             logits += lean
         if (self.root / ROUTING / "manifest.json").is_file():
-            tensors, manifest = load_encoding(self.root / ROUTING, _ROUTING_METHOD, base_digest)
-            stored = RoutingTable(manifest["passage_ids"], tensors["logits"])
-            if stored.logits.shape[1:] == (n_groups, n_experts):
-                position = {pid: i for i, pid in enumerate(stored.passage_ids)}
-                for row, p in enumerate(passages):
-                    if p.passage_id in position:
-                        logits[row] = stored.logits[position[p.passage_id]]
+            stored = load_routing(self.root / ROUTING, pool, base_digest, same_pool=False)
+            kept = set(stored.passage_ids)
+            rows = [row for row, p in enumerate(passages) if p.passage_id in kept]
+            logits[rows] = stored.logits[stored.rows([passages[row].passage_id for row in rows])]
         return logits
 
-    def save_routing(self, routing: RoutingTable, pool_version: int, base_digest: str) -> None:
-        manifest = {"method": _ROUTING_METHOD, "format_version": 1, "base_model_digest": base_digest,
-                    "pool_version": pool_version, "passage_ids": routing.passage_ids}
-        save_encoding(self.root / ROUTING, {"logits": routing.logits}, manifest)
-
+    def save_routing(self, routing: RoutingTable, pool: ExpertPool, pool_version: int, base_digest: str) -> None:
+        """Keep the rows trained in a round against ``pool`` (version ``pool_version``)."""
+        save_routing(self.root / ROUTING, routing, pool, base_digest, pool_version)

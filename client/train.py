@@ -7,15 +7,15 @@ plus its routing mass per expert (``m_sk = Σ_p w_pk``). Passage text stays in t
 
 from __future__ import annotations
 
-from client.store import SiteStore
-from shared.log import get_logger
-from shared.lora.layers import attach_lora
-from shared.methods.poly.config import PolyConfig
-from shared.methods.poly.layers import routing_weights
-from shared.methods.poly.serializer import pool_arrays, pool_from_arrays
-from shared.methods.poly.trainer import train_pool
-from shared.models.loading import BaseModel
-from shared.wire import RoundTask, SiteUpdate
+from fedprag.client.store import SiteStore
+from fedprag.shared.log import get_logger
+from fedprag.shared.lora.layers import attach_lora
+from fedprag.shared.methods.poly.config import PolyConfig
+from fedprag.shared.methods.poly.layers import routing_weights
+from fedprag.shared.methods.poly.serializer import pool_arrays, pool_from_arrays
+from fedprag.shared.methods.poly.trainer import train_pool
+from fedprag.shared.models.loading import BaseModel
+from fedprag.shared.wire import RoundTask, SiteUpdate
 
 log = get_logger(__name__)
 
@@ -31,10 +31,10 @@ def local_round(store: SiteStore, base: BaseModel, task: RoundTask) -> SiteUpdat
     if not store.state.home_experts and task.settings.get("home_experts", 0) > 0:
         size, block = int(task.settings["home_experts"]), int(task.settings["home_block"])
         store.state.home_experts = [(block * size + j) % pool.n_experts for j in range(size)]
-    start = store.routing(pool.n_groups, pool.n_experts, base.digest, store.state.home_experts)
+    start = store.routing(pool, base.digest, store.state.home_experts)
     trained = train_pool(base, attach_lora(base.model), passages, augmentations, config, show_progress=False,
                          start=(pool, start))
-    store.save_routing(trained.routing, task.pool_version, base.digest)
+    store.save_routing(trained.routing, trained.pool, task.pool_version, base.digest)
     store.state.rounds_joined.append(task.round)
     store.state.pool_version = task.pool_version
     store.save_state()

@@ -1,4 +1,3 @@
-"""Ray: the serving actor group, the central query API, and local cluster launchers.
-
-Arrives with the serving work; evaluation-time answering lives in :mod:`shared.eval`.
-"""
+"""Running fedprag on machines: the query path's fan-out to the sites (``fanout``), launchers for a
+federation (a SuperLink and SuperNodes on loopback, or Flower's Ray simulation) and the main job's
+federation (``demo``)."""

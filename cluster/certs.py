@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from shared.io import atomic_path
+from fedprag.shared.io import atomic_path
 
 LOOPBACK_NAMES: tuple[str, ...] = ("127.0.0.1", "::1", "localhost")
 

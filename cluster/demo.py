@@ -1,40 +1,53 @@
-"""The main job, ``fedprag demo``: a whole federation on one machine, then the results table.
+"""The main job's federation half, ``fedprag demo``: a whole federation on one machine.
 
 1. Build (or load) the base model and generate the benchmark, split over sites by Dirichlet(α).
 2. Lay out one site store per data owner; text stays in those stores.
 3. Run the federated rounds: a SuperLink (the coordinator's ServerApp) and one SuperNode per site
    as separate processes over TLS with node authentication (or, with ``federation.runtime =
    "simulation"``, every site as a Ray actor).
-4. Answer every test question through routed inference: each site's routing service searches its
-   own index and returns opaque ids, scores and routing vectors; the query API mixes the latest
-   federated pool. The table puts federated Poly-PRAG beside centralised Poly-PRAG (trained on the
-   union of the data), PRAG, standard RAG and closed-book, and lists the bytes each site sent.
+4. Start each site's routing service and the query API's fan-out over them.
+
+:func:`fedprag.shared.eval.federated.evaluate_federation` then answers every test question through
+that fan-out and puts federated Poly-PRAG beside the centralised methods; :func:`write_results`
+adds the bytes each site sent.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
-from client.routing_service import SiteRouter
-from cluster.deployment import federate
-from cluster.fanout import FederatedPoly
-from cluster.simulation import prepare_sites
-from coordinator.app import RoundReport, registry_dir
-from coordinator.registry import PoolRegistry
-from shared.config import FedpragConfig
-from shared.data.benchmark import make_benchmark
-from shared.eval.harness import evaluate
-from shared.eval.methods import build_methods
-from shared.eval.report import Report
-from shared.io import atomic_write_text
-from shared.log import get_logger
-from shared.models.loading import load_causal_lm
-from shared.retrieval.encoder import SentenceEncoder
+from fedprag.client.routing_service import SiteRouter
+from fedprag.cluster.deployment import federate
+from fedprag.cluster.fanout import FanOut
+from fedprag.cluster.simulation import prepare_sites
+from fedprag.coordinator.app import RoundReport, registry_dir
+from fedprag.coordinator.registry import PoolRegistry
+from fedprag.shared.config import FedpragConfig
+from fedprag.shared.data.benchmark import make_benchmark
+from fedprag.shared.data.schema import Dataset
+from fedprag.shared.eval.report import Report
+from fedprag.shared.io import atomic_write_text
+from fedprag.shared.log import get_logger
+from fedprag.shared.methods.poly.layers import ExpertPool
+from fedprag.shared.models.loading import BaseModel, load_causal_lm
+from fedprag.shared.retrieval.encoder import SentenceEncoder
 
 log = get_logger(__name__)
-BASELINES = ("closed_book", "standard_rag", "standard_rag_top1", "prag", "poly")
+
+
+@dataclass
+class Federation:
+    """A finished federation: its data, base model, latest pool, the sites' fan-out and its rounds."""
+
+    dataset: Dataset
+    base: BaseModel
+    pool: ExpertPool
+    pool_bytes: int
+    fanout: FanOut
+    rounds: list[RoundReport]
 
 
 def traffic_table(reports: list[RoundReport]) -> str:
@@ -47,9 +60,8 @@ def traffic_table(reports: list[RoundReport]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(config: FedpragConfig, show_progress: bool = True,
-             baselines: tuple[str, ...] = BASELINES) -> tuple[Report, list[RoundReport]]:
-    """Run the federation and the evaluation; writes ``demo.{md,json}`` under the federation work dir."""
+def run_federation(config: FedpragConfig, show_progress: bool = True) -> Federation:
+    """Steps 1–4 of the module docstring."""
     federation = config.federation
     work = Path(federation.work_dir)
     base = load_causal_lm(config.model.path, show_progress=show_progress)
@@ -63,15 +75,17 @@ def run_demo(config: FedpragConfig, show_progress: bool = True,
         raise RuntimeError("the federation published no pool; see the coordinator log")
     pool, manifest = latest
     encoder = SentenceEncoder()
-    routers = [SiteRouter(s, encoder, base.digest, pool.n_groups, pool.n_experts) for s in stores]
+    routers = [SiteRouter(s, encoder, base.digest, pool) for s in stores]
     pool_bytes = sum(f.stat().st_size for f in registry.path(manifest["version"]).iterdir())
-    federated = FederatedPoly(pool, routers, config.poly, pool_bytes, config.harness.top_k)
-    methods = [*build_methods(list(baselines), config.prag, config.poly), federated]
-    report = evaluate(dataset, base, methods, config.harness, work / "eval", show_progress)
-    json_path, md_path = report.write(work, stem="demo")
+    return Federation(dataset, base, pool, pool_bytes, FanOut(routers, config.harness.top_k, config.poly), reports)
+
+
+def write_results(report: Report, rounds: list[RoundReport], work_dir: str | Path) -> Path:
+    """Write ``demo.{md,json}`` under the work dir: the report plus each round's traffic; returns the Markdown path."""
+    json_path, md_path = report.write(work_dir, stem="demo")
     payload = json.loads(json_path.read_text())
-    payload["rounds"] = [r.__dict__ for r in reports]
+    payload["rounds"] = [r.__dict__ for r in rounds]
     atomic_write_text(json_path, json.dumps(payload, indent=2))
     atomic_write_text(md_path, md_path.read_text() + "\nFederated rounds (bytes each site sent):\n\n"
-                      + traffic_table(reports) + "\n")
-    return report, reports
+                      + traffic_table(rounds) + "\n")
+    return md_path

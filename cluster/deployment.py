@@ -2,14 +2,14 @@
 
 :class:`LocalDeployment` is what ``fedprag federate`` and ``fedprag demo`` run by default:
 
-1. TLS material and one authentication key pair per site (:mod:`cluster.certs`), kept under
+1. TLS material and one authentication key pair per site (:mod:`fedprag.cluster.certs`), kept under
    ``<work_dir>/certs`` and reused on the next start;
 2. ``flower-superlink`` with TLS and SuperNode authentication on a free loopback port;
 3. each site's public key registered with ``flwr supernode register`` — a SuperNode whose key
    is not registered is refused;
 4. one ``flower-supernode`` per site, serving that site's data directory;
-5. ``flwr run`` of the fedprag Flower app: its ServerApp is :data:`coordinator.app.server_app`,
-   its ClientApp :data:`client.app.client_app`, and its only run setting is the path of the
+5. ``flwr run`` of the fedprag Flower app: its ServerApp is :data:`fedprag.coordinator.app.server_app`,
+   its ClientApp :data:`fedprag.client.app.client_app`, and its only run setting is the path of the
    fedprag TOML file the coordinator reads.
 
 Each process runs in its own session, logs to ``<work_dir>/logs/<name>.log`` (``pids.json``
@@ -36,12 +36,12 @@ from typing import Self
 
 import psutil
 
-from cluster.certs import NodeKeys, TlsFiles, write_node_keys, write_tls
-from cluster.simulation import FLOWER_QUIET, simulate
-from coordinator.app import RoundReport, recorded_rounds, registry_dir
-from shared.config import FedpragConfig, config_to_toml
-from shared.io import atomic_write_text
-from shared.log import get_logger
+from fedprag.cluster.certs import NodeKeys, TlsFiles, write_node_keys, write_tls
+from fedprag.cluster.simulation import FLOWER_QUIET, simulate
+from fedprag.coordinator.app import RoundReport, recorded_rounds, registry_dir
+from fedprag.shared.config import FedpragConfig, config_to_toml
+from fedprag.shared.io import atomic_write_text
+from fedprag.shared.log import get_logger
 
 log = get_logger(__name__)
 
@@ -62,8 +62,8 @@ dependencies = []
 publisher = "fedprag"
 
 [tool.flwr.app.components]
-serverapp = "coordinator.app:server_app"
-clientapp = "client.app:client_app"
+serverapp = "fedprag.coordinator.app:server_app"
+clientapp = "fedprag.client.app:client_app"
 
 [tool.flwr.app.config]
 config = ""

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from flwr.simulation import run_simulation
 
-from client.app import make_client_app
-from client.store import SiteStore
-from coordinator.app import RoundReport, make_server_app, recorded_rounds, registry_dir
-from shared.config import FederationSection
-from shared.data.augment import augmentations_of
-from shared.data.schema import Dataset
-from shared.methods.poly.config import PolyConfig
+from fedprag.client.app import make_client_app
+from fedprag.client.store import SiteStore
+from fedprag.coordinator.app import RoundReport, make_server_app, recorded_rounds, registry_dir
+from fedprag.shared.config import FederationSection
+from fedprag.shared.data.augment import augmentations_of
+from fedprag.shared.data.schema import Dataset
+from fedprag.shared.methods.poly.config import PolyConfig
 
 # Quiet, offline Flower: no update check, no telemetry, no dependency installs.
 FLOWER_QUIET = {

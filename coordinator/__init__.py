@@ -1,4 +1,2 @@
-"""The Flower ServerApp, aggregation strategies and the versioned expert-pool registry.
-
-Arrives with the federation issue.
-"""
+"""The coordinator: the Flower ServerApp that runs federated rounds, the aggregation strategies, central
+differential privacy, and the versioned expert-pool registry."""

@@ -1,6 +1,6 @@
 """The coordinator's Flower ServerApp: broadcast the pool, collect updates, aggregate, checkpoint.
 
-Each round sends a :class:`~shared.wire.RoundTask` to every connected site, waits up to the round
+Each round sends a :class:`~fedprag.shared.wire.RoundTask` to every connected site, waits up to the round
 timeout, validates every reply (a malformed or missing one is logged and left out), aggregates
 with the configured strategy once at least ``min_sites`` valid updates arrived, and publishes the
 result as a new registry version. On start it resumes after the last published round.
@@ -20,18 +20,18 @@ from pathlib import Path
 from flwr.app import Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
 
-from coordinator.privacy import DPSettings, add_noise, clip_update, epsilon
-from coordinator.registry import PoolRegistry
-from coordinator.strategy import PoolStrategy, strategy_named
-from shared.config import FederationSection, load_config
-from shared.log import configure as configure_logging
-from shared.log import get_logger
-from shared.lora.layers import attach_lora
-from shared.methods.poly.config import PolyConfig
-from shared.methods.poly.layers import ExpertPool, placed
-from shared.methods.poly.serializer import pool_arrays, pool_from_arrays
-from shared.models.loading import load_causal_lm
-from shared.wire import RoundTask, SiteUpdate, WireError, record_bytes
+from fedprag.coordinator.privacy import DPSettings, add_noise, clip_update, epsilon
+from fedprag.coordinator.registry import PoolRegistry
+from fedprag.coordinator.strategy import PoolStrategy, strategy_named
+from fedprag.shared.config import FederationSection, load_config
+from fedprag.shared.log import configure as configure_logging
+from fedprag.shared.log import get_logger
+from fedprag.shared.lora.layers import attach_lora
+from fedprag.shared.methods.poly.config import PolyConfig
+from fedprag.shared.methods.poly.layers import ExpertPool, placed
+from fedprag.shared.methods.poly.serializer import pool_arrays, pool_from_arrays
+from fedprag.shared.models.loading import load_causal_lm
+from fedprag.shared.wire import RoundTask, SiteUpdate, WireError, record_bytes
 
 log = get_logger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.wire import SiteUpdate
+from fedprag.shared.wire import SiteUpdate
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ import json
 import re
 from pathlib import Path
 
-from shared.methods.poly.config import PolyConfig
-from shared.methods.poly.layers import ExpertPool
-from shared.methods.poly.serializer import load_pool, save_pool
+from fedprag.shared.methods.poly.config import PolyConfig
+from fedprag.shared.methods.poly.layers import ExpertPool
+from fedprag.shared.methods.poly.serializer import load_pool, save_pool
 
 _VERSION = re.compile(r"^v(\d{6})$")
 

@@ -5,7 +5,7 @@ wire schema) and rejects a malformed one without failing the round. They differ 
 site counts for each expert:
 
 * :class:`ExpertMassAggregation` — each site's *change* to expert ``k`` counts in proportion to
-  its routing mass on it, ``m_sk = Σ_p w_pk`` (DESIGN.md §3), relative to the expert's heaviest
+  its routing mass on it, ``m_sk = Σ_p w_pk`` (docs/design.md §3), relative to the expert's heaviest
   user: ``E_k ← E_k + Σ_s (m_sk / max_s' m_s'k) ΔE_sk``. The main user's change lands whole and
   light users' changes are scaled down, so sites that store different facts in different experts
   do not dilute each other, as an average would;
@@ -21,10 +21,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.log import get_logger
-from shared.methods.poly.layers import ExpertPool
-from shared.methods.poly.serializer import pool_arrays, pool_from_arrays
-from shared.wire import SiteUpdate, WireError
+from fedprag.shared.log import get_logger
+from fedprag.shared.methods.poly.layers import ExpertPool
+from fedprag.shared.methods.poly.serializer import pool_arrays, pool_from_arrays
+from fedprag.shared.wire import SiteUpdate, WireError
 
 log = get_logger(__name__)
 MASS_KEY = "routing_mass"

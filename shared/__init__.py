@@ -1,2 +1,2 @@
-"""Library code used by every part of fedprag: models, LoRA layers, encoding methods, retrieval,
-data schemas, metrics and the evaluation harness."""
+"""Library code used by every part of fedprag: models, LoRA layers, encoding methods, the query
+engine, retrieval, data schemas, metrics, configuration, the CLI and the evaluation harness."""

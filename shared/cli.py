@@ -1,6 +1,6 @@
 """The ``fedprag`` command line: one entry point, one subcommand group per job.
 
-    fedprag model build-tiny     train (or find cached) the built-in base model
+    fedprag model build-tiny     rebuild a built-in base model from its recipe (the default ships)
     fedprag data make            write the knowledge benchmark as Parquet
     fedprag data validate        check a dataset directory against the schema
     fedprag eval                 compare closed-book, standard RAG, PRAG, PRAG-combine and Poly-PRAG
@@ -25,11 +25,11 @@ from pathlib import Path
 
 from transformers.utils import logging as transformers_logging
 
-from shared import log
-from shared.config import ConfigError, FedpragConfig, load_config
-from shared.data.schema import DatasetError
-from shared.models.loading import ModelLoadError
-from shared.models.tiny.recipe import RECIPES, recipe_named
+from fedprag.shared import log
+from fedprag.shared.config import ConfigError, FedpragConfig, load_config
+from fedprag.shared.data.schema import DatasetError
+from fedprag.shared.models.loading import ModelLoadError
+from fedprag.shared.models.tiny.recipe import RECIPES, recipe_named
 
 Handler = Callable[[argparse.Namespace, FedpragConfig], int]
 
@@ -45,17 +45,23 @@ def _set_pairs(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _cmd_build_tiny(args: argparse.Namespace, config: FedpragConfig) -> int:
-    from shared.models.tiny.build import build_tiny
+    from fedprag.shared.models.tiny.build import build_tiny
+    from fedprag.shared.models.tiny.shipped import SHIPPED_ROOT, file_sha256, ship
 
     path = build_tiny(recipe_named(args.recipe), show_progress=not args.quiet)
-    metrics = (path / "metrics.json").read_text()
-    print(f"{path}\n{metrics}")
+    print(f"{path}\n{(path / 'metrics.json').read_text()}")
+    shipped = SHIPPED_ROOT / path.name / "model.safetensors"
+    if shipped.is_file():
+        same = file_sha256(shipped) == file_sha256(path / "model.safetensors")
+        print(f"weights {'equal' if same else 'DIFFER from'} the shipped {path.name}, bit for bit")
+    if args.ship:
+        print(f"shipped: {ship(path)}")
     return 0
 
 
 def _cmd_data_make(args: argparse.Namespace, config: FedpragConfig) -> int:
-    from shared.data.benchmark import make_benchmark
-    from shared.data.schema import write_dataset
+    from fedprag.shared.data.benchmark import make_benchmark
+    from fedprag.shared.data.schema import write_dataset
 
     dataset = make_benchmark(config.benchmark)
     write_dataset(dataset, args.out)
@@ -66,7 +72,7 @@ def _cmd_data_make(args: argparse.Namespace, config: FedpragConfig) -> int:
 
 
 def _cmd_data_validate(args: argparse.Namespace, config: FedpragConfig) -> int:
-    from shared.data.schema import read_dataset
+    from fedprag.shared.data.schema import read_dataset
 
     dataset = read_dataset(args.dir)
     print(f"ok: {len(dataset.passages)} passages, {len(dataset.questions)} questions, "
@@ -75,14 +81,14 @@ def _cmd_data_validate(args: argparse.Namespace, config: FedpragConfig) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace, config: FedpragConfig) -> int:
-    from shared.data.benchmark import make_benchmark
-    from shared.data.schema import read_dataset, write_dataset
-    from shared.eval.harness import evaluate
-    from shared.eval.methods import build_methods
-    from shared.models.loading import load_causal_lm
+    from fedprag.shared.data.benchmark import make_benchmark
+    from fedprag.shared.data.schema import read_dataset, write_dataset
+    from fedprag.shared.eval.harness import evaluate
+    from fedprag.shared.eval.methods import build_methods
+    from fedprag.shared.models.loading import load_causal_lm
 
     out = Path(config.eval.out)
-    methods = build_methods(list(config.eval.methods), config.prag, config.poly, config.distilled)
+    methods = build_methods(list(config.eval.methods), prag=config.prag, poly=config.poly, distilled=config.distilled)
     data_dir = Path(config.eval.data) if config.eval.data else out / "data"
     if not config.eval.data:
         write_dataset(make_benchmark(config.benchmark), data_dir)
@@ -100,7 +106,7 @@ def _federation_failures(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace, config: FedpragConfig) -> int:
-        from cluster.deployment import DeploymentError
+        from fedprag.cluster.deployment import DeploymentError
 
         try:
             return handler(args, config)
@@ -113,20 +119,23 @@ def _federation_failures(handler: Handler) -> Handler:
 
 @_federation_failures
 def _cmd_demo(args: argparse.Namespace, config: FedpragConfig) -> int:
-    from cluster.demo import run_demo, traffic_table
+    from fedprag.cluster.demo import run_federation, traffic_table, write_results
+    from fedprag.shared.eval.federated import evaluate_federation
 
-    report, rounds = run_demo(config, show_progress=not args.quiet)
+    federation = run_federation(config, show_progress=not args.quiet)
+    report = evaluate_federation(federation, config, show_progress=not args.quiet)
+    md_path = write_results(report, federation.rounds, config.federation.work_dir)
     print(report.to_markdown())
     print("Federated rounds (bytes each site sent):\n")
-    print(traffic_table(rounds))
-    print(f"\nresults: {Path(config.federation.work_dir) / 'demo.md'}")
+    print(traffic_table(federation.rounds))
+    print(f"\nresults: {md_path}")
     return 0
 
 
 @_federation_failures
 def _cmd_federate(args: argparse.Namespace, config: FedpragConfig) -> int:
-    from cluster.demo import traffic_table
-    from cluster.deployment import federate
+    from fedprag.cluster.demo import traffic_table
+    from fedprag.cluster.deployment import federate
 
     work = Path(config.federation.work_dir)
     sites = sorted((work / "sites").glob("site-*"), key=lambda p: (len(p.name), p.name))
@@ -137,7 +146,7 @@ def _cmd_federate(args: argparse.Namespace, config: FedpragConfig) -> int:
 
 
 def _cmd_certs(args: argparse.Namespace, config: FedpragConfig) -> int:
-    from cluster.certs import write_node_keys, write_tls
+    from fedprag.cluster.certs import write_node_keys, write_tls
 
     tls = write_tls(args.out, hosts=args.host, days=args.days)
     print(f"CA certificate:      {tls.ca_cert}   (flower-supernode --root-certificates)")
@@ -150,17 +159,19 @@ def _cmd_certs(args: argparse.Namespace, config: FedpragConfig) -> int:
 
 
 def _cmd_client_ingest(args: argparse.Namespace, config: FedpragConfig) -> int:
-    from client.store import SiteStore
+    from fedprag.client.store import SiteStore, read_sources
 
+    passages = read_sources(args.sources)  # every source is checked before the store is created or touched
     store = SiteStore(args.data_dir, site_id=args.site_id)
-    result = store.ingest(args.sources)
-    print(f"{store.state.site_id}: {result.added} passages added, {result.unchanged} already stored, "
+    result = store.add_read(passages)
+    split = f" ({result.split} long passages split into chunks)" if result.split else ""
+    print(f"{store.state.site_id}: {result.added} passages added{split}, {result.unchanged} already stored, "
           f"{len(store.passages())} in total")
     return 0
 
 
 def _cmd_client_status(args: argparse.Namespace, config: FedpragConfig) -> int:
-    from client.store import SiteStore
+    from fedprag.client.store import SiteStore
 
     if not Path(args.data_dir).is_dir():
         raise FileNotFoundError(f"{args.data_dir}: no site store here")
@@ -206,11 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
 
     model = groups.add_parser("model", help="base models").add_subparsers(dest="command", required=True)
-    build = model.add_parser("build-tiny", parents=[common], help="train or find the cached built-in model")
+    build = model.add_parser("build-tiny", parents=[common],
+                             help="rebuild a built-in model from its recipe (the default ships with fedprag)")
     build.add_argument("--recipe", default="default", choices=list(RECIPES),
                        help="default: about 110 min on 2 cores from nothing (the reader, about 18 min, then four "
                             "finishing stages, each cached: drilled, polished, annealed, default); small and "
-                            "small-reader: 2-4 min models for the integration tests")
+                            "small-reader: 2-4 min models for the integration tests. Builds are cached under "
+                            "$FEDPRAG_HOME/models and compared, bit for bit, with the shipped copy")
+    build.add_argument("--ship", action="store_true",
+                       help="for maintainers: copy the built model into the package's shipped models, with its "
+                            "SHA256SUMS")
     build.set_defaults(handler=_cmd_build_tiny)
 
     data = groups.add_parser("data", help="datasets").add_subparsers(dest="command", required=True)
@@ -256,9 +272,21 @@ def build_parser() -> argparse.ArgumentParser:
     certs.set_defaults(handler=_cmd_certs)
 
     client = groups.add_parser("client", help="the data-owner daemon's site store").add_subparsers(dest="command", required=True)
-    ingest = client.add_parser("ingest", parents=[common], help="add passages (idempotent; text never leaves the site)")
+    from fedprag.shared.data.schema import MAX_PASSAGE_CHARS  # the dataset limit, also ingest's chunk size
+
+    ingest = client.add_parser(
+        "ingest", parents=[common], help="add passages (idempotent, all or nothing; text never leaves the site)",
+        description="Add passages to a site store. Every source is checked first; a bad row (not UTF-8, not "
+                    "readable Parquet, a null/empty/non-string text, an id that is null, a float or a list, an id "
+                    "given again with other text) stops the ingest with one error naming file and row, and "
+                    f"nothing is stored. A passage over {MAX_PASSAGE_CHARS:,} characters is split at sentence "
+                    "(else whitespace) boundaries into chunks of at most that many characters, stored as "
+                    "<id>#1, <id>#2, ... (deterministic, so re-ingesting stays idempotent).")
     ingest.add_argument("data_dir", help="the site's data directory")
-    ingest.add_argument("sources", nargs="+", help=".jsonl ({'id', 'text'}), .parquet (text[, id]) or a folder of .txt files")
+    ingest.add_argument("sources", nargs="+",
+                        help=".jsonl ({'id', 'text'}; id a string or integer, optional), .parquet (text[, passage_id "
+                             f"or id]) or a folder of .txt files (UTF-8); passages over {MAX_PASSAGE_CHARS:,} "
+                             "characters become <id>#1, <id>#2, ...")
     ingest.add_argument("--site-id", help="the site's opaque id (first ingest only)")
     ingest.set_defaults(handler=_cmd_client_ingest)
     status = client.add_parser("status", parents=[common], help="passages, rounds joined and pool version")

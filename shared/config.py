@@ -29,11 +29,11 @@ from pathlib import Path
 
 import tomli_w
 
-from shared.data.benchmark import BenchmarkSpec
-from shared.eval.harness import HarnessConfig
-from shared.methods.distilled.config import DistilledConfig
-from shared.methods.poly.config import PolyConfig
-from shared.methods.prag.config import PRAGConfig
+from fedprag.shared.data.benchmark import BenchmarkSpec
+from fedprag.shared.eval.harness import HarnessConfig
+from fedprag.shared.methods.distilled.config import DistilledConfig
+from fedprag.shared.methods.poly.config import PolyConfig
+from fedprag.shared.methods.prag.config import PRAGConfig
 
 ENV_PREFIX = "FEDPRAG__"
 

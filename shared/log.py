@@ -63,4 +63,4 @@ def configure(level: str | None = None) -> None:
 
 def get_logger(module: str) -> StructuredLogger:
     """The structured logger for a module (all live under the ``fedprag`` logger)."""
-    return StructuredLogger(f"fedprag.{module}")
+    return StructuredLogger(module if module.startswith("fedprag.") else f"fedprag.{module}")

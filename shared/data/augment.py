@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from shared.data.schema import Augmentation, Dataset, Passage
+from fedprag.shared.data.schema import Augmentation, Dataset, Passage
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 

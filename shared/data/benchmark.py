@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.data import world
-from shared.data.schema import Augmentation, Dataset, Passage, Question
+from fedprag.shared.data import world
+from fedprag.shared.data.schema import Augmentation, Dataset, Passage, Question
 
 # The people the built-in model is pretrained on. Benchmarks never reuse their names.
 TRAINING_WORLD_SEED = 1000

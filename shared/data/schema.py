@@ -12,7 +12,7 @@ A dataset is a directory of Parquet files:
 ``augmentations.parquet`` (optional)
     ``passage_id`` string · ``rewrite`` string · ``qa_questions`` list<string> ·
     ``qa_answers`` list<string> of the same length. Encoding-time QA written by an augmenter; when it
-    is absent, :mod:`shared.data.augment` derives it from the passage text.
+    is absent, :mod:`fedprag.shared.data.augment` derives it from the passage text.
 
 Any problem ends in a :class:`DatasetError` that names the file and the row.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shared.io import atomic_path
+from fedprag.shared.io import atomic_path
 
 PASSAGES_FILE = "passages.parquet"
 QUESTIONS_FILE = "questions.parquet"

@@ -1,1 +1,1 @@
-"""Evaluation: answer metrics, batched generation, and the harness that compares methods."""
+"""Evaluation: the harness that compares methods on one dataset through the query engine, and its reports."""

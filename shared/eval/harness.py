@@ -17,17 +17,17 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from shared.data.schema import Dataset
-from shared.eval.generate import generate_answers
-from shared.eval.methods import EvalContext, Hits, Method
-from shared.eval.metrics import exact_match, token_f1
-from shared.eval.report import KindScore, MethodResult, Report
-from shared.eval.resources import PeakMemory, machine_description
-from shared.log import get_logger
-from shared.lora.layers import applied, attach_lora
-from shared.models.loading import BaseModel
-from shared.retrieval.encoder import SentenceEncoder
-from shared.retrieval.index import PassageIndex, complete_at_k, recall_at_k
+from fedprag.shared.data.schema import Dataset
+from fedprag.shared.eval.methods import EvalContext, EvalMethod, Hits
+from fedprag.shared.eval.report import KindScore, MethodResult, Report
+from fedprag.shared.eval.resources import PeakMemory, machine_description
+from fedprag.shared.log import get_logger
+from fedprag.shared.lora.layers import attach_lora
+from fedprag.shared.metrics import exact_match, token_f1
+from fedprag.shared.models.loading import BaseModel
+from fedprag.shared.query import QueryEngine
+from fedprag.shared.retrieval.encoder import SentenceEncoder
+from fedprag.shared.retrieval.index import PassageIndex, complete_at_k, recall_at_k
 
 log = get_logger(__name__)
 
@@ -72,9 +72,10 @@ class Retriever:
         about the person the first passage leads to (the mentor: 0 of 60 on the default
         benchmark); the sentence that names them does (30 of 60).
         """
-        scores, rows = self.index.search(self.encoder.embed(questions), k)
+        embeddings = self.encoder.embed(questions)
+        scores, rows = self.index.search(embeddings, k)
         hits = Hits([[int(r) for r in row if r >= 0] for row in rows],
-                    [[float(s) for s, r in zip(srow, row) if r >= 0] for srow, row in zip(scores, rows)])
+                    [[float(s) for s, r in zip(srow, row) if r >= 0] for srow, row in zip(scores, rows)], embeddings)
         return self._bridged(hits, k) if hops == 2 else hits
 
     def _bridged(self, hits: Hits, k: int) -> Hits:
@@ -92,7 +93,7 @@ class Retriever:
             kept = (head + rest)[:k]
             out_rows.append([r for r, _ in kept])
             out_scores.append([s for _, s in kept])
-        return Hits(out_rows, out_scores)
+        return Hits(out_rows, out_scores, hits.embeddings)
 
 
 def _sentences(text: str) -> list[str]:
@@ -108,29 +109,29 @@ def _score(dataset: Dataset, predictions: list[str]) -> dict[str, KindScore]:
             for kind, v in sorted(by_kind.items())}
 
 
-def _answer(ctx: EvalContext, method: Method, rows: list[int], hits: Hits, max_new_tokens: int) -> list[str]:
-    prompt_texts, adapter = method.inputs(ctx, rows, hits)
-    with applied(ctx.layers, adapter):
-        return generate_answers(ctx.base.model, ctx.base.tokenizer, prompt_texts, max_new_tokens)
+def _answer(ctx: EvalContext, engine: QueryEngine, method: EvalMethod, rows: list[int], hits: Hits,
+            max_new_tokens: int) -> list[str]:
+    return engine.answer(method.model(ctx), ctx.question_texts(rows), method.routings(ctx, rows, hits), max_new_tokens)
 
 
-def run_method(ctx: EvalContext, method: Method, retriever: Retriever, config: HarnessConfig) -> MethodResult:
+def run_method(ctx: EvalContext, method: EvalMethod, retriever: Retriever, config: HarnessConfig) -> MethodResult:
     """Encode, answer every question, and time single queries for one method."""
     questions = ctx.dataset.questions
+    engine = QueryEngine(ctx.base, ctx.layers)
     with PeakMemory() as memory:
         cost = method.encode(ctx)
         predictions: list[str] = []
         with tqdm(total=len(questions), desc=f"answer {method.name}", unit="q", disable=not ctx.show_progress) as bar:
             for start in range(0, len(questions), config.batch_size):
                 rows = list(range(start, min(start + config.batch_size, len(questions))))
-                predictions += _answer(ctx, method, rows, ctx.hits.select(rows), config.max_new_tokens)
+                predictions += _answer(ctx, engine, method, rows, ctx.hits.select(rows), config.max_new_tokens)
                 bar.update(len(rows))
         latencies = []
         sample = random.Random(config.seed).sample(range(len(questions)), min(config.latency_queries, len(questions)))
         for row in sample:
             started = time.perf_counter()
             retrieved = retriever.top_k([questions[row].text], config.top_k, config.hops)
-            _answer(ctx, method, [row], retrieved, config.max_new_tokens)
+            _answer(ctx, engine, method, [row], retrieved, config.max_new_tokens)
             latencies.append((time.perf_counter() - started) * 1000)
     result = MethodResult(
         method=method.name, scores=_score(ctx.dataset, predictions),
@@ -143,7 +144,7 @@ def run_method(ctx: EvalContext, method: Method, retriever: Retriever, config: H
     return result
 
 
-def evaluate(dataset: Dataset, base: BaseModel, methods: list[Method], config: HarnessConfig,
+def evaluate(dataset: Dataset, base: BaseModel, methods: list[EvalMethod], config: HarnessConfig,
              work_dir: Path, show_progress: bool = True) -> Report:
     """Run ``methods`` on ``dataset`` with one shared retrieval; returns the report."""
     config.validate()

@@ -1,62 +1,41 @@
-"""The methods the harness compares, each as ``encode`` once, then ``inputs`` per batch of questions.
+"""What the harness compares, wired in from the method registry.
 
-A method turns a batch of questions (with their retrieved passages) into prompts plus an optional
-per-request adapter; the harness does the rest identically for all of them.
+An evaluated method is a :class:`~fedprag.shared.methods.base.MethodModel` plus where each
+question's :class:`~fedprag.shared.methods.base.Routing` comes from: the harness's own retrieval
+(the baselines and every registered method), or a routing function such as a federation's fan-out
+(:class:`Routed`). The harness answers them all the same way, through the query engine.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
-import torch
 
-from shared import prompts
-from shared.data.augment import augmentations_of
-from shared.data.benchmark import synthetic_population
-from shared.data.schema import Augmentation, Dataset
-from shared.lora.layers import Adapter, LoRALinear
-from shared.methods.distilled import DistilledConfig
-from shared.methods.distilled import serializer as distilled_serializer
-from shared.methods.poly import PolyConfig
-from shared.methods.poly import serializer as poly_serializer
-from shared.methods.poly import trainer as poly_trainer
-from shared.methods.poly.layers import (
-    ExpertPool,
-    QueryRouter,
-    RoutingTable,
-    combine,
-    keep_top_m,
-    routing_weights,
-)
-from shared.methods.prag import PRAGAdapters, PRAGConfig
-from shared.methods.prag import serializer as prag_serializer
-from shared.methods.prag.trainer import encode_passages
-from shared.models.loading import BaseModel
-
-
-@dataclass
-class EncodingCost:
-    """What encoding the corpus cost: wall seconds per passage and stored bytes."""
-
-    seconds_per_passage: float = 0.0
-    stored_bytes: int = 0
+from fedprag.shared.data.augment import augmentations_of
+from fedprag.shared.data.schema import Dataset
+from fedprag.shared.lora.layers import LoRALinear
+from fedprag.shared.methods import REGISTRY, method_model, method_of
+from fedprag.shared.methods.base import Corpus, EncodingCost, MethodConfig, MethodModel, Routing
+from fedprag.shared.methods.baselines import ClosedBookModel, StandardRAGModel
+from fedprag.shared.models.loading import BaseModel
 
 
 @dataclass
 class Hits:
-    """Retrieval results for a list of questions: top-k passage rows and their scores."""
+    """Retrieval results for a list of questions: top-k passage rows, their scores, and the
+    questions' embeddings."""
 
     rows: list[list[int]]
     scores: list[list[float]]
+    embeddings: np.ndarray | None = None
 
     def select(self, questions: list[int]) -> Hits:
-        return Hits([self.rows[q] for q in questions], [self.scores[q] for q in questions])
+        embeddings = None if self.embeddings is None else self.embeddings[questions]
+        return Hits([self.rows[q] for q in questions], [self.scores[q] for q in questions], embeddings)
 
 
 @dataclass
@@ -68,7 +47,7 @@ class EvalContext:
     layers: dict[str, LoRALinear]
     hits: Hits  # top-k passages per question
     work_dir: Path
-    embed: Callable[[list[str]], np.ndarray]  # the retrieval encoder, for methods that route on the query
+    embed: Callable[[list[str]], np.ndarray]  # the retrieval encoder
     show_progress: bool = True
     encodings: dict[str, object] = field(default_factory=dict)
 
@@ -78,218 +57,95 @@ class EvalContext:
     def passage_texts(self, passage_rows: list[int]) -> list[str]:
         return [self.dataset.passages[p].text for p in passage_rows]
 
-    def augmentations(self) -> dict[str, Augmentation]:
-        """Every passage's encoding-time augmentation (the dataset's own, else the cloze fallback)."""
-        return augmentations_of(self.dataset)
+    @cached_property
+    def corpus(self) -> Corpus:
+        """The dataset's passages as a corpus to encode (the dataset's augmentation, else cloze)."""
+        return Corpus(self.base, self.layers, list(self.dataset.passages), augmentations_of(self.dataset),
+                      self.embed, self.work_dir, self.show_progress, self.encodings)
+
+    def routings(self, hits: Hits) -> list[Routing]:
+        """Each question's routing from its retrieved passages."""
+        out = []
+        for q, (rows, scores) in enumerate(zip(hits.rows, hits.scores)):
+            out.append(Routing(passage_ids=tuple(self.dataset.passages[r].passage_id for r in rows),
+                               scores=tuple(scores), documents=tuple(self.passage_texts(rows)),
+                               embedding=None if hits.embeddings is None else hits.embeddings[q]))
+        return out
 
 
-class Method(Protocol):
+class EvalMethod:
+    """A named method the harness evaluates: encode once, then a model and routings per batch."""
+
     name: str
 
-    def encode(self, ctx: EvalContext) -> EncodingCost: ...
-
-    def inputs(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> tuple[list[str], Adapter | None]: ...
-
-
-class ClosedBook:
-    """The bare base model, no retrieval: the floor every method must beat."""
-
-    name = "closed_book"
-
     def encode(self, ctx: EvalContext) -> EncodingCost:
+        """Encode the corpus (once); what it cost."""
         return EncodingCost()
 
-    def inputs(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> tuple[list[str], Adapter | None]:
-        return [prompts.closed_book(q) for q in ctx.question_texts(question_rows)], None
+    def model(self, ctx: EvalContext) -> MethodModel:
+        raise NotImplementedError
+
+    def routings(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> list[Routing]:
+        return ctx.routings(hits)
 
 
-class StandardRAG:
-    """Retrieved passages in context: the ceiling parametric methods aim for.
+class Baseline(EvalMethod):
+    """A method with nothing to encode: closed-book or standard RAG."""
 
-    By default every retrieved passage (the harness's top-k) goes in; ``passages=1`` keeps only
-    the best one, which is how a reader that cannot tell passages apart should be measured.
+    def __init__(self, model: MethodModel):
+        self._model = model
+        self.name = model.name
+
+    def model(self, ctx: EvalContext) -> MethodModel:
+        return self._model
+
+
+class Encoded(EvalMethod):
+    """A registered method's variant: its ``encode_corpus`` on the dataset, then its model.
+
+    A variant named ``<method>_irrelevant`` is the ablation that checks an adapter depends on its
+    documents: each question's retrieved passages are swapped for as many others that are neither
+    retrieved nor gold for it.
     """
 
-    def __init__(self, passages: int | None = None):
-        self.passages = passages
-        self.name = "standard_rag" if passages is None else f"standard_rag_top{passages}"
+    def __init__(self, variant: str, method: str, config: MethodConfig):
+        self.name, self.method, self.config = variant, method, config
+        self.irrelevant = variant.endswith("_irrelevant")
+
+    def _encoded(self, ctx: EvalContext) -> tuple[MethodModel, EncodingCost]:
+        return method_model(self.method).encode_corpus(ctx.corpus, self.config, self.name)  # cached in the corpus
 
     def encode(self, ctx: EvalContext) -> EncodingCost:
-        return EncodingCost()
+        return self._encoded(ctx)[1]
 
-    def inputs(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> tuple[list[str], Adapter | None]:
-        texts = ctx.question_texts(question_rows)
-        return [prompts.with_context(ctx.passage_texts(r[:self.passages]), q) for q, r in zip(texts, hits.rows)], None
+    def model(self, ctx: EvalContext) -> MethodModel:
+        return self._encoded(ctx)[0]
 
-
-class PRAG:
-    """One LoRA per passage, top-k summed; ``combine`` also puts the passages in context."""
-
-    def __init__(self, config: PRAGConfig, combine: bool = False):
-        self.config = config
-        self.combine = combine
-        self.name = "prag_combine" if combine else "prag"
-
-    def encode(self, ctx: EvalContext) -> EncodingCost:
-        if "prag" not in ctx.encodings:
-            passages = ctx.dataset.passages
-            started = time.perf_counter()
-            adapters = encode_passages(ctx.base, ctx.layers, passages, ctx.augmentations(), self.config, ctx.show_progress)
-            seconds = (time.perf_counter() - started) / len(passages)
-            stored = prag_serializer.save(ctx.work_dir / "prag", adapters, self.config, ctx.base.digest)
-            ctx.encodings["prag"] = (prag_serializer.load(ctx.work_dir / "prag", ctx.base.digest),
-                                     EncodingCost(seconds, stored))
-        return ctx.encodings["prag"][1]
-
-    def inputs(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> tuple[list[str], Adapter | None]:
-        adapters: PRAGAdapters = ctx.encodings["prag"][0]
-        adapter = adapters.summed(torch.tensor(hits.rows, dtype=torch.long))
-        texts = ctx.question_texts(question_rows)
-        if self.combine:
-            return [prompts.with_context(ctx.passage_texts(r), q) for q, r in zip(texts, hits.rows)], adapter
-        return [prompts.closed_book(q) for q in texts], adapter
-
-
-@dataclass
-class PolyEncoding:
-    """A trained pool, its passages' routing (and optionally a query router), and what it cost."""
-
-    pool: ExpertPool
-    routing: RoutingTable
-    cost: EncodingCost
-    router: QueryRouter | None = None
-
-
-class PolyPRAG:
-    """Poly-PRAG: one shared expert pool; each request answers under its passages' mixture.
-
-    Variants: ``poly`` (learned routing, combined over the top-k by score), ``poly_uniform`` (the
-    ablation: pool trained and used with equal weights on every expert), ``poly_incremental``
-    (pool trained on half the passages, plus ``poly.incremental_population`` synthetic people when
-    set; the other half encoded routing-only against the frozen pool) and ``poly_router`` (the
-    learned query router instead of per-passage routing).
-    """
-
-    VARIANTS = ("poly", "poly_uniform", "poly_incremental", "poly_router")
-
-    def __init__(self, config: PolyConfig, variant: str = "poly"):
-        if variant not in self.VARIANTS:
-            raise ValueError(f"unknown Poly-PRAG variant '{variant}' (known: {', '.join(self.VARIANTS)})")
-        self.config = dataclasses.replace(config, uniform=True) if variant == "poly_uniform" else config
-        self.variant = variant
-        self.name = variant
-        self.key = "poly" if variant == "poly_router" else variant  # the router reuses poly's encoding
-
-    def _store(self, ctx: EvalContext, key: str, pool: ExpertPool, routing: RoutingTable) -> tuple[ExpertPool, RoutingTable, int]:
-        """Round-trip the encoding through disk, as a deployment would; returns it and its bytes."""
-        root = ctx.work_dir / key
-        stored = poly_serializer.save_pool(root / "pool", pool, self.config, ctx.base.digest)
-        stored += poly_serializer.save_routing(root / "routing", routing, pool, ctx.base.digest)
-        loaded, _ = poly_serializer.load_pool(root / "pool", ctx.base.digest)
-        return loaded, poly_serializer.load_routing(root / "routing", loaded, ctx.base.digest), stored
-
-    def _encode_full(self, ctx: EvalContext) -> PolyEncoding:
-        passages = ctx.dataset.passages
-        started = time.perf_counter()
-        pool, routing, *_ = poly_trainer.train_pool(ctx.base, ctx.layers, passages, ctx.augmentations(), self.config,
-                                                    ctx.show_progress)
-        seconds = (time.perf_counter() - started) / len(passages)
-        pool, routing, stored = self._store(ctx, self.key, pool, routing)
-        return PolyEncoding(pool, routing, EncodingCost(seconds, stored))
-
-    def _encode_incremental(self, ctx: EvalContext) -> PolyEncoding:
-        passages = ctx.dataset.passages
-        augmentations = ctx.augmentations()
-        initial, added = passages[0::2], passages[1::2]
-        fitted = initial
-        if self.config.incremental_population:  # a site's existing corpus, beside the dataset's initial half
-            others, other_augmentations = synthetic_population(self.config.incremental_population)
-            fitted, augmentations = initial + others, {**augmentations, **other_augmentations}
-        pool, routing, *_ = poly_trainer.train_pool(ctx.base, ctx.layers, fitted, augmentations, self.config, ctx.show_progress)
-        routing = RoutingTable(routing.passage_ids[:len(initial)], routing.logits[:len(initial)])  # the dataset's rows
-        started = time.perf_counter()
-        new_rows = poly_trainer.encode_incremental(ctx.base, ctx.layers, pool, added, augmentations, self.config, ctx.show_progress)
-        seconds = (time.perf_counter() - started) / len(added)
-        pool, routing, stored = self._store(ctx, "poly_incremental", pool, routing.extended(new_rows))
-        return PolyEncoding(pool, routing, EncodingCost(seconds, stored))
-
-    def encode(self, ctx: EvalContext) -> EncodingCost:
-        if self.key not in ctx.encodings:
-            incremental = self.key == "poly_incremental"
-            ctx.encodings[self.key] = self._encode_incremental(ctx) if incremental else self._encode_full(ctx)
-        encoding: PolyEncoding = ctx.encodings[self.key]
-        if self.variant == "poly_router" and encoding.router is None:
-            encoding.router = poly_trainer.train_query_router(ctx.embed, encoding.routing, ctx.augmentations(),
-                                                              seed=self.config.seed)
-        return encoding.cost
-
-    def expert_weights(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> torch.Tensor:
-        """Per-request expert weights ``[b, G, K]``: the routed inference path of DESIGN.md §2.2."""
-        encoding: PolyEncoding = ctx.encodings[self.key]
-        pool, config = encoding.pool, self.config
-        if config.uniform:
-            return torch.full((len(question_rows), pool.n_groups, pool.n_experts), 1.0 / pool.n_experts)
-        if encoding.router is not None:
-            logits = encoding.router(torch.from_numpy(ctx.embed(ctx.question_texts(question_rows))).float())
-            return keep_top_m(routing_weights(logits), config.top_m)
-        ids = [[ctx.dataset.passages[r].passage_id for r in rows] for rows in hits.rows]
-        weights = torch.stack([encoding.routing.weights(i) for i in ids])
-        return combine(weights, torch.tensor(hits.scores), config.top_m, config.score_temperature)
-
-    def inputs(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> tuple[list[str], Adapter | None]:
-        pool = ctx.encodings[self.key].pool
-        adapter = pool.adapter(self.expert_weights(ctx, question_rows, hits))
-        return [prompts.closed_book(q) for q in ctx.question_texts(question_rows)], adapter
-
-
-class DistilledPRAG:
-    """DistilledPRAG: the generator turns the top-k passages into one LoRA, and the prompt holds
-    mask tokens where the passages were (DESIGN.md §2.3).
-
-    The generator is distilled once per base model on synthetic documents about other people
-    (cached under ``$FEDPRAG_HOME/generators``), so every evaluated passage is one it never saw.
-    Encoding a passage is one generator forward; the generator runs again for each query's top-k.
-
-    ``distilled_top1`` hands the generator only the best passage. ``distilled_irrelevant`` is the
-    ablation that checks the LoRA depends on its documents: the retrieved passages are swapped for
-    as many others that are neither retrieved nor gold for the question, so exact match should
-    fall to closed-book.
-    """
-
-    VARIANTS = ("distilled", "distilled_top1", "distilled_irrelevant")
-    KEY = "distilled"  # every variant shares one generator and one encoding cost
-
-    def __init__(self, config: DistilledConfig, variant: str = "distilled"):
-        if variant not in self.VARIANTS:
-            raise ValueError(f"unknown DistilledPRAG variant '{variant}' (known: {', '.join(self.VARIANTS)})")
-        self.config = config
-        self.name = variant
-        self.passages = 1 if variant == "distilled_top1" else None
-        self.irrelevant = variant == "distilled_irrelevant"
-
-    def encode(self, ctx: EvalContext) -> EncodingCost:
-        if self.KEY not in ctx.encodings:
-            encoder, path = distilled_serializer.cached_generator(ctx.base, ctx.layers, self.config, ctx.show_progress)
-            texts = [p.text for p in ctx.dataset.passages]
-            encoder.encode(texts[:16])  # warm-up: one-time allocations, not per-passage cost
-            started = time.perf_counter()
-            encoder.encode(texts)
-            seconds = (time.perf_counter() - started) / len(texts)
-            stored = sum(f.stat().st_size for f in path.iterdir())
-            ctx.encodings[self.KEY] = (encoder, EncodingCost(seconds, stored))
-        return ctx.encodings[self.KEY][1]
-
-    def inputs(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> tuple[list[str], Adapter | None]:
-        encoder = ctx.encodings[self.KEY][0]
-        rows = hits.rows
+    def routings(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> list[Routing]:
         if self.irrelevant:
             position = ctx.dataset.passage_index()
             rows = [_elsewhere(ctx, position, q, found) for q, found in zip(question_rows, hits.rows)]
-        documents = [ctx.passage_texts(found[:self.passages]) for found in rows]
-        with torch.no_grad():
-            adapter = encoder.adapters(documents)
-        texts = ctx.question_texts(question_rows)
-        return [encoder.masked_prompt(d, q) for d, q in zip(documents, texts)], adapter
+            hits = Hits(rows, hits.scores, hits.embeddings)
+        return ctx.routings(hits)
+
+
+class Routed(EvalMethod):
+    """A model whose routings come from a function of the questions' embeddings (a federation's
+    fan-out to its sites), not from the harness's retrieval."""
+
+    def __init__(self, model: MethodModel, route: Callable[[np.ndarray], list[Routing]], stored_bytes: int = 0):
+        self._model, self.route, self.stored_bytes = model, route, stored_bytes
+        self.name = model.name
+
+    def encode(self, ctx: EvalContext) -> EncodingCost:
+        return EncodingCost(0.0, self.stored_bytes)
+
+    def model(self, ctx: EvalContext) -> MethodModel:
+        return self._model
+
+    def routings(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> list[Routing]:
+        embeddings = hits.embeddings if hits.embeddings is not None else ctx.embed(ctx.question_texts(question_rows))
+        return self.route(embeddings)
 
 
 def _elsewhere(ctx: EvalContext, position: dict[str, int], question_row: int, found: list[int]) -> list[int]:
@@ -298,8 +154,8 @@ def _elsewhere(ctx: EvalContext, position: dict[str, int], question_row: int, fo
     count = len(ctx.dataset.passages)
     taken = set(found) | {position[g] for g in ctx.dataset.questions[question_row].gold_passage_ids}
     if count < len(taken) + len(found):
-        raise ValueError(f"distilled_irrelevant: needs more than {len(taken) + len(found) - 1} passages, "
-                         f"the dataset has {count}")
+        raise ValueError(f"{len(found)} irrelevant passages: needs more than {len(taken) + len(found) - 1} "
+                         f"passages, the dataset has {count}")
     swapped = []
     for row in found:
         other = (row + count // 2) % count
@@ -310,20 +166,25 @@ def _elsewhere(ctx: EvalContext, position: dict[str, int], question_row: int, fo
     return swapped
 
 
-def build_methods(names: list[str], prag: PRAGConfig, poly: PolyConfig | None = None,
-                  distilled: DistilledConfig | None = None) -> list[Method]:
-    """Instantiate methods by name, with an error that lists the known names."""
-    factories = {
-        "closed_book": ClosedBook,
-        "standard_rag": StandardRAG,
-        "standard_rag_top1": lambda: StandardRAG(passages=1),
-        "prag": lambda: PRAG(prag),
-        "prag_combine": lambda: PRAG(prag, combine=True),
-        **{variant: (lambda v=variant: PolyPRAG(poly or PolyConfig(), v)) for variant in PolyPRAG.VARIANTS},
-        **{variant: (lambda v=variant: DistilledPRAG(distilled or DistilledConfig(), v))
-           for variant in DistilledPRAG.VARIANTS},
-    }
-    unknown = [n for n in names if n not in factories]
-    if unknown:
-        raise ValueError(f"eval.methods: unknown {unknown} (known: {', '.join(factories)})")
-    return [factories[n]() for n in names]
+BASELINES: dict[str, Callable[[], MethodModel]] = {
+    "closed_book": ClosedBookModel,
+    "standard_rag": StandardRAGModel,
+    "standard_rag_top1": lambda: StandardRAGModel(passages=1),
+}
+
+
+def build_methods(names: Sequence[str], **configs: MethodConfig) -> list[EvalMethod]:
+    """Instantiate methods by name: a baseline, or a registered method's variant configured by
+    ``configs[<method>]`` (its defaults when absent). Unknown names are refused, listing the known."""
+    methods: list[EvalMethod] = []
+    for name in names:
+        if name in BASELINES:
+            methods.append(Baseline(BASELINES[name]()))
+            continue
+        try:
+            method = method_of(name)
+        except KeyError:
+            known = [*BASELINES, *(v for m in REGISTRY for v in method_model(m).VARIANTS)]
+            raise ValueError(f"eval.methods: unknown ['{name}'] (known: {', '.join(known)})") from None
+        methods.append(Encoded(name, method, configs.get(method) or method_model(method).CONFIG()))
+    return methods

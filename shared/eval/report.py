@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.io import atomic_write_text
+from fedprag.shared.io import atomic_write_text
 
 
 @dataclass

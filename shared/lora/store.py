@@ -12,7 +12,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from shared.io import atomic_dir
+from fedprag.shared.io import atomic_dir
 
 TENSORS_FILE = "tensors.safetensors"
 MANIFEST_FILE = "manifest.json"

@@ -1,3 +1,32 @@
-"""Parametric encoding methods. Each has the same shape, like PEFT's tuners:
-``config`` (hyper-parameters), ``layers`` (turning stored encodings into per-request factors),
-``trainer`` (encoding passages) and ``serializer`` (safetensors plus a manifest)."""
+"""Parametric encoding methods, one folder each with the same files and roles, like PEFT's tuners:
+``config``, ``layers``, ``trainer``, ``serializer`` and ``model`` (see :mod:`.base`).
+
+Each method's ``model`` module exports ``CONFIG`` (its configuration class), ``VARIANTS`` (the names it answers to in evaluation) and
+``encode_corpus(corpus, config, variant)``, which returns a
+:class:`~fedprag.shared.methods.base.MethodModel` and what encoding cost. Adding a method is a new
+folder plus one line in :data:`REGISTRY`; its configuration section has the method's name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+REGISTRY: dict[str, str] = {
+    "prag": "fedprag.shared.methods.prag.model",
+    "poly": "fedprag.shared.methods.poly.model",
+    "distilled": "fedprag.shared.methods.distilled.model",
+}
+
+
+def method_model(name: str) -> ModuleType:
+    """The ``model`` module of the method registered as ``name``."""
+    return importlib.import_module(REGISTRY[name])
+
+
+def method_of(variant: str) -> str:
+    """The registered method whose ``VARIANTS`` include ``variant``; ``KeyError`` if none does."""
+    for name in REGISTRY:
+        if variant in method_model(name).VARIANTS:
+            return name
+    raise KeyError(variant)

@@ -21,6 +21,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from fedprag.shared.io import atomic_write_text
+from fedprag.shared.paths import fedprag_home
+
 SUPPORTED_FAMILIES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "mistral")
 BUILTIN_PREFIX = "tiny"
 
@@ -40,31 +43,54 @@ class BaseModel:
     digest: str
 
 
-def model_digest(path: Path) -> str:
-    """Identify a checkpoint by its config and its weight files' names, sizes and headers.
+def _weight_files(path: Path) -> list[Path]:
+    return [path / "config.json", *sorted(path.glob("*.safetensors")), *sorted(path.glob("*.bin"))]
 
-    Cheap for multi-gigabyte models (no full read), yet changes whenever the weights do.
+
+def model_digest(path: Path) -> str:
+    """sha256 over the config and every byte of every weight file: two checkpoints differ in digest
+    whenever any weight does, so encodings never load against the wrong model.
+
+    Computed once and cached under ``$FEDPRAG_HOME/digests``, keyed by each file's resolved path,
+    size and modification time, so later loads of the same files cost a few ``stat`` calls.
     """
-    h = hashlib.sha256((path / "config.json").read_bytes())
-    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+    files = _weight_files(path)
+    stamp = json.dumps([(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+    cached = fedprag_home() / "digests" / hashlib.sha256(stamp.encode()).hexdigest()
+    if cached.is_file():
+        return cached.read_text().strip()
+    h = hashlib.sha256()
+    for weights in files:
         h.update(weights.name.encode())
-        h.update(str(weights.stat().st_size).encode())
         with open(weights, "rb") as fh:
-            h.update(fh.read(1 << 20))
-    return h.hexdigest()
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    digest = h.hexdigest()
+    atomic_write_text(cached, digest)
+    return digest
 
 
 def resolve_model_path(spec: str, show_progress: bool = True) -> Path:
     """Turn a model spec into a checkpoint directory.
 
-    ``tiny`` or ``tiny:<recipe>`` builds (or finds cached) the built-in model; anything else is a
+    ``tiny`` or ``tiny:<recipe>`` is the built-in model: the copy that ships with fedprag (checked
+    by sha256), or for a recipe fedprag does not ship, built once and cached. Anything else is a
     local directory holding a Hugging Face checkpoint.
     """
     if spec == BUILTIN_PREFIX or spec.startswith(BUILTIN_PREFIX + ":"):
-        from shared.models.tiny.build import build_tiny
-        from shared.models.tiny.recipe import recipe_named
+        from fedprag.shared.models.tiny.recipe import recipe_named
+        from fedprag.shared.models.tiny.shipped import ShippedModelError, shipped_model
 
-        return build_tiny(recipe_named(spec.partition(":")[2] or "default"), show_progress=show_progress)
+        recipe = recipe_named(spec.partition(":")[2] or "default")
+        try:
+            shipped = shipped_model(recipe)
+        except ShippedModelError as exc:
+            raise ModelLoadError(f"model.path: {exc}") from None
+        if shipped is not None:
+            return shipped
+        from fedprag.shared.models.tiny.build import build_tiny
+
+        return build_tiny(recipe, show_progress=show_progress)
     path = Path(spec).expanduser()
     if not path.is_dir():
         raise ModelLoadError(f"model.path: '{spec}' is not a directory (weights are never downloaded; "

@@ -8,7 +8,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from shared.io import atomic_path
+from fedprag.shared.io import atomic_path
 
 
 class PassageIndex:

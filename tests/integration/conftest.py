@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.models.loading import load_causal_lm
+from fedprag.shared.models.loading import load_causal_lm
 
 
 @pytest.fixture(scope="session")

@@ -4,10 +4,10 @@ import json
 import subprocess
 import sys
 
-from client.store import SiteStore
-from cluster.simulation import prepare_sites
-from shared.data.benchmark import BenchmarkSpec, make_benchmark
-from shared.data.schema import Dataset, Passage
+from fedprag.client.store import SiteStore
+from fedprag.cluster.simulation import prepare_sites
+from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
+from fedprag.shared.data.schema import Dataset, Passage
 
 CANARIES = ["QZXCANARY7781", "Vorbluq Tessamine"]
 
@@ -25,7 +25,7 @@ def canary_sites(work):
 
 def federate_command(work, spec, rounds, runtime):
     """The ``fedprag federate`` command line an operator would type."""
-    return [sys.executable, "-m", "shared.cli", "--quiet", "federate", "--model", spec, "--rounds", str(rounds),
+    return [sys.executable, "-m", "fedprag.shared.cli", "--quiet", "federate", "--model", spec, "--rounds", str(rounds),
             "--min-sites", "2", "--local-epochs", "1", "--runtime", runtime, "--work-dir", str(work)]
 
 

@@ -15,9 +15,9 @@ import time
 import psutil
 import pytest
 
-from client.store import SiteStore
-from cluster.deployment import DeploymentError, LocalDeployment
-from coordinator.app import recorded_rounds
+from fedprag.client.store import SiteStore
+from fedprag.cluster.deployment import DeploymentError, LocalDeployment
+from fedprag.coordinator.app import recorded_rounds
 from tests.integration.federation_support import (
     CANARIES,
     assert_no_canary_in,

@@ -3,12 +3,11 @@ its own documents' facts (an irrelevant document does not help)."""
 
 import pytest
 
-from shared.data.benchmark import BenchmarkSpec, make_benchmark
-from shared.eval.harness import HarnessConfig, evaluate
-from shared.eval.methods import build_methods
-from shared.methods.distilled import DistilledConfig
-from shared.methods.prag import PRAGConfig
-from shared.models.loading import load_causal_lm
+from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
+from fedprag.shared.eval.harness import HarnessConfig, evaluate
+from fedprag.shared.eval.methods import build_methods
+from fedprag.shared.methods.distilled import DistilledConfig
+from fedprag.shared.models.loading import load_causal_lm
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +19,7 @@ METHODS = ["closed_book", "standard_rag_top1", "distilled_top1", "distilled_irre
 def em(small_reader_spec, tmp_path_factory):
     dataset = make_benchmark(BenchmarkSpec(people=12, sites=3, seed=5))
     base = load_causal_lm(small_reader_spec)
-    methods = build_methods(METHODS, PRAGConfig(), distilled=DistilledConfig(steps=STEPS))
+    methods = build_methods(METHODS, distilled=DistilledConfig(steps=STEPS))
     report = evaluate(dataset, base, methods, HarnessConfig(latency_queries=2), tmp_path_factory.mktemp("distilled"),
                       show_progress=False)
     return {r.method: r.scores["single"].em for r in report.results}

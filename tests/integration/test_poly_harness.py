@@ -2,12 +2,12 @@
 
 import pytest
 
-from shared.data.benchmark import BenchmarkSpec, make_benchmark
-from shared.eval.harness import HarnessConfig, evaluate
-from shared.eval.methods import build_methods
-from shared.methods.poly import PolyConfig
-from shared.methods.prag import PRAGConfig
-from shared.models.loading import load_causal_lm
+from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
+from fedprag.shared.eval.harness import HarnessConfig, evaluate
+from fedprag.shared.eval.methods import build_methods
+from fedprag.shared.methods.poly import PolyConfig
+from fedprag.shared.methods.prag import PRAGConfig
+from fedprag.shared.models.loading import load_causal_lm
 
 pytestmark = pytest.mark.integration
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 def report(small_model_spec, tmp_path_factory):
     dataset = make_benchmark(BenchmarkSpec(people=12, sites=3, seed=5))
     base = load_causal_lm(small_model_spec)
-    methods = build_methods(["closed_book", "prag", "poly", "poly_uniform", "poly_router"], PRAGConfig(), PolyConfig())
+    methods = build_methods(["closed_book", "prag", "poly", "poly_uniform", "poly_router"], prag=PRAGConfig(), poly=PolyConfig())
     return evaluate(dataset, base, methods, HarnessConfig(latency_queries=2), tmp_path_factory.mktemp("poly"),
                     show_progress=False)
 

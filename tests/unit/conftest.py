@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from shared.data.benchmark import BenchmarkSpec, make_benchmark
-from shared.models.tiny.build import EOS, train_tokenizer
+from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
+from fedprag.shared.models.tiny.build import EOS, train_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,8 @@
 
 import collections
 
-from shared.data import world
-from shared.data.benchmark import BenchmarkSpec, dirichlet_sites, make_benchmark, training_people
+from fedprag.shared.data import world
+from fedprag.shared.data.benchmark import BenchmarkSpec, dirichlet_sites, make_benchmark, training_people
 
 
 def test_every_person_has_at_least_five_attributes_in_their_passage():

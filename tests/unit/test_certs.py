@@ -5,7 +5,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
-from cluster.certs import write_node_keys, write_tls
+from fedprag.cluster.certs import write_node_keys, write_tls
 
 
 def test_server_certificate_is_signed_by_the_ca_for_loopback_and_extra_hosts(tmp_path):

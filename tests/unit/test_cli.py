@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from shared.cli import main
-from shared.data.schema import PASSAGES_FILE
+from fedprag.shared.cli import main
+from fedprag.shared.data.schema import PASSAGES_FILE
 
 
 def test_data_make_then_validate(tmp_path, capsys):

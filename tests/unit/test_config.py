@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.config import ConfigError, config_to_toml, load_config
+from fedprag.shared.config import ConfigError, config_to_toml, load_config
 
 
 def test_defaults_are_valid():

@@ -8,11 +8,11 @@ import random
 import pytest
 import torch
 
-from shared.lora.layers import attach_lora
-from shared.lora.store import EncodingMismatch
-from shared.methods.distilled import MASK_TOKEN, DistilledConfig, document_spread, serializer
-from shared.methods.distilled.trainer import synthesise, train_generator
-from shared.models.loading import load_causal_lm
+from fedprag.shared.lora.layers import attach_lora
+from fedprag.shared.lora.store import EncodingMismatch
+from fedprag.shared.methods.distilled import MASK_TOKEN, DistilledConfig, document_spread, serializer
+from fedprag.shared.methods.distilled.trainer import synthesise, train_generator
+from fedprag.shared.models.loading import load_causal_lm
 
 SMALL = DistilledConfig(width=16, heads=2, depth=1, steps=3, batch_size=4, max_doc_tokens=64)
 DOCS = [["Kara Lo was born in 1901. Kara Lo plays the harp."], ["Mi Ze grew up in Quessa. Mi Ze is a baker."]]

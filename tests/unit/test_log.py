@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from shared.log import MAX_FIELD_CHARS, _JsonFormatter, get_logger
+from fedprag.shared.log import MAX_FIELD_CHARS, _JsonFormatter, get_logger
 
 
 def test_events_are_json_with_fields(caplog):

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from shared.lora.layers import LoRALinear, LowRank, applied, attach_lora, init_factors
-from shared.methods.prag.layers import PRAGAdapters
+from fedprag.shared.lora.layers import LoRALinear, LowRank, applied, attach_lora, init_factors
+from fedprag.shared.methods.prag.layers import PRAGAdapters
 
 
 class TwoLayer(nn.Module):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.eval.metrics import exact_match, normalize_answer, token_f1
+from fedprag.shared.metrics import exact_match, normalize_answer, token_f1
 
 
 @pytest.mark.parametrize("raw, normal", [

@@ -4,13 +4,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
-from shared.data.benchmark import training_people
-from shared.eval.generate import generate_answers
-from shared.lora.layers import FFN_TARGETS, LowRank, applied, attach_lora
-from shared.models.loading import ModelLoadError, load_causal_lm, model_digest
-from shared.models.tiny.build import EOS, cached_path, train_tokenizer
-from shared.models.tiny.finish import FinishingExamples
-from shared.models.tiny.recipe import RECIPES, TinyFinish, TinyRecipe, recipe_named
+from fedprag.shared.data.benchmark import training_people
+from fedprag.shared.lora.layers import FFN_TARGETS, LowRank, applied, attach_lora
+from fedprag.shared.models.generate import generate_answers
+from fedprag.shared.models.loading import ModelLoadError, load_causal_lm, model_digest
+from fedprag.shared.models.tiny.build import EOS, cached_path, train_tokenizer
+from fedprag.shared.models.tiny.finish import FinishingExamples
+from fedprag.shared.models.tiny.recipe import RECIPES, TinyFinish, TinyRecipe, recipe_named
 
 SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
          "num_key_value_heads": 2, "max_position_embeddings": 128}
@@ -83,7 +83,7 @@ def test_the_drill_asks_about_one_of_several_people_who_differ_only_by_name():
 
 
 def test_tiny_build_is_deterministic_and_cached(tmp_path):
-    from shared.models.tiny.build import build_tiny
+    from fedprag.shared.models.tiny.build import build_tiny
 
     micro = TinyRecipe(name="micro", steps=3, batch_size=4, layers=1, hidden_size=32, heads=2,
                        intermediate_size=64, vocab_size=300)
@@ -108,8 +108,8 @@ def test_the_build_check_reports_reading_per_attribute(monkeypatch):
     """A reader that can copy only years scores 1 on years, 0 elsewhere, and 1/6 overall."""
     import re
 
-    from shared.data import world
-    from shared.models.tiny import build
+    from fedprag.shared.data import world
+    from fedprag.shared.models.tiny import build
 
     def years_only(model, tokenizer, prompts):
         return [m.group(0) if "born?" in p and (m := re.search(r"\b1[89]\d\d\b", p)) else "" for p in prompts]

@@ -5,15 +5,14 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from shared import prompts
-from shared.data.augment import augmentations_of
-from shared.data.benchmark import BenchmarkSpec, make_benchmark
-from shared.eval.generate import generate_answers
-from shared.lora.layers import applied, attach_lora
-from shared.lora.store import EncodingMismatch
-from shared.methods.poly import PolyConfig, RoutingTable, serializer
-from shared.methods.poly.layers import ExpertPool, combine, keep_top_m, placed, routing_weights
-from shared.methods.poly.trainer import (
+from fedprag.shared import prompts
+from fedprag.shared.data.augment import augmentations_of
+from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
+from fedprag.shared.lora.layers import applied, attach_lora
+from fedprag.shared.lora.store import EncodingMismatch
+from fedprag.shared.methods.poly import PolyConfig, RoutingTable, serializer
+from fedprag.shared.methods.poly.layers import ExpertPool, combine, keep_top_m, placed, routing_weights
+from fedprag.shared.methods.poly.trainer import (
     EncodingHealthError,
     answer_states,
     check_health,
@@ -21,7 +20,8 @@ from shared.methods.poly.trainer import (
     last_layer_logits,
     train_pool,
 )
-from shared.models.loading import load_causal_lm
+from fedprag.shared.models.generate import generate_answers
+from fedprag.shared.models.loading import load_causal_lm
 
 PROMPTS = ["Question: When was Kara born?\nAnswer:", "Question: Who trained Lo?\nAnswer:",
            "Question: Where did Mi grow up?\nAnswer:", "Question: What does Ze play?\nAnswer:"]
@@ -173,6 +173,12 @@ def test_routing_rows_are_refused_for_another_pool_or_base_model(base, tmp_path)
         serializer.load_routing(tmp_path / "routing", other, base.digest)
     with pytest.raises(EncodingMismatch, match="made for base model"):
         serializer.load_pool(tmp_path / "pool", "f" * 64)
+    # A federated site's rows continue against a later version of the pool: the shape must match.
+    torch.testing.assert_close(serializer.load_routing(tmp_path / "routing", other, base.digest, same_pool=False).logits,
+                               routing.logits)
+    wider = _random_pool(layers, seed=1, n_experts=8)
+    with pytest.raises(EncodingMismatch, match="routing rows are \\[1, 6\\], the pool needs \\[1, 8\\]"):
+        serializer.load_routing(tmp_path / "routing", wider, base.digest, same_pool=False)
 
 
 def test_unknown_passage_is_an_error():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from coordinator.privacy import DPSettings, add_noise, clip_update, epsilon
-from shared.wire import SiteUpdate
+from fedprag.coordinator.privacy import DPSettings, add_noise, clip_update, epsilon
+from fedprag.shared.wire import SiteUpdate
 
 
 def test_clipping_bounds_a_sites_change_and_keeps_small_ones():

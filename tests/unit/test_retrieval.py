@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from shared.data.benchmark import BenchmarkSpec, make_benchmark
-from shared.eval.harness import Retriever
-from shared.retrieval.encoder import EMBEDDING_DIM, SentenceEncoder
-from shared.retrieval.index import PassageIndex, complete_at_k, recall_at_k
+from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
+from fedprag.shared.eval.harness import Retriever
+from fedprag.shared.retrieval.encoder import EMBEDDING_DIM, SentenceEncoder
+from fedprag.shared.retrieval.index import PassageIndex, complete_at_k, recall_at_k
 
 
 @pytest.fixture(scope="module")

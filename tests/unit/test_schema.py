@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from shared.data.augment import augmentations_of
-from shared.data.benchmark import BenchmarkSpec, make_benchmark
-from shared.data.schema import (
+from fedprag.shared.data.augment import augmentations_of
+from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
+from fedprag.shared.data.schema import (
     MAX_PASSAGE_CHARS,
     PASSAGES_FILE,
     PASSAGES_SCHEMA,

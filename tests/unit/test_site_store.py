@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from client import store as store_module
-from client.store import SiteStore
-from shared.data.schema import DatasetError
+from fedprag.client import store as store_module
+from fedprag.client.store import SiteStore
+from fedprag.shared.data.schema import DatasetError
 
 
 @pytest.fixture()
@@ -72,3 +72,28 @@ def test_a_crash_mid_ingest_keeps_the_previous_store_whole(tmp_path, sources, mo
     assert (tmp_path / "site" / "passages.parquet").read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "site").iterdir()) == ["passages.parquet", "state.json"]
     assert store.ingest(sources).added == 2  # and ingestion picks up where it stopped
+
+
+def test_stored_routing_rows_are_kept_and_rows_for_another_pool_shape_are_refused(tmp_path, sources):
+    import torch
+
+    from fedprag.shared.lora.store import EncodingMismatch
+    from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable
+
+    def pool(experts):
+        factors = {"layers.0.mlp.down_proj": (torch.zeros(experts, 1, 4), torch.zeros(experts, 4, 1))}
+        return ExpertPool(factors, scale=1.0)
+
+    store = SiteStore(tmp_path / "site")
+    store.ingest(sources)
+    ids = [p.passage_id for p in store.passages()]
+    trained = RoutingTable(ids[:2], torch.full((2, 1, 6), 5.0))
+    store.save_routing(trained, pool(6), pool_version=3, base_digest="d" * 64)
+    logits = store.routing(pool(6), "d" * 64)
+    assert logits.shape == (4, 1, 6)
+    torch.testing.assert_close(logits[:2], trained.logits)  # kept
+    assert logits[2:].abs().max() < 0.1  # new passages start near zero
+    with pytest.raises(EncodingMismatch, match="the pool needs \\[1, 8\\]"):
+        store.routing(pool(8), "d" * 64)
+    with pytest.raises(EncodingMismatch, match="made for base model"):
+        store.routing(pool(6), "e" * 64)

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from coordinator.registry import PoolRegistry
-from coordinator.strategy import ExpertMassAggregation, FedAvgAggregation, strategy_named
-from shared.methods.poly.layers import ExpertPool
-from shared.methods.poly.serializer import pool_arrays
-from shared.wire import SiteUpdate, WireError
+from fedprag.coordinator.registry import PoolRegistry
+from fedprag.coordinator.strategy import ExpertMassAggregation, FedAvgAggregation, strategy_named
+from fedprag.shared.methods.poly.layers import ExpertPool
+from fedprag.shared.methods.poly.serializer import pool_arrays
+from fedprag.shared.wire import SiteUpdate, WireError
 
 
 def _pool(value=0.0):

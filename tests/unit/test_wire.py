@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
-from shared.wire import RoundTask, SiteUpdate, WireError
+from fedprag.shared.wire import RoundTask, SiteUpdate, WireError
 
 
 def _update(**changes):

@@ -1,12 +1,12 @@
 """DistilledPRAG: a parameter generator that turns documents into LoRA weights in one forward pass.
 
-Reference: DESIGN.md §2.3. ``config`` holds the hyper-parameters, ``layers`` the mask token and
+Reference: docs/design.md §2.3. ``config`` holds the hyper-parameters, ``layers`` the mask token and
 the generator, ``trainer`` the distillation from standard RAG (teacher: documents in context;
 student: mask tokens plus the generated LoRA), ``serializer`` the generator checkpoint, bound to
 its base model.
 """
 
-from shared.methods.distilled.config import DistilledConfig
-from shared.methods.distilled.layers import MASK_TOKEN, Generator, document_spread
+from fedprag.shared.methods.distilled.config import DistilledConfig
+from fedprag.shared.methods.distilled.layers import MASK_TOKEN, Generator, document_spread
 
 __all__ = ["MASK_TOKEN", "DistilledConfig", "Generator", "document_spread"]

@@ -1,20 +1,26 @@
-"""DistilledPRAG's hyper-parameters (DESIGN.md §2.3)."""
+"""DistilledPRAG's hyper-parameters (docs/design.md §2.3)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from shared.lora.layers import FFN_TARGETS
+from fedprag.shared.lora.layers import FFN_TARGETS
+from fedprag.shared.methods.base import MethodConfig
 
 
 @dataclass(frozen=True)
-class DistilledConfig:
+class DistilledConfig(MethodConfig):
     """Generator shape, distillation loss weights and training schedule.
 
     The loss is ``gen_weight·L_gen + cos_weight·L_cos + kl_weight·L_KL``: the student's answer
     cross-entropy, the layer-weighted 1−cosine between student and teacher hidden states over the
     question and answer, and the KL to the teacher's answer distribution at ``temperature``.
     """
+
+    SECTION: ClassVar[str] = "distilled"
+    POSITIVE: ClassVar[tuple[str, ...]] = ("rank", "width", "depth", "heads", "max_doc_tokens", "steps", "batch_size",
+                                           "questions_per_document", "lr", "temperature")
 
     rank: int = 8
     """Rank of the generated LoRA: one generator slot per rank component and adapted layer."""
@@ -44,19 +50,9 @@ class DistilledConfig:
     temperature: float = 2.0
     seed: int = 0
 
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
-
-    def validate(self) -> None:
-        for name in ("rank", "width", "depth", "heads", "max_doc_tokens", "steps", "batch_size",
-                     "questions_per_document"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"distilled.{name}: must be a positive integer")
+    def check(self) -> None:
         if self.width % self.heads:
             raise ValueError(f"distilled.width: must be a multiple of distilled.heads ({self.heads})")
-        if self.lr <= 0 or self.temperature <= 0:
-            raise ValueError("distilled.lr and distilled.temperature: must be positive")
         for name in ("pair_share", "distractor_share"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"distilled.{name}: must be in [0, 1]")

@@ -14,7 +14,7 @@ and its last hidden state, and emits LoRA factors for every adapted module:
     target module type → A [r, in] and B [out, r], with B scaled by a learnable sigmoid gate.
 
 Several documents (the concatenated top-k) give one LoRA; there is no merge step. The output is an
-ordinary batched :data:`shared.lora.layers.Adapter`, so batched inference is the same one-forward
+ordinary batched :data:`fedprag.shared.lora.layers.Adapter`, so batched inference is the same one-forward
 path Poly-PRAG uses.
 """
 
@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from shared.lora.layers import Adapter, LoRALinear, LowRank
-from shared.methods.distilled.config import DistilledConfig
+from fedprag.shared.lora.layers import Adapter, LoRALinear, LowRank
+from fedprag.shared.methods.distilled.config import DistilledConfig
 
 MASK_TOKEN = "<|doc_mask|>"
 _LAYER_INDEX = re.compile(r"\.(\d+)\.")
@@ -167,7 +167,7 @@ def document_spread(adapter: Adapter) -> dict[str, float]:
     mean's norm.
 
     Near 0 in every module means the generator ignores its documents, the known failure of
-    hypernetwork translators (DESIGN.md §2.3). A working generator may still make some modules
+    hypernetwork translators (docs/design.md §2.3). A working generator may still make some modules
     document-independent (here ``gate_proj`` and ``up_proj``, around 0.03, while ``down_proj``
     carries the facts at 0.7–0.9), so look at the largest. Needs at least two different documents.
     """

@@ -2,7 +2,7 @@
 
 The checkpoint is the generator's weights plus the mask token's frozen vector, with a manifest
 holding the configuration and the base model's digest; a checkpoint from another base model is
-refused with :class:`shared.lora.store.EncodingMismatch`.
+refused with :class:`fedprag.shared.lora.store.EncodingMismatch`.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import hashlib
 import json
 from pathlib import Path
 
-from shared.lora.layers import LoRALinear
-from shared.lora.store import load_encoding, save_encoding
-from shared.methods.distilled.config import DistilledConfig
-from shared.methods.distilled.layers import Generator
-from shared.methods.distilled.trainer import DistilledEncoder, train_generator
-from shared.models.loading import BaseModel
-from shared.paths import fedprag_home
+from fedprag.shared.lora.layers import LoRALinear
+from fedprag.shared.lora.store import load_encoding, save_encoding
+from fedprag.shared.methods.distilled.config import DistilledConfig
+from fedprag.shared.methods.distilled.layers import Generator
+from fedprag.shared.methods.distilled.trainer import DistilledEncoder, train_generator
+from fedprag.shared.models.loading import BaseModel
+from fedprag.shared.paths import fedprag_home
 
 METHOD = "distilled"
 FORMAT_VERSION = 1

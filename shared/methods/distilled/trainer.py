@@ -33,19 +33,19 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from shared import prompts
-from shared.data import world
-from shared.log import get_logger
-from shared.lora.layers import Adapter, LoRALinear, LowRank, applied
-from shared.methods.distilled.config import DistilledConfig
-from shared.methods.distilled.layers import (
+from fedprag.shared import prompts
+from fedprag.shared.data import world
+from fedprag.shared.log import get_logger
+from fedprag.shared.lora.layers import Adapter, LoRALinear, LowRank, applied
+from fedprag.shared.methods.distilled.config import DistilledConfig
+from fedprag.shared.methods.distilled.layers import (
     MASK_TOKEN,
     Generator,
     add_mask_token,
     draw_mask_vector,
     install_mask_embedding,
 )
-from shared.models.loading import BaseModel
+from fedprag.shared.models.loading import BaseModel
 
 log = get_logger(__name__)
 

@@ -1,11 +1,11 @@
 """Poly-PRAG: a small shared pool of latent LoRA experts plus a private routing row per passage.
 
-Reference: DESIGN.md §2.2. ``config`` holds the hyper-parameters, ``layers`` the pool, the routing
+Reference: docs/design.md §2.2. ``config`` holds the hyper-parameters, ``layers`` the pool, the routing
 table and the routed per-request adapter, ``trainer`` the offline, incremental and query-router
 training, ``serializer`` the pool, routing and PEFT-export files.
 """
 
-from shared.methods.poly.config import PolyConfig
-from shared.methods.poly.layers import ExpertPool, RoutingTable
+from fedprag.shared.methods.poly.config import PolyConfig
+from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable
 
 __all__ = ["ExpertPool", "PolyConfig", "RoutingTable"]

@@ -1,19 +1,21 @@
-"""Poly-PRAG's hyper-parameters (DESIGN.md §2.2)."""
+"""Poly-PRAG's hyper-parameters (docs/design.md §2.2)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
-from shared.lora.layers import FFN_TARGETS
+from fedprag.shared.lora.layers import FFN_TARGETS
+from fedprag.shared.methods.base import MethodConfig
 
 ROUTING_MODES = ("shared", "per_layer")
 PLACEMENTS = ("all", "last")
 
 
 @dataclass(frozen=True)
-class PolyConfig:
+class PolyConfig(MethodConfig):
     """A pool of ``n_experts`` rank-``rank`` LoRA experts and one routing-logit row per passage.
 
     ``routing`` is ``"shared"`` (one row of K logits per passage, used by every layer) or
@@ -26,6 +28,11 @@ class PolyConfig:
     the answers of closed-book QA pairs, so a pool fitted to many passages becomes a decoder of
     routing rows, and rows for new passages are fitted in a few full-batch steps.
     """
+
+    SECTION: ClassVar[str] = "poly"
+    POSITIVE: ClassVar[tuple[str, ...]] = (
+        "n_experts", "rank", "epochs", "batch_size", "incremental_epochs", "incremental_batch_size", "top_m",
+        "alpha", "lr", "routing_lr", "temperature", "incremental_lr", "score_temperature")
 
     n_experts: int = 20
     rank: int = 1
@@ -58,17 +65,7 @@ class PolyConfig:
     proximal_mu: float = 0.0
     freeze_a: bool = False
 
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
-
-    def validate(self) -> None:
-        for name in ("n_experts", "rank", "epochs", "batch_size", "incremental_epochs", "incremental_batch_size", "top_m"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"poly.{name}: must be a positive integer")
-        for name in ("alpha", "lr", "routing_lr", "temperature", "incremental_lr", "score_temperature"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"poly.{name}: must be positive")
+    def check(self) -> None:
         if self.routing not in ROUTING_MODES:
             raise ValueError(f"poly.routing: must be one of {ROUTING_MODES}, not '{self.routing}'")
         unknown = [t for t in self.targets if t not in FFN_TARGETS]

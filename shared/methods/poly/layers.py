@@ -4,7 +4,7 @@ A passage's adapter is a weighted mixture of the pool's experts,
 
     y = W x + scale · Σ_k w_k B_k A_k x,
 
-which :class:`~shared.lora.layers.LoRALinear` computes as one LoRA of rank ``K·r``: the experts'
+which :class:`~fedprag.shared.lora.layers.LoRALinear` computes as one LoRA of rank ``K·r``: the experts'
 factors concatenated along the rank (shared by the whole batch) and the weights as a per-request
 gate on the rank components. A batch of requests with different mixtures therefore runs in one
 forward pass, with no merge into ``W`` and no adapter reload.
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from shared.lora.layers import LoRALinear, LowRank
+from fedprag.shared.lora.layers import LoRALinear, LowRank
 
 _LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
 

@@ -20,14 +20,15 @@ from peft import LoraConfig
 from safetensors.torch import save_file
 from torch import Tensor
 
-from shared.io import atomic_dir
-from shared.lora.store import EncodingMismatch, load_encoding, save_encoding
-from shared.methods.poly.config import PolyConfig
-from shared.methods.poly.layers import ExpertPool, RoutingTable
+from fedprag.shared.io import atomic_dir
+from fedprag.shared.lora.store import EncodingMismatch, load_encoding, save_encoding
+from fedprag.shared.methods.poly.config import PolyConfig
+from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable
 
 POOL_METHOD = "poly_pool"
 ROUTING_METHOD = "poly_routing"
 FORMAT_VERSION = 1
+ROUTING_FORMAT_VERSION = 2  # 2: one format for sites and offline encodings
 
 
 def pool_arrays(pool: ExpertPool) -> dict[str, np.ndarray]:
@@ -72,23 +73,39 @@ def load_pool(directory: str | Path, base_digest: str) -> tuple[ExpertPool, dict
     return pool, manifest
 
 
-def save_routing(directory: str | Path, routing: RoutingTable, pool: ExpertPool, base_digest: str) -> int:
-    """Write routing rows, bound to the pool they route over; returns bytes on disk."""
-    manifest = {"method": ROUTING_METHOD, "format_version": FORMAT_VERSION, "base_model_digest": base_digest,
-                "pool_digest": pool.digest(), "passage_ids": routing.passage_ids}
+def save_routing(directory: str | Path, routing: RoutingTable, pool: ExpertPool, base_digest: str,
+                 pool_version: int | None = None) -> int:
+    """Write routing rows, bound to the pool they were trained against; returns bytes on disk.
+
+    This and :func:`load_routing` are the only writer and reader of routing rows: a site's store
+    and an offline encoding use the same format. ``pool_version`` records the registry version
+    of that pool, when it has one (a federated site's rows).
+    """
+    manifest = {"method": ROUTING_METHOD, "format_version": ROUTING_FORMAT_VERSION, "base_model_digest": base_digest,
+                "pool_digest": pool.digest(), "pool_version": pool_version, "n_groups": pool.n_groups,
+                "n_experts": pool.n_experts, "passage_ids": routing.passage_ids}
     return save_encoding(directory, {"logits": routing.logits}, manifest)
 
 
-def load_routing(directory: str | Path, pool: ExpertPool, base_digest: str) -> RoutingTable:
-    """Read routing rows; refuses rows made for another pool (version) or another base model."""
+def load_routing(directory: str | Path, pool: ExpertPool, base_digest: str, same_pool: bool = True) -> RoutingTable:
+    """Read routing rows for ``pool``; a mismatch is refused with :class:`EncodingMismatch`, never dropped.
+
+    Rows must come from the same base model and have the pool's shape ``[G, K]``. With
+    ``same_pool`` (offline encodings) they must also have been trained against exactly this pool;
+    without it (a federated site, whose rows were trained against an earlier version of the pool
+    it continues to train) the shape is enough.
+    """
     tensors, manifest = load_encoding(directory, ROUTING_METHOD, base_digest)
-    if manifest["pool_digest"] != pool.digest():
-        raise EncodingMismatch(f"{directory}: routing rows belong to pool {manifest['pool_digest']}, "
-                               f"not to the loaded pool {pool.digest()}; re-encode them against this pool")
+    if manifest.get("format_version") != ROUTING_FORMAT_VERSION:
+        raise EncodingMismatch(f"{directory}: routing rows in format {manifest.get('format_version')}, "
+                               f"this fedprag reads format {ROUTING_FORMAT_VERSION}; re-encode them")
     logits = tensors["logits"]
     if logits.shape[1:] != (pool.n_groups, pool.n_experts):
         raise EncodingMismatch(f"{directory}: routing rows are {list(logits.shape[1:])}, "
-                               f"the pool needs [{pool.n_groups}, {pool.n_experts}]")
+                               f"the pool needs [{pool.n_groups}, {pool.n_experts}]; re-encode them against this pool")
+    if same_pool and manifest["pool_digest"] != pool.digest():
+        raise EncodingMismatch(f"{directory}: routing rows belong to pool {manifest['pool_digest']}, "
+                               f"not to the loaded pool {pool.digest()}; re-encode them against this pool")
     return RoutingTable(manifest["passage_ids"], logits)
 
 

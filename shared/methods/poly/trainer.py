@@ -8,7 +8,7 @@
 * :func:`train_query_router` — maps a question's embedding to the routing of its passage.
 
 A passage's training data is its text and rewrite as plain language modelling, plus every
-augmentation QA pair asked *without* the passage (DESIGN.md §5: that is what makes facts come
+augmentation QA pair asked *without* the passage (docs/design.md §5: that is what makes facts come
 out of the weights, not only out of the context).
 
 A pool on the last layer only (``poly.layers = "last"``) trains on the answers of those QA pairs
@@ -30,20 +30,20 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from shared import prompts
-from shared.data.schema import Augmentation, Passage
-from shared.log import get_logger
-from shared.lora.layers import LoRALinear, LowRank, applied
-from shared.lora.objective import per_sequence_loss
-from shared.methods.poly.config import PolyConfig
-from shared.methods.poly.layers import (
+from fedprag.shared import prompts
+from fedprag.shared.data.schema import Augmentation, Passage
+from fedprag.shared.log import get_logger
+from fedprag.shared.lora.layers import LoRALinear, LowRank, applied
+from fedprag.shared.lora.objective import per_sequence_loss
+from fedprag.shared.methods.poly.config import PolyConfig
+from fedprag.shared.methods.poly.layers import (
     ExpertPool,
     QueryRouter,
     RoutingTable,
     placed,
     routing_weights,
 )
-from shared.models.loading import BaseModel
+from fedprag.shared.models.loading import BaseModel
 
 log = get_logger(__name__)
 

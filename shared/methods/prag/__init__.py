@@ -1,10 +1,10 @@
 """PRAG: one LoRA per passage, trained on the passage's augmentation; the top-k LoRAs are summed.
 
-Reference: DESIGN.md §2.1. ``config`` holds the published hyper-parameters, ``trainer`` encodes
+Reference: docs/design.md §2.1. ``config`` holds the published hyper-parameters, ``trainer`` encodes
 passages, ``layers`` turns the top-k passages into per-request factors, ``serializer`` stores them.
 """
 
-from shared.methods.prag.config import PRAGConfig
-from shared.methods.prag.layers import PRAGAdapters
+from fedprag.shared.methods.prag.config import PRAGConfig
+from fedprag.shared.methods.prag.layers import PRAGAdapters
 
 __all__ = ["PRAGAdapters", "PRAGConfig"]

@@ -1,14 +1,16 @@
-"""PRAG's hyper-parameters (DESIGN.md §2.1)."""
+"""PRAG's hyper-parameters (docs/design.md §2.1)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from shared.lora.layers import FFN_TARGETS
+from fedprag.shared.lora.layers import FFN_TARGETS
+from fedprag.shared.methods.base import MethodConfig
 
 
 @dataclass(frozen=True)
-class PRAGConfig:
+class PRAGConfig(MethodConfig):
     """The published recipe (r=2, alpha=32, FFN targets, 3 QA pairs, batch 1, 1–2 epochs).
 
     ``lr`` defaults to 6e-3, not the paper's 3e-4, because the built-in model is 1,000× smaller than
@@ -17,6 +19,9 @@ class PRAGConfig:
     AdamW's element-wise updates is exactly batch-1 training of each, only faster.
     """
 
+    SECTION: ClassVar[str] = "prag"
+    POSITIVE: ClassVar[tuple[str, ...]] = ("rank", "epochs", "parallel", "lr")
+
     rank: int = 2
     alpha: float = 32.0
     targets: tuple[str, ...] = FFN_TARGETS
@@ -24,14 +29,3 @@ class PRAGConfig:
     lr: float = 6e-3
     init_seed: int = 0
     parallel: int = 32
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / self.rank
-
-    def validate(self) -> None:
-        for name in ("rank", "epochs", "parallel"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"prag.{name}: must be a positive integer")
-        if self.lr <= 0:
-            raise ValueError("prag.lr: must be positive")

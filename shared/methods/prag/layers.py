@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from shared.lora.layers import LowRank
+from fedprag.shared.lora.layers import LowRank
 
 
 @dataclass
@@ -18,13 +18,15 @@ class PRAGAdapters:
     factors: dict[str, tuple[Tensor, Tensor]]
     scale: float
 
+    def __post_init__(self) -> None:
+        self._position = {pid: i for i, pid in enumerate(self.passage_ids)}
+
     def rows(self, passage_ids: list[str]) -> list[int]:
         """Row positions of passages; an unknown id is an error, never silently skipped."""
-        position = {pid: i for i, pid in enumerate(self.passage_ids)}
-        missing = [pid for pid in passage_ids if pid not in position]
+        missing = [pid for pid in passage_ids if pid not in self._position]
         if missing:
             raise KeyError(f"no PRAG adapter for passages {missing[:5]}")
-        return [position[pid] for pid in passage_ids]
+        return [self._position[pid] for pid in passage_ids]
 
     def summed(self, rows: Tensor) -> dict[str, LowRank]:
         """One adapter per request: the sum of its passages' ΔW (rows ``[b, k]``).

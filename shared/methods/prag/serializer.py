@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.lora.store import load_encoding, save_encoding
-from shared.methods.prag.config import PRAGConfig
-from shared.methods.prag.layers import PRAGAdapters
+from fedprag.shared.lora.store import load_encoding, save_encoding
+from fedprag.shared.methods.prag.config import PRAGConfig
+from fedprag.shared.methods.prag.layers import PRAGAdapters
 
 METHOD = "prag"
 FORMAT_VERSION = 1

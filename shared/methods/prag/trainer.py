@@ -15,13 +15,13 @@ from collections.abc import Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from shared import prompts
-from shared.data.schema import Augmentation, Passage
-from shared.lora.layers import LoRALinear, LowRank, applied, init_factors
-from shared.lora.objective import per_sequence_loss
-from shared.methods.prag.config import PRAGConfig
-from shared.methods.prag.layers import PRAGAdapters
-from shared.models.loading import BaseModel
+from fedprag.shared import prompts
+from fedprag.shared.data.schema import Augmentation, Passage
+from fedprag.shared.lora.layers import LoRALinear, LowRank, applied, init_factors
+from fedprag.shared.lora.objective import per_sequence_loss
+from fedprag.shared.methods.prag.config import PRAGConfig
+from fedprag.shared.methods.prag.layers import PRAGAdapters
+from fedprag.shared.models.loading import BaseModel
 
 
 def training_texts(passage: str, augmentation: Augmentation, eos: str) -> list[str]:

@@ -1,7 +1,7 @@
 """Build the built-in model: train a tokenizer, pretrain a tiny Llama, check it, cache it.
 
 The result is an ordinary Hugging Face checkpoint directory (``config.json``, safetensors weights,
-tokenizer files) that :func:`shared.models.loading.load_causal_lm` loads like any other model.
+tokenizer files) that :func:`fedprag.shared.models.loading.load_causal_lm` loads like any other model.
 It is cached under ``$FEDPRAG_HOME/models`` keyed by the recipe's hash, so a second build is free.
 """
 
@@ -19,18 +19,18 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from shared import prompts
-from shared.data import world
-from shared.data.benchmark import training_people
-from shared.eval.generate import generate_answers
-from shared.eval.metrics import exact_match
-from shared.io import atomic_dir
-from shared.log import get_logger
-from shared.models.tiny.batches import collate, cosine_lr, train_step
-from shared.models.tiny.corpus import Corpus
-from shared.models.tiny.finish import finish
-from shared.models.tiny.recipe import TinyFinish, TinyRecipe
-from shared.paths import fedprag_home
+from fedprag.shared import prompts
+from fedprag.shared.data import world
+from fedprag.shared.data.benchmark import training_people
+from fedprag.shared.io import atomic_dir
+from fedprag.shared.log import get_logger
+from fedprag.shared.metrics import exact_match
+from fedprag.shared.models.generate import generate_answers
+from fedprag.shared.models.tiny.batches import collate, cosine_lr, train_step
+from fedprag.shared.models.tiny.corpus import Corpus
+from fedprag.shared.models.tiny.finish import finish
+from fedprag.shared.models.tiny.recipe import TinyFinish, TinyRecipe, model_name
+from fedprag.shared.paths import fedprag_home
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -39,8 +39,7 @@ log = get_logger(__name__)
 
 def cached_path(recipe: TinyRecipe | TinyFinish, cache_root: Path | None = None) -> Path:
     """Where the model for ``recipe`` lives once built."""
-    root = cache_root or fedprag_home() / "models"
-    return root / f"tiny-{recipe.name}-{recipe.digest()[:12]}"
+    return (cache_root or fedprag_home() / "models") / model_name(recipe)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:

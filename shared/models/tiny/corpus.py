@@ -22,9 +22,9 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from shared import prompts
-from shared.data import world
-from shared.models.tiny.recipe import TinyRecipe
+from fedprag.shared import prompts
+from fedprag.shared.data import world
+from fedprag.shared.models.tiny.recipe import TinyRecipe
 
 
 def training_question(rng: random.Random, person: world.Person, attribute: str) -> tuple[str, str]:

@@ -1,8 +1,8 @@
 """The finishing stages of the built-in model: teach a reader to pick the right passage.
 
-A model built by :func:`shared.models.tiny.build.pretrain` reads one passage well but, with
+A model built by :func:`fedprag.shared.models.tiny.build.pretrain` reads one passage well but, with
 distractor passages beside it, picks a person's passage at about chance. Two more stages, trained
-from it, fix most of that (DESIGN.md's reading skills; figures in :class:`TinyFinish`):
+from it, fix most of that (docs/design.md's reading skills; figures in :class:`TinyFinish`):
 
 1. **Drill.** Every example is the name-lookup drill: sentences about 2–6 freshly drawn people
    all state the same attribute, so only the asked-about name tells them apart. The loss is on the
@@ -26,11 +26,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from shared import prompts
-from shared.data import world
-from shared.models.tiny.batches import collate, cosine_lr, train_step
-from shared.models.tiny.corpus import training_question
-from shared.models.tiny.recipe import TinyFinish
+from fedprag.shared import prompts
+from fedprag.shared.data import world
+from fedprag.shared.models.tiny.batches import collate, cosine_lr, train_step
+from fedprag.shared.models.tiny.corpus import training_question
+from fedprag.shared.models.tiny.recipe import TinyFinish
 
 Example = tuple[str, str]
 

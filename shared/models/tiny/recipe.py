@@ -60,7 +60,7 @@ FINISH_CODE_VERSION = 1
 
 @dataclass(frozen=True)
 class TinyFinish:
-    """Finishing stages trained from the model ``base`` builds (see :mod:`shared.models.tiny.finish`):
+    """Finishing stages trained from the model ``base`` builds (see :mod:`fedprag.shared.models.tiny.finish`):
     the name-lookup drill, then a mix with distractor passages. ``base`` may itself be finished.
 
     Measured on 2 cores, single-hop exact match on the default benchmark with the top 3 passages
@@ -141,6 +141,11 @@ RECIPES: dict[str, TinyRecipe | TinyFinish] = {
     # (1.0 with the passage), few other attributes (0.35 overall), and answers nothing closed-book.
     "small-reader": TinyRecipe(name="small-reader", steps=1000, reading_stage=1.0, curriculum=0.25),
 }
+
+
+def model_name(recipe: TinyRecipe | TinyFinish) -> str:
+    """The directory name of the model ``recipe`` builds, cached or shipped: ``tiny-<name>-<digest>``."""
+    return f"tiny-{recipe.name}-{recipe.digest()[:12]}"
 
 
 def recipe_named(name: str) -> TinyRecipe | TinyFinish:

@@ -1,6 +1,6 @@
 """Batched greedy answering: many prompts, one forward per new token.
 
-Per-request adapters are set around the call with :func:`shared.lora.layers.applied`; every row of
+Per-request adapters are set around the call with :func:`fedprag.shared.lora.layers.applied`; every row of
 the batch then decodes under its own low-rank update.
 """
 

@@ -1,0 +1,47 @@
+"""Evaluate a federation's pool, routed by its sites, beside the centralised methods on the same data.
+
+The federation is passed in (anything with the attributes of
+:class:`fedprag.cluster.demo.Federation`), so evaluation depends on no launcher.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from fedprag.shared.config import FedpragConfig
+from fedprag.shared.data.schema import Dataset
+from fedprag.shared.eval.harness import evaluate
+from fedprag.shared.eval.methods import Routed, build_methods
+from fedprag.shared.eval.report import Report
+from fedprag.shared.methods.base import Routing
+from fedprag.shared.methods.poly.layers import ExpertPool
+from fedprag.shared.methods.poly.model import PolyModel
+from fedprag.shared.models.loading import BaseModel
+
+BASELINES = ("closed_book", "standard_rag", "standard_rag_top1", "prag", "poly")
+
+
+class FanOutLike(Protocol):
+    def routings(self, query_embeddings: np.ndarray) -> list[Routing]: ...
+
+
+class FederationLike(Protocol):
+    dataset: Dataset
+    base: BaseModel
+    pool: ExpertPool
+    pool_bytes: int
+    fanout: FanOutLike
+
+
+def evaluate_federation(federation: FederationLike, config: FedpragConfig, show_progress: bool = True,
+                        baselines: tuple[str, ...] = BASELINES) -> Report:
+    """The results table: ``baselines`` trained centrally on the union of the data, and
+    ``poly_federated``, the federation's latest pool routed by fan-out to its sites."""
+    federated = Routed(PolyModel(federation.pool, config.poly, name="poly_federated"), federation.fanout.routings,
+                       federation.pool_bytes)
+    methods = [*build_methods(baselines, prag=config.prag, poly=config.poly, distilled=config.distilled), federated]
+    return evaluate(federation.dataset, federation.base, methods, config.harness,
+                    Path(config.federation.work_dir) / "eval", show_progress)
