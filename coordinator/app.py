@@ -20,7 +20,7 @@ from pathlib import Path
 from flwr.app import Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
 
-from fedprag.coordinator.privacy import DPSettings, add_noise, clip_update, epsilon
+from fedprag.coordinator.privacy import DPSettings, epsilon
 from fedprag.coordinator.registry import PoolRegistry
 from fedprag.coordinator.strategy import PoolStrategy, strategy_named
 from fedprag.shared.config import FederationSection, load_config
@@ -29,7 +29,7 @@ from fedprag.shared.log import get_logger
 from fedprag.shared.lora.layers import attach_lora
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool, placed
-from fedprag.shared.methods.poly.serializer import pool_arrays, pool_from_arrays
+from fedprag.shared.methods.poly.serializer import pool_arrays
 from fedprag.shared.models.loading import load_causal_lm
 from fedprag.shared.wire import RoundTask, SiteUpdate, WireError, record_bytes
 
@@ -45,7 +45,7 @@ class RoundReport:
     accepted: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
     bytes_per_site: dict[str, int] = field(default_factory=dict)
-    loss: float = float("nan")
+    loss: float | None = None  # the sites' weighted training loss; never recorded with DP on (it is not noised)
     epsilon: float | None = None  # (ε, δ) so far, when differential privacy is on
 
 
@@ -117,28 +117,30 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
         if len(updates) < federation.min_sites:
             log.error("coordinator.round.incomplete", round=number, valid=len(updates), needed=federation.min_sites)
         else:
-            pool, version = _aggregate_and_publish(registry, strategy, pool, updates, report, poly, dp)
+            pool, version = aggregate_and_publish(registry, strategy, pool, updates, report, poly, dp, len(nodes))
         registry.record_round(dataclasses.asdict(report))
 
 
-def _aggregate_and_publish(registry: PoolRegistry, strategy: PoolStrategy, pool: ExpertPool, updates: list[SiteUpdate],
-                           report: RoundReport, poly: PolyConfig, dp: DPSettings | None) -> tuple[ExpertPool, int]:
-    """Aggregate a round's valid updates (central DP when set), publish the pool, fill in ``report``."""
+def aggregate_and_publish(registry: PoolRegistry, strategy: PoolStrategy, pool: ExpertPool,
+                          updates: list[SiteUpdate], report: RoundReport, poly: PolyConfig, dp: DPSettings | None,
+                          sites_asked: int) -> tuple[ExpertPool, int]:
+    """Aggregate a round's valid updates, publish the pool, fill in ``report``.
+
+    With ``dp`` the strategy's private aggregate is used (clipped changes, weights bounded per
+    site, Gaussian noise from the OS; :mod:`fedprag.coordinator.privacy`), ε is recorded, and the
+    un-noised training loss is neither published nor recorded.
+    """
     number = report.round
-    if dp is not None:  # central DP: clip each site's change, aggregate, then add noise
-        broadcast = pool_arrays(pool)
-        updates = [clip_update(u, broadcast, dp.clip) for u in updates]
-    pool = strategy.aggregate(pool, updates)
+    metrics = {"sites": float(len(updates))}
     if dp is not None:
-        pool = pool_from_arrays(add_noise(pool_arrays(pool), dp, number), pool.scale, pool.routing)
-        report.epsilon = epsilon(number, dp.noise_multiplier, dp.delta)
-    report.loss = sum(u.loss * u.passages for u in updates) / sum(u.passages for u in updates)
-    metrics = {"loss": report.loss, "sites": float(len(updates))}
-    if report.epsilon is not None:
-        metrics["epsilon"] = report.epsilon
+        pool = strategy.private_aggregate(pool, updates, dp, sites_asked)
+        report.epsilon = metrics["epsilon"] = epsilon(number, dp.noise_multiplier, dp.delta)
+    else:
+        pool = strategy.aggregate(pool, updates)
+        report.loss = metrics["loss"] = sum(u.loss * u.passages for u in updates) / sum(u.passages for u in updates)
     report.version = registry.publish(pool, poly, number, metrics)
     log.info("coordinator.round.done", round=number, version=report.version, sites=len(updates),
-             loss=round(report.loss, 4), epsilon=report.epsilon)
+             loss=None if report.loss is None else round(report.loss, 4), epsilon=report.epsilon)
     return pool, report.version
 
 

@@ -1,20 +1,34 @@
-"""Central differential privacy for the pool: clip each site's change, add Gaussian noise, report ε.
+"""Central differential privacy for the expert pool, at site level.
 
-Each site's update is turned into its change against the broadcast pool and clipped to L2 norm
-``clip`` over all its expert tensors, before the strategy aggregates. Both strategies let one
-site move the aggregate by at most ``clip`` (expert-mass scales a change by a share ≤ 1; FedAvg
-by a weight ≤ 1), so Gaussian noise of standard deviation ``noise_multiplier · clip`` on every
-aggregated value makes each round a Gaussian mechanism with sensitivity ``clip`` (site-level
-privacy, every site in every round). ε after R rounds comes from Rényi-DP composition,
-``ε = min_α R·α / (2σ²) + log(1/δ) / (α − 1)``.
+Each round with DP on is one Gaussian mechanism over the sites' updates:
+
+1. ``Δ_s = clip(E_s − E, C)``: site ``s``'s change to every expert tensor against the broadcast pool
+   ``E``, scaled down to L2 norm at most ``C`` over all tensors together.
+2. ``w_s ∈ [0, 1]^{G×K}``: the strategy's weight of site ``s`` on each expert, computed from that
+   site's own report alone (:meth:`~fedprag.coordinator.strategy.PoolStrategy.private_weights`).
+3. ``S = Σ_s w_s ⊙ Δ_s``. Adding or removing one site, whatever it sends, changes ``S`` by its own
+   term, of norm ``‖w_s ⊙ Δ_s‖ ≤ ‖Δ_s‖ ≤ C``, and no other site's term: **the L2 sensitivity of S
+   is C** (tested against adversarial sites).
+4. ``E' = E + (S + N(0, σ²C²)) / D``, with ``D`` public and the same whichever sites answer
+   (:meth:`~fedprag.coordinator.strategy.PoolStrategy.private_denominator`); dividing by it is
+   post-processing.
+
+So every round is the Gaussian mechanism with noise multiplier ``σ``, every site in every round,
+and ε after ``R`` rounds comes from dp-accounting's Rényi-DP accountant. The noise is drawn from
+the operating system's cryptographically secure generator (``os.urandom``); there is no seed from
+which anyone could regenerate it and subtract it from the published pool. Nothing un-noised is
+published beside the pool: with DP on, the coordinator records no training loss.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from dp_accounting import dp_event, rdp
 
 from fedprag.shared.wire import SiteUpdate
 
@@ -24,27 +38,47 @@ class DPSettings:
     clip: float = 1.0
     noise_multiplier: float = 1.0
     delta: float = 1e-5
-    seed: int = 0
 
 
-def clip_update(update: SiteUpdate, broadcast: dict[str, np.ndarray], clip: float) -> SiteUpdate:
-    """The update with its change against ``broadcast`` scaled down to L2 norm ``clip`` if larger."""
-    norm = math.sqrt(sum(float(((update.experts[k] - v) ** 2).sum()) for k, v in broadcast.items()))
+def clipped_change(update: SiteUpdate, broadcast: Mapping[str, np.ndarray], clip: float) -> dict[str, np.ndarray]:
+    """The site's change against ``broadcast``, scaled down to L2 norm ``clip`` (over all tensors) if larger."""
+    change = {k: update.experts[k].astype(np.float64) - v for k, v in broadcast.items()}
+    norm = math.sqrt(sum(float((d ** 2).sum()) for d in change.values()))
     factor = min(1.0, clip / norm) if norm > 0 else 1.0
-    experts = {k: (v + (update.experts[k] - v) * factor).astype(np.float32) for k, v in broadcast.items()}
-    return SiteUpdate(**{**update.__dict__, "experts": experts})
+    return {k: d * factor for k, d in change.items()}
 
 
-def add_noise(arrays: dict[str, np.ndarray], settings: DPSettings, round_number: int) -> dict[str, np.ndarray]:
-    """Gaussian noise of std ``noise_multiplier · clip`` on every aggregated value."""
-    rng = np.random.default_rng([settings.seed, round_number])
+def private_sum(updates: Sequence[SiteUpdate], broadcast: Mapping[str, np.ndarray],
+                weights: Sequence[Mapping[str, np.ndarray]], clip: float) -> dict[str, np.ndarray]:
+    """``S = Σ_s w_s ⊙ clip(Δ_s)``; ``weights[s][key]`` broadcasts against that tensor and lies in [0, 1]."""
+    total = {k: np.zeros(v.shape, dtype=np.float64) for k, v in broadcast.items()}
+    for update, weight in zip(updates, weights):
+        for key, change in clipped_change(update, broadcast, clip).items():
+            total[key] += np.clip(weight[key], 0.0, 1.0) * change
+    return total
+
+
+def secure_normal(shape: tuple[int, ...], std: float) -> np.ndarray:
+    """Gaussian noise from ``os.urandom`` (Box–Muller over 53-bit uniforms): not reproducible by anyone."""
+    count = int(np.prod(shape))
+    bits = np.frombuffer(os.urandom(16 * ((count + 1) // 2)), dtype=np.uint64) >> np.uint64(11)
+    uniform = (bits.astype(np.float64) + 0.5) * 2.0 ** -53  # in (0, 1): the logarithm is finite
+    u1, u2 = uniform[0::2], uniform[1::2]
+    radius = np.sqrt(-2.0 * np.log(u1))
+    normal = np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])
+    return (normal[:count] * std).reshape(shape)
+
+
+def add_noise(total: Mapping[str, np.ndarray], settings: DPSettings) -> dict[str, np.ndarray]:
+    """``total`` plus Gaussian noise of standard deviation ``noise_multiplier · clip`` on every value."""
     std = settings.noise_multiplier * settings.clip
-    return {k: (v + rng.normal(0.0, std, v.shape)).astype(np.float32) for k, v in arrays.items()}
+    return {k: v + secure_normal(v.shape, std) for k, v in total.items()}
 
 
 def epsilon(rounds: int, noise_multiplier: float, delta: float) -> float:
-    """(ε, δ)-DP of ``rounds`` Gaussian mechanisms of noise multiplier σ, by RDP composition."""
+    """(ε, δ) after ``rounds`` Gaussian mechanisms of noise multiplier σ (dp-accounting, Rényi DP)."""
     if rounds == 0:
         return 0.0
-    orders = [1 + x / 10 for x in range(1, 1000)]
-    return min(rounds * a / (2 * noise_multiplier ** 2) + math.log(1 / delta) / (a - 1) for a in orders)
+    accountant = rdp.RdpAccountant()
+    accountant.compose(dp_event.GaussianDpEvent(noise_multiplier), rounds)
+    return float(accountant.get_epsilon(delta))

@@ -13,6 +13,13 @@ site counts for each expert:
   copies weighted by their sample counts.
 
 FedProx is a client-side change (``poly.proximal_mu`` in the round settings) and works with both.
+
+With central differential privacy on, :meth:`PoolStrategy.private_aggregate` replaces
+:meth:`PoolStrategy.aggregate`: the weights must then depend on each site's own report only and
+lie in [0, 1], so that one site cannot move the aggregate by more than the clip norm (see
+:mod:`fedprag.coordinator.privacy`). Expert-mass weighs a site's change to expert ``k`` by its mass
+there relative to its own heaviest expert; FedAvg weighs every site equally and divides by the
+number of sites the round was sent to, not by what they report.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedprag.coordinator.privacy import DPSettings, add_noise, private_sum
 from fedprag.shared.log import get_logger
 from fedprag.shared.methods.poly.layers import ExpertPool
 from fedprag.shared.methods.poly.serializer import pool_arrays, pool_from_arrays
@@ -69,6 +77,32 @@ class PoolStrategy:
         """One module's experts from the sites' ``copies`` ``[S, K, …]`` and ``weights`` ``[S, K, 1…]``."""
         raise NotImplementedError
 
+    def private_weights(self, update: SiteUpdate, pool: ExpertPool) -> np.ndarray:
+        """``[G, K]`` weights in [0, 1] from this site's own report alone (the DP aggregate)."""
+        raise NotImplementedError
+
+    def private_denominator(self, sites_asked: int) -> float:
+        """The public constant the DP aggregate's noisy sum is divided by."""
+        raise NotImplementedError
+
+    def private_sum(self, pool: ExpertPool, updates: Sequence[SiteUpdate], clip: float) -> dict[str, np.ndarray]:
+        """``Σ_s w_s ⊙ clip(Δ_s)`` per expert tensor: L2 sensitivity ``clip`` to any one site."""
+        broadcast = {k: v.astype(np.float64) for k, v in pool_arrays(pool).items()}
+        weights = []
+        for update in updates:
+            w = self.private_weights(update, pool)
+            weights.append({key: w[pool.groups[key.rsplit(".", 1)[0]]].reshape((-1,) + (1,) * (v.ndim - 1))
+                            for key, v in broadcast.items()})
+        return private_sum(updates, broadcast, weights, clip)
+
+    def private_aggregate(self, pool: ExpertPool, updates: Sequence[SiteUpdate], settings: DPSettings,
+                          sites_asked: int) -> ExpertPool:
+        """The next pool under central DP: ``E + (S + N(0, σ²C²)) / D`` (see :mod:`fedprag.coordinator.privacy`)."""
+        noisy = add_noise(self.private_sum(pool, updates, settings.clip), settings)
+        denominator = self.private_denominator(sites_asked)
+        merged = {k: (v + noisy[k] / denominator).astype(np.float32) for k, v in pool_arrays(pool).items()}
+        return pool_from_arrays(merged, pool.scale, pool.routing)
+
 
 class ExpertMassAggregation(PoolStrategy):
     name = "expert_mass"
@@ -80,6 +114,13 @@ class ExpertMassAggregation(PoolStrategy):
         share = weights / np.maximum(weights.max(0, keepdims=True), 1e-12)
         return current + ((copies - current) * share).sum(0)
 
+    def private_weights(self, update: SiteUpdate, pool: ExpertPool) -> np.ndarray:
+        mass = update.mass[MASS_KEY].astype(np.float64)
+        return mass / np.maximum(mass.max(-1, keepdims=True), 1e-12)
+
+    def private_denominator(self, sites_asked: int) -> float:
+        return 1.0
+
 
 class FedAvgAggregation(PoolStrategy):
     name = "fedavg"
@@ -89,6 +130,12 @@ class FedAvgAggregation(PoolStrategy):
 
     def combine(self, current: np.ndarray, copies: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return (copies * weights).sum(0) / weights.sum(0)
+
+    def private_weights(self, update: SiteUpdate, pool: ExpertPool) -> np.ndarray:
+        return np.ones((pool.n_groups, pool.n_experts))
+
+    def private_denominator(self, sites_asked: int) -> float:
+        return float(max(sites_asked, 1))
 
 
 STRATEGIES: dict[str, type[PoolStrategy]] = {s.name: s for s in (ExpertMassAggregation, FedAvgAggregation)}
