@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "--stem": {"default": "distilled", "help": "result file names: <stem>.json and <stem>.md"}})
     base = load_causal_lm(config.model.path)
     dataset = make_benchmark(config.benchmark)
-    report = evaluate(dataset, base, build_methods(METHODS, prag=config.prag, distilled=config.distilled),
+    report = evaluate(dataset, base, build_methods(METHODS, config.method_configs()),
                       config.harness, Path(args.work))
     em = {r.method: {kind: s.em for kind, s in r.scores.items()} for r in report.results}
     by = {r.method: r for r in report.results}

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args, config = setup(__doc__, "runs/bench-foundation", argv)
     base = load_causal_lm(config.model.path)
     dataset = make_benchmark(config.benchmark)
-    methods = build_methods(["closed_book", "standard_rag", "standard_rag_top1", "prag", "prag_combine"], prag=config.prag)
+    methods = build_methods(["closed_book", "standard_rag", "standard_rag_top1", "prag", "prag_combine"], config.method_configs())
     report = evaluate(dataset, base, methods, config.harness, Path(args.work))
     table = ratios(report)
     json_path, md_path = report.write(args.out, stem="foundation")

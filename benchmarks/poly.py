@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     base = load_causal_lm(config.model.path)
     dataset = make_benchmark(config.benchmark)
-    report = evaluate(dataset, base, build_methods(METHODS, prag=config.prag, poly=config.poly), config.harness, work)
+    report = evaluate(dataset, base, build_methods(METHODS, config.method_configs()), config.harness, work)
 
     by = {r.method: r for r in report.results}
     answers = [q.answers for q in dataset.questions]

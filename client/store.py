@@ -165,8 +165,14 @@ class SourcePassage:
     path: Path
     row: int | None = None  # JSONL line (from 1) or Parquet row (from 0); None for a .txt file
     line: bool = False      # ``row`` is a JSONL line number
-    given_id: str = ""      # the id in the source; differs from passage_id for a chunk ('<id>#k')
-    whole: str = ""         # the source's whole text; differs from text for a chunk
+    given_id: str = ""      # the id in the source (default: passage_id); differs for a chunk ('<id>#k')
+    whole: str = ""         # the source's whole text (default: text); differs for a chunk
+
+    def __post_init__(self) -> None:
+        if not self.given_id:
+            object.__setattr__(self, "given_id", self.passage_id)
+        if not self.whole:
+            object.__setattr__(self, "whole", self.text)
 
     @property
     def where(self) -> str:
@@ -387,11 +393,9 @@ class SiteStore:
                 new[source.passage_id] = source.text
             elif known == source.text:
                 unchanged += 1
-            elif source.passage_id in existing:
+            else:
                 raise source.error(f"passage id {_show(source.passage_id)} is already stored with different "
                                    "text; give the new passage another id")
-            else:  # read_sources refuses these already; kept for passages built elsewhere
-                raise source.error(f"passage id {_show(source.passage_id)} is given twice with different text")
         if augmentations:
             self._merge_augmentations({k: v for k, v in augmentations.items() if k in new or k in existing})
         if new:

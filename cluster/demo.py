@@ -29,7 +29,7 @@ from fedprag.shared.config import FedpragConfig
 from fedprag.shared.data.benchmark import make_benchmark
 from fedprag.shared.data.schema import Dataset
 from fedprag.shared.eval.report import Report
-from fedprag.shared.io import atomic_write_text
+from fedprag.shared.io import atomic_write_text, dir_bytes
 from fedprag.shared.log import get_logger
 from fedprag.shared.methods.poly.layers import ExpertPool
 from fedprag.shared.models.loading import BaseModel, load_causal_lm
@@ -76,7 +76,7 @@ def run_federation(config: FedpragConfig, show_progress: bool = True) -> Federat
     pool, manifest = latest
     encoder = SentenceEncoder()
     routers = [SiteRouter(s, encoder, base.digest, pool) for s in stores]
-    pool_bytes = sum(f.stat().st_size for f in registry.path(manifest["version"]).iterdir())
+    pool_bytes = dir_bytes(registry.path(manifest["version"]))
     return Federation(dataset, base, pool, pool_bytes, FanOut(routers, config.harness.top_k, config.poly), reports)
 
 

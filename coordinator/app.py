@@ -85,6 +85,10 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
     strategy = strategy_named(federation.strategy)
     dp = (DPSettings(federation.dp_clip, federation.dp_noise_multiplier, federation.dp_delta)
           if federation.dp_noise_multiplier > 0 else None)
+    if dp is not None and done > 0 and manifest["metrics"].get("dp_noise_multiplier") != dp.noise_multiplier:
+        raise ValueError(f"federation.dp_noise_multiplier: rounds 1–{done} of this registry ran "
+                         f"{'without DP' if 'epsilon' not in manifest['metrics'] else 'with another noise multiplier'}, "
+                         "so ε over all rounds is not what DP on would report; start a new work_dir")
     settings = {**poly.to_numbers(), "epochs": float(federation.local_epochs),
                 "home_experts": float(federation.home_experts)}
     for number in range(done + 1, federation.rounds + 1):
@@ -135,6 +139,7 @@ def aggregate_and_publish(registry: PoolRegistry, strategy: PoolStrategy, pool: 
     if dp is not None:
         pool = strategy.private_aggregate(pool, updates, dp, sites_asked)
         report.epsilon = metrics["epsilon"] = epsilon(number, dp.noise_multiplier, dp.delta)
+        metrics["dp_noise_multiplier"] = dp.noise_multiplier
     else:
         pool = strategy.aggregate(pool, updates)
         report.loss = metrics["loss"] = sum(u.loss * u.passages for u in updates) / sum(u.passages for u in updates)

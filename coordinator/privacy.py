@@ -14,10 +14,14 @@ Each round with DP on is one Gaussian mechanism over the sites' updates:
    post-processing.
 
 So every round is the Gaussian mechanism with noise multiplier ``σ``, every site in every round,
-and ε after ``R`` rounds comes from dp-accounting's Rényi-DP accountant. The noise is drawn from
-the operating system's cryptographically secure generator (``os.urandom``); there is no seed from
-which anyone could regenerate it and subtract it from the published pool. Nothing un-noised is
-published beside the pool: with DP on, the coordinator records no training loss.
+and ε after ``R`` rounds comes from dp-accounting's Rényi-DP accountant. What this protects is the
+content of a site's update (and so of its passages): neighbouring rounds differ in one site's term,
+and which sites took part is public (the round records name them, and the coordinator knows whom
+it asked). The noise is drawn from the operating system's cryptographically secure generator
+(``os.urandom``); there is no seed from which anyone could regenerate it and subtract it from the
+published pool. No un-noised statistic of the updates is published beside the pool: with DP on,
+the coordinator records no training loss. ε counts every round of the registry, so a registry
+that ran without DP, or with another ``σ``, cannot be resumed with DP on.
 """
 
 from __future__ import annotations

@@ -45,8 +45,9 @@ def _set_pairs(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _cmd_build_tiny(args: argparse.Namespace, config: FedpragConfig) -> int:
+    from fedprag.shared.io import file_sha256
     from fedprag.shared.models.tiny.build import build_tiny
-    from fedprag.shared.models.tiny.shipped import SHIPPED_ROOT, file_sha256, ship
+    from fedprag.shared.models.tiny.shipped import SHIPPED_ROOT, ship
 
     path = build_tiny(recipe_named(args.recipe), show_progress=not args.quiet)
     print(f"{path}\n{(path / 'metrics.json').read_text()}")
@@ -88,7 +89,7 @@ def _cmd_eval(args: argparse.Namespace, config: FedpragConfig) -> int:
     from fedprag.shared.models.loading import load_causal_lm
 
     out = Path(config.eval.out)
-    methods = build_methods(list(config.eval.methods), prag=config.prag, poly=config.poly, distilled=config.distilled)
+    methods = build_methods(list(config.eval.methods), config.method_configs())
     data_dir = Path(config.eval.data) if config.eval.data else out / "data"
     if not config.eval.data:
         write_dataset(make_benchmark(config.benchmark), data_dir)

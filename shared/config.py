@@ -31,6 +31,8 @@ import tomli_w
 
 from fedprag.shared.data.benchmark import BenchmarkSpec
 from fedprag.shared.eval.harness import HarnessConfig
+from fedprag.shared.methods import REGISTRY
+from fedprag.shared.methods.base import MethodConfig
 from fedprag.shared.methods.distilled.config import DistilledConfig
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.prag.config import PRAGConfig
@@ -107,6 +109,10 @@ class FedpragConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     harness: HarnessConfig = field(default_factory=HarnessConfig)
     federation: FederationSection = field(default_factory=FederationSection)
+
+    def method_configs(self) -> dict[str, MethodConfig]:
+        """Every registered method's configuration section, by method name."""
+        return {name: getattr(self, name) for name in REGISTRY}
 
     def validate(self) -> None:
         try:

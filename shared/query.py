@@ -5,7 +5,7 @@
 prompts and one batched adapter, sets that adapter on the base model's LoRA layers and generates
 every answer in one batched greedy decode. Requests with different adapters share the forward
 pass; nothing is merged into the base weights and nothing is reloaded. The evaluation harness
-answers through it, and so does the serving layer.
+answers through it, and a serving replica is meant to hold one.
 """
 
 from __future__ import annotations

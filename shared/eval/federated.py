@@ -21,14 +21,19 @@ from fedprag.shared.methods.poly.layers import ExpertPool
 from fedprag.shared.methods.poly.model import PolyModel
 from fedprag.shared.models.loading import BaseModel
 
-BASELINES = ("closed_book", "standard_rag", "standard_rag_top1", "prag", "poly")
+CENTRALISED = ("closed_book", "standard_rag", "standard_rag_top1", "prag", "poly")
+"""What the federated pool is compared with, each trained centrally on the union of the sites' data."""
 
 
 class FanOutLike(Protocol):
+    """Routing for queries from the federation's sites (:class:`fedprag.cluster.fanout.FanOut`)."""
+
     def routings(self, query_embeddings: np.ndarray) -> list[Routing]: ...
 
 
 class FederationLike(Protocol):
+    """A finished federation (:class:`fedprag.cluster.demo.Federation`)."""
+
     dataset: Dataset
     base: BaseModel
     pool: ExpertPool
@@ -37,11 +42,11 @@ class FederationLike(Protocol):
 
 
 def evaluate_federation(federation: FederationLike, config: FedpragConfig, show_progress: bool = True,
-                        baselines: tuple[str, ...] = BASELINES) -> Report:
+                        baselines: tuple[str, ...] = CENTRALISED) -> Report:
     """The results table: ``baselines`` trained centrally on the union of the data, and
     ``poly_federated``, the federation's latest pool routed by fan-out to its sites."""
     federated = Routed(PolyModel(federation.pool, config.poly, name="poly_federated"), federation.fanout.routings,
                        federation.pool_bytes)
-    methods = [*build_methods(baselines, prag=config.prag, poly=config.poly, distilled=config.distilled), federated]
+    methods = [*build_methods(baselines, config.method_configs()), federated]
     return evaluate(federation.dataset, federation.base, methods, config.harness,
                     Path(config.federation.work_dir) / "eval", show_progress)

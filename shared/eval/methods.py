@@ -8,7 +8,7 @@ question's :class:`~fedprag.shared.methods.base.Routing` comes from: the harness
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -103,14 +103,14 @@ class Baseline(EvalMethod):
 class Encoded(EvalMethod):
     """A registered method's variant: its ``encode_corpus`` on the dataset, then its model.
 
-    A variant named ``<method>_irrelevant`` is the ablation that checks an adapter depends on its
-    documents: each question's retrieved passages are swapped for as many others that are neither
-    retrieved nor gold for it.
+    A variant the method lists in ``SWAPPED_PASSAGES`` is the ablation that checks an adapter
+    depends on its documents: each question's retrieved passages are swapped for as many others
+    that are neither retrieved nor gold for it.
     """
 
     def __init__(self, variant: str, method: str, config: MethodConfig):
         self.name, self.method, self.config = variant, method, config
-        self.irrelevant = variant.endswith("_irrelevant")
+        self.irrelevant = variant in getattr(method_model(method), "SWAPPED_PASSAGES", ())
 
     def _encoded(self, ctx: EvalContext) -> tuple[MethodModel, EncodingCost]:
         return method_model(self.method).encode_corpus(ctx.corpus, self.config, self.name)  # cached in the corpus
@@ -173,9 +173,14 @@ BASELINES: dict[str, Callable[[], MethodModel]] = {
 }
 
 
-def build_methods(names: Sequence[str], **configs: MethodConfig) -> list[EvalMethod]:
+def build_methods(names: Sequence[str], configs: Mapping[str, MethodConfig] | None = None) -> list[EvalMethod]:
     """Instantiate methods by name: a baseline, or a registered method's variant configured by
-    ``configs[<method>]`` (its defaults when absent). Unknown names are refused, listing the known."""
+    ``configs[<method>]`` (its defaults when absent). Unknown names and configuration keys are
+    refused, listing the known ones."""
+    configs = dict(configs or {})
+    stray = sorted(set(configs) - set(REGISTRY))
+    if stray:
+        raise ValueError(f"configurations for unknown methods {stray} (known: {', '.join(REGISTRY)})")
     methods: list[EvalMethod] = []
     for name in names:
         if name in BASELINES:

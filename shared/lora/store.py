@@ -12,7 +12,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from fedprag.shared.io import atomic_dir
+from fedprag.shared.io import atomic_dir, dir_bytes
 
 TENSORS_FILE = "tensors.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -27,7 +27,7 @@ def save_encoding(directory: str | Path, tensors: dict[str, Tensor], manifest: d
     with atomic_dir(directory) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_FILE))
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    return sum(f.stat().st_size for f in Path(directory).iterdir())
+    return dir_bytes(directory)
 
 
 def load_encoding(directory: str | Path, method: str, base_digest: str) -> tuple[dict[str, Tensor], dict]:

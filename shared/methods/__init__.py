@@ -4,7 +4,10 @@
 Each method's ``model`` module exports ``CONFIG`` (its configuration class), ``VARIANTS`` (the names it answers to in evaluation) and
 ``encode_corpus(corpus, config, variant)``, which returns a
 :class:`~fedprag.shared.methods.base.MethodModel` and what encoding cost. Adding a method is a new
-folder plus one line in :data:`REGISTRY`; its configuration section has the method's name.
+folder, one line in :data:`REGISTRY` and its configuration section, named after the method, in
+:class:`fedprag.shared.config.FedpragConfig`. A module may also list ``SWAPPED_PASSAGES``: variants
+that the harness evaluates on passages neither retrieved nor gold for the question (the ablation
+that checks an adapter depends on its documents).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ local directory fails with a clear error instead of reaching the network.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from fedprag.shared.io import atomic_write_text
+from fedprag.shared.io import atomic_write_text, file_sha256
 from fedprag.shared.paths import fedprag_home
 
 SUPPORTED_FAMILIES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "mistral")
@@ -52,21 +53,20 @@ def model_digest(path: Path) -> str:
     whenever any weight does, so encodings never load against the wrong model.
 
     Computed once and cached under ``$FEDPRAG_HOME/digests``, keyed by each file's resolved path,
-    size and modification time, so later loads of the same files cost a few ``stat`` calls.
+    size, inode and modification and change times, so later loads of the same files cost a few
+    ``stat`` calls. Where the cache cannot be written the digest is simply recomputed next time.
     """
     files = _weight_files(path)
-    stamp = json.dumps([(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
-    cached = fedprag_home() / "digests" / hashlib.sha256(stamp.encode()).hexdigest()
+    stamps = [(str(f.resolve()), s.st_size, s.st_ino, s.st_mtime_ns, s.st_ctime_ns) for f in files if (s := f.stat())]
+    cached = fedprag_home() / "digests" / hashlib.sha256(json.dumps(stamps).encode()).hexdigest()
     if cached.is_file():
         return cached.read_text().strip()
     h = hashlib.sha256()
     for weights in files:
-        h.update(weights.name.encode())
-        with open(weights, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        h.update(f"{weights.name}:{file_sha256(weights)}\n".encode())
     digest = h.hexdigest()
-    atomic_write_text(cached, digest)
+    with contextlib.suppress(OSError):
+        atomic_write_text(cached, digest)
     return digest
 
 

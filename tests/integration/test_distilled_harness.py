@@ -19,7 +19,7 @@ METHODS = ["closed_book", "standard_rag_top1", "distilled_top1", "distilled_irre
 def em(small_reader_spec, tmp_path_factory):
     dataset = make_benchmark(BenchmarkSpec(people=12, sites=3, seed=5))
     base = load_causal_lm(small_reader_spec)
-    methods = build_methods(METHODS, distilled=DistilledConfig(steps=STEPS))
+    methods = build_methods(METHODS, {"distilled": DistilledConfig(steps=STEPS)})
     report = evaluate(dataset, base, methods, HarnessConfig(latency_queries=2), tmp_path_factory.mktemp("distilled"),
                       show_progress=False)
     return {r.method: r.scores["single"].em for r in report.results}

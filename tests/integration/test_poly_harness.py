@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 def report(small_model_spec, tmp_path_factory):
     dataset = make_benchmark(BenchmarkSpec(people=12, sites=3, seed=5))
     base = load_causal_lm(small_model_spec)
-    methods = build_methods(["closed_book", "prag", "poly", "poly_uniform", "poly_router"], prag=PRAGConfig(), poly=PolyConfig())
+    methods = build_methods(["closed_book", "prag", "poly", "poly_uniform", "poly_router"], {"prag": PRAGConfig(), "poly": PolyConfig()})
     return evaluate(dataset, base, methods, HarnessConfig(latency_queries=2), tmp_path_factory.mktemp("poly"),
                     show_progress=False)
 

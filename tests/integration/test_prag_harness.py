@@ -25,7 +25,7 @@ def report_and_work(small_model_spec, tmp_path_factory):
     # closed-book 0.04; with 72, one question decided whether the check held.
     dataset = make_benchmark(BenchmarkSpec(people=24, sites=3, seed=5))
     base = load_causal_lm(small_model_spec)
-    methods = build_methods(["closed_book", "standard_rag", "prag"], prag=PRAGConfig())
+    methods = build_methods(["closed_book", "standard_rag", "prag"], {"prag": PRAGConfig()})
     report = evaluate(dataset, base, methods, HarnessConfig(latency_queries=4), work, show_progress=False)
     return report, work, base
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from fedprag.shared.io import dir_bytes
 from fedprag.shared.lora.layers import Adapter
 from fedprag.shared.methods.base import Corpus, EncodingCost, MethodModel, Routing
 from fedprag.shared.methods.distilled import serializer
@@ -19,10 +20,10 @@ from fedprag.shared.methods.distilled.config import DistilledConfig
 from fedprag.shared.methods.distilled.trainer import DistilledEncoder
 
 CONFIG = DistilledConfig
-# ``distilled_irrelevant`` is the ablation that checks the LoRA depends on its documents: the
-# harness hands it passages that are neither retrieved nor gold, so exact match should fall to
-# closed-book.
 VARIANTS = ("distilled", "distilled_top1", "distilled_irrelevant")
+# The ablation that checks the LoRA depends on its documents: the harness hands it passages that
+# are neither retrieved nor gold, so exact match should fall to closed-book.
+SWAPPED_PASSAGES = ("distilled_irrelevant",)
 
 
 class DistilledModel(MethodModel):
@@ -56,7 +57,7 @@ def encode_corpus(corpus: Corpus, config: DistilledConfig,
         started = time.perf_counter()
         encoder.encode(texts)
         seconds = (time.perf_counter() - started) / len(texts)
-        stored = sum(f.stat().st_size for f in path.iterdir())
+        stored = dir_bytes(path)
         corpus.encodings["distilled"] = (encoder, EncodingCost(seconds, stored))
     encoder, cost = corpus.encodings["distilled"]
     return DistilledModel(encoder, passages=1 if variant == "distilled_top1" else None, name=variant), cost

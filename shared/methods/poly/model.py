@@ -50,7 +50,11 @@ class PolyModel(MethodModel):
         pool, config = self.pool, self.config
         if config.uniform:
             return torch.full((len(routings), pool.n_groups, pool.n_experts), 1.0 / pool.n_experts)
-        if all(r.weights is not None for r in routings):
+        blended = sum(r.weights is not None for r in routings)
+        if blended and blended < len(routings):
+            raise ValueError(f"{self.name}: {blended} of {len(routings)} requests carry blended expert weights; "
+                             "a batch is routed one way")
+        if blended:
             return torch.stack([r.weights for r in routings])
         if self.router is not None:
             embeddings = torch.from_numpy(np.stack([r.embedding for r in routings])).float()

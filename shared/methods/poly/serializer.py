@@ -78,8 +78,9 @@ def save_routing(directory: str | Path, routing: RoutingTable, pool: ExpertPool,
     """Write routing rows, bound to the pool they were trained against; returns bytes on disk.
 
     This and :func:`load_routing` are the only writer and reader of routing rows: a site's store
-    and an offline encoding use the same format. ``pool_version`` records the registry version
-    of that pool, when it has one (a federated site's rows).
+    and an offline encoding use the same format. ``pool_version`` records, for a federated site's
+    rows, the registry version of the pool the round started from (``pool`` is then the site's
+    own trained copy of it).
     """
     manifest = {"method": ROUTING_METHOD, "format_version": ROUTING_FORMAT_VERSION, "base_model_digest": base_digest,
                 "pool_digest": pool.digest(), "pool_version": pool_version, "n_groups": pool.n_groups,

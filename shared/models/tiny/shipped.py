@@ -10,11 +10,10 @@ rebuild gives the shipped weights bit for bit.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
-from fedprag.shared.io import atomic_dir
+from fedprag.shared.io import atomic_dir, file_sha256
 from fedprag.shared.models.tiny.recipe import TinyFinish, TinyRecipe, model_name
 
 SHIPPED_ROOT = Path(__file__).parent / "shipped"
@@ -23,14 +22,6 @@ SUMS = "SHA256SUMS"
 
 class ShippedModelError(ValueError):
     """A shipped model's files do not match its SHA256SUMS."""
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verified(path: Path) -> Path:
