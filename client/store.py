@@ -6,6 +6,7 @@ Layout of ``<data_dir>``::
     augmentations.parquet   optional encoding-time QA, if the owner supplied it
     routing/                the site's private routing rows (the Poly-PRAG serializer's format)
     state.json              site id, rounds joined, pool version
+    secret.key              32 random bytes keying the site's reply ids (mode 0600; never leaves)
 
 Every file is replaced atomically, so a crash mid-ingest leaves the previous complete state.
 Ingestion is idempotent: a passage is keyed by its id (given, or a hash of its text), re-ingesting
@@ -36,6 +37,7 @@ import codecs
 import hashlib
 import json
 import re
+import secrets
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +56,7 @@ PASSAGES = "passages.parquet"
 AUGMENTATIONS = "augmentations.parquet"
 ROUTING = "routing"
 STATE = "state.json"
+SECRET = "secret.key"
 
 
 @dataclass
@@ -332,6 +335,15 @@ class SiteStore:
 
     def save_state(self) -> None:
         atomic_write_text(self.root / STATE, json.dumps(asdict(self.state), indent=2))
+
+    def secret(self) -> bytes:
+        """The site's private key for reply ids, created on first use; it never leaves the site."""
+        path = self.root / SECRET
+        if not path.is_file():
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(secrets.token_bytes(32))
+                tmp.chmod(0o600)
+        return path.read_bytes()
 
     def passages(self) -> list[Passage]:
         path = self.root / PASSAGES

@@ -1,0 +1,34 @@
+"""A site's routing replies carry ids fresh for each query, keyed by a secret that never leaves the site."""
+
+import re
+import stat
+
+import numpy as np
+import torch
+
+from fedprag.client.routing_service import SiteRouter
+from fedprag.client.store import SECRET, SiteStore
+from fedprag.shared.methods.poly.layers import ExpertPool
+from fedprag.shared.retrieval.encoder import SentenceEncoder
+from fedprag.shared.wire import record_blobs
+
+TEXTS = ["Kara Lovel came into the world in 1873.", "Lo Fenwick plays the harp.", "Mi Quessa works as a baker.",
+         "Ze Garsk draws a salary from Brandor Mills."]
+
+
+def test_reply_ids_are_fresh_per_query_and_no_text_or_secret_is_in_the_reply(tmp_path):
+    store = SiteStore(tmp_path / "site", site_id="site-a")
+    store.add_passages([(f"own-passage-{i}", t) for i, t in enumerate(TEXTS)])
+    pool = ExpertPool({"layers.0.mlp.down_proj": (torch.zeros(4, 1, 6), torch.zeros(4, 5, 1))}, scale=1.0)
+    encoder = SentenceEncoder()
+    router = SiteRouter(store, encoder, "d" * 64, pool)
+    query = encoder.embed(["Who plays the harp?"])
+    first, second = router.route(np.concatenate([query, query]), k=3)
+    assert list(first.scores.values()) == list(second.scores.values())  # same hits, same order
+    assert not set(first.scores) & set(second.scores)  # unlinkable ids
+    assert all(re.fullmatch(r"x[0-9a-f]{16}", i) for i in [*first.scores, *second.scores])
+    assert stat.S_IMODE((store.root / SECRET).stat().st_mode) == 0o600
+    wire = b"".join(record_blobs(first.to_record()))
+    assert store.secret() not in wire and not any(t.encode() in wire for t in TEXTS)
+    assert b"own-passage" not in wire  # the site's own passage ids stay too
+    assert SiteRouter(store, encoder, "d" * 64, pool).route(query, k=1)[0].scores  # the secret persists and reloads
