@@ -10,6 +10,22 @@ not declare.
 
 Messages travel as Flower ``RecordDict``s: tensors as ``ArrayRecord``s, counts and scores as a
 ``MetricRecord``, ids as a ``ConfigRecord`` holding only validated ids.
+
+What crosses, field by field:
+
+* :class:`RoundTask`, coordinator → site: ``round`` and ``pool_version`` (counts); ``experts``
+  (the pool's factors, ``<module>.lora_A [K, r, in]`` and ``<module>.lora_B [K, out, r]``);
+  ``settings`` (the round's training settings as numbers, keyed by setting name).
+* :class:`SiteUpdate`, site → coordinator: ``site`` (the site's id); ``round``, ``pool_version``,
+  ``passages`` and ``sequences`` (counts of the site's passages and training sequences); ``loss``
+  (its mean training loss); ``experts`` (its trained copy of the pool, same shapes); ``mass``
+  (``routing_mass [G, K]``, the sum of its passages' expert weights). Passage ids, routing rows
+  and text stay at the site.
+* :class:`RoutingReply`, site → query API, one per query: ``site``; ``pool_version``; ``scores``
+  and ``routing``, keyed by ids fresh for that reply (an HMAC under the site's secret): each of the
+  site's top-k passages' retrieval score and its routing row ``[G, K]``. A routing row with the
+  pool is that passage's encoding, so repeated queries can collect them; replacing the rows by
+  one blended mixture per query is open work.
 """
 
 from __future__ import annotations
