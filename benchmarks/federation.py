@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     _, big_rounds, _ = _run(bigger, work / "bigger")
 
     em = {r.method: r.scores["single"].em for r in main_report.results}
-    em["poly_federated_fedavg"] = fedavg_report.results[-1].scores["single"].em
+    em["poly_federated_fedavg"] = next(r for r in fedavg_report.results if r.method == "poly_federated").scores["single"].em
     per_site = {config.benchmark.people: statistics.median(main_rounds[0].bytes_per_site.values()),
                 bigger.benchmark.people: statistics.median(big_rounds[0].bytes_per_site.values())}
     summary = {

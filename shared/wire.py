@@ -22,10 +22,10 @@ What crosses, field by field:
   (``routing_mass [G, K]``, the sum of its passages' expert weights). Passage ids, routing rows
   and text stay at the site.
 * :class:`RoutingReply`, site → query API, one per query: ``site``; ``pool_version``; ``scores``
-  and ``routing``, keyed by ids fresh for that reply (an HMAC under the site's secret): each of the
-  site's top-k passages' retrieval score and its routing row ``[G, K]``. A routing row with the
-  pool is that passage's encoding, so repeated queries can collect them; replacing the rows by
-  one blended mixture per query is open work.
+  (the retrieval scores of the site's top-k passages, keyed by ids fresh for that reply: an HMAC
+  under the site's secret); ``mixture`` (one ``[G, K]`` tensor: those passages' routing rows
+  blended by softmax(score / temperature)). A passage's own routing row never leaves: with the
+  pool it would be that passage's encoding.
 """
 
 from __future__ import annotations
@@ -216,10 +216,17 @@ class SiteUpdate(WireMessage):
 
 @dataclass(frozen=True)
 class RoutingReply(WireMessage):
-    """Site → query API: opaque ids of the site's best passages for a query, scores and routing."""
+    """Site → query API, for one query: the scores of the site's best passages (under ids fresh for
+    this reply) and one expert mixture ``[G, K]``, their routing rows blended by score.
+
+    ``mixture`` holds one tensor, :data:`MIXTURE`. No passage's own routing row is in the reply.
+    """
 
     KIND: ClassVar[str] = "routing_reply"
     site: str = opaque_id()
     pool_version: int = count()
     scores: Mapping[str, float] = scores()
-    routing: Mapping[str, np.ndarray] = tensors()
+    mixture: Mapping[str, np.ndarray] = tensors()
+
+
+MIXTURE = "mixture"

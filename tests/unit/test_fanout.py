@@ -1,45 +1,66 @@
-"""The query API's fan-out: the global top-k over the sites' replies, blended into one mixture per query."""
+"""The query API's fan-out: each site's blended mixture, weighed by its share of the global top-k."""
 
 import numpy as np
 import pytest
 import torch
 
-from fedprag.cluster.fanout import FanOut
+from fedprag.cluster.fanout import FanOut, blend_replies
 from fedprag.shared.methods.base import Routing
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool, combine
 from fedprag.shared.methods.poly.model import PolyModel
-from fedprag.shared.wire import RoutingReply
+from fedprag.shared.wire import MIXTURE, RoutingReply
 
 K = 4
+CONFIG = PolyConfig(n_experts=K, top_m=K, score_temperature=0.1)
 
 
 class _Site:
-    """Answers every query with fixed hits: opaque id → (score, routing row)."""
+    """A site with fixed hits, answering through the same two calls as a SiteRouter."""
 
     def __init__(self, name, hits):
-        self.name, self.hits = name, hits
+        self.name, self.hits = name, sorted(hits, key=lambda h: -h[0])  # (score, routing row [1, K])
 
-    def route(self, query_embeddings, k):
-        best = sorted(self.hits.items(), key=lambda h: -h[1][0])[:k]
-        return [RoutingReply(site=self.name, pool_version=1, scores={o: s for o, (s, _) in best},
-                             routing={o: w for o, (_, w) in best}) for _ in query_embeddings]
+    def route(self, query_embeddings, k, score_temperature):
+        best = self.hits[:k]
+        scores = np.array([s for s, _ in best])
+        blend = np.exp((scores - scores.max()) / score_temperature)
+        mixture = sum(b * w for b, (_, w) in zip(blend, best)) / blend.sum()
+        return [RoutingReply(site=self.name, pool_version=1, scores={f"x{i}": s for i, (s, _) in enumerate(best)},
+                             mixture={MIXTURE: mixture.astype(np.float32)}) for _ in query_embeddings]
+
+    def passage_rows(self, query_embeddings, k):
+        return [list(self.hits[:k]) for _ in query_embeddings]
 
 
 def _row(*weights):
     return np.array([weights], dtype=np.float32)
 
 
-def test_the_global_top_k_across_sites_is_blended_by_score():
-    config = PolyConfig(n_experts=K, top_m=K, score_temperature=0.1)
-    a = _Site("site-a", {"xa1": (0.9, _row(1, 0, 0, 0)), "xa2": (0.2, _row(0, 1, 0, 0))})
-    b = _Site("site-b", {"xb1": (0.7, _row(0, 0, 1, 0)), "xb2": (0.6, _row(0, 0, 0, 1))})
-    (routing,) = FanOut([a, b], k=3, config=config).routings(np.zeros((1, 8), dtype=np.float32))
-    assert routing.scores == pytest.approx((0.9, 0.7, 0.6)) and routing.passage_ids == ()
+SITES = [_Site("site-a", [(0.9, _row(1, 0, 0, 0)), (0.2, _row(0, 1, 0, 0))]),
+         _Site("site-b", [(0.7, _row(0, 0, 1, 0)), (0.6, _row(0, 0, 0, 1))])]
+
+
+def test_without_passages_outside_the_global_top_k_blending_at_the_sites_is_exact():
+    fanout = FanOut(SITES, k=4, config=CONFIG)
+    query = np.zeros((1, 8), dtype=np.float32)
+    (blended,), (exact,) = fanout.routings(query), fanout.passage_row_routings(query)
+    assert blended.scores == exact.scores == pytest.approx((0.9, 0.7, 0.6, 0.2)) and blended.passage_ids == ()
+    torch.testing.assert_close(blended.weights, exact.weights)
+
+
+def test_a_sites_mixture_counts_by_its_share_of_the_global_top_k():
+    query = np.zeros((1, 8), dtype=np.float32)
+    (exact,) = FanOut(SITES, k=3, config=CONFIG).passage_row_routings(query)
     expected = combine(torch.tensor([[[[1., 0, 0, 0]], [[0, 0, 1, 0]], [[0, 0, 0, 1]]]]),
                        torch.tensor([[0.9, 0.7, 0.6]]), K, 0.1)[0]
-    torch.testing.assert_close(routing.weights, expected)
-    assert routing.weights[0, 1] == 0  # xa2 is not in the global top 3
+    torch.testing.assert_close(exact.weights, expected)  # the reference: site a's 0.2 passage is out
+    replies = [site.route(query, 3, 0.1)[0] for site in SITES]
+    blended = blend_replies(replies, 3, CONFIG)
+    share = torch.softmax(torch.tensor([0.9, 0.7, 0.6]) / 0.1, 0)  # site a holds the first, site b the others
+    mixtures = [torch.from_numpy(r.mixture[MIXTURE])[0] for r in replies]
+    torch.testing.assert_close(blended.weights[0], share[0] * mixtures[0] + share[1:].sum() * mixtures[1])
+    assert 0 < blended.weights[0, 1] < 1e-3  # site a's weak passage leaks in through its mixture, slightly
 
 
 def test_a_batch_of_blended_routings_becomes_one_gate_per_request_and_mixed_batches_are_refused():

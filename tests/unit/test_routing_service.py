@@ -10,7 +10,7 @@ from fedprag.client.routing_service import SiteRouter
 from fedprag.client.store import SECRET, SiteStore
 from fedprag.shared.methods.poly.layers import ExpertPool
 from fedprag.shared.retrieval.encoder import SentenceEncoder
-from fedprag.shared.wire import record_blobs
+from fedprag.shared.wire import MIXTURE, record_blobs
 
 TEXTS = ["Kara Lovel came into the world in 1873.", "Lo Fenwick plays the harp.", "Mi Quessa works as a baker.",
          "Ze Garsk draws a salary from Brandor Mills."]
@@ -23,7 +23,7 @@ def test_reply_ids_are_fresh_per_query_and_no_text_or_secret_is_in_the_reply(tmp
     encoder = SentenceEncoder()
     router = SiteRouter(store, encoder, "d" * 64, pool)
     query = encoder.embed(["Who plays the harp?"])
-    first, second = router.route(np.concatenate([query, query]), k=3)
+    first, second = router.route(np.concatenate([query, query]), k=3, score_temperature=0.05)
     assert list(first.scores.values()) == list(second.scores.values())  # same hits, same order
     assert not set(first.scores) & set(second.scores)  # unlinkable ids
     assert all(re.fullmatch(r"x[0-9a-f]{16}", i) for i in [*first.scores, *second.scores])
@@ -31,4 +31,6 @@ def test_reply_ids_are_fresh_per_query_and_no_text_or_secret_is_in_the_reply(tmp
     wire = b"".join(record_blobs(first.to_record()))
     assert store.secret() not in wire and not any(t.encode() in wire for t in TEXTS)
     assert b"own-passage" not in wire  # the site's own passage ids stay too
-    assert SiteRouter(store, encoder, "d" * 64, pool).route(query, k=1)[0].scores  # the secret persists and reloads
+    assert list(first.mixture) == [MIXTURE] and first.mixture[MIXTURE].shape == (1, 4)  # one mixture, no rows
+    np.testing.assert_allclose(first.mixture[MIXTURE].sum(-1), 1.0, rtol=1e-5)
+    assert SiteRouter(store, encoder, "d" * 64, pool).route(query, 1, 0.05)[0].scores  # the secret persists and reloads
