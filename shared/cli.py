@@ -222,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                              help="rebuild a built-in model from its recipe (the default ships with fedprag)")
     build.add_argument("--recipe", default="default", choices=list(RECIPES),
                        help="default: about 110 min on 2 cores from nothing (the reader, about 18 min, then four "
-                            "finishing stages, each cached: drilled, polished, annealed, default); small and "
-                            "small-reader: 2-4 min models for the integration tests. Builds are cached under "
+                            "finishing stages, each cached: drilled, polished, annealed, default); small: a "
+                            "3-minute model for the integration tests. Builds are cached under "
                             "$FEDPRAG_HOME/models and compared, bit for bit, with the shipped copy")
     build.add_argument("--ship", action="store_true",
                        help="for maintainers: copy the built model into the package's shipped models, with its "

@@ -16,9 +16,11 @@ METHODS = ["closed_book", "standard_rag_top1", "distilled_top1", "distilled_irre
 
 
 @pytest.fixture(scope="module")
-def em(small_reader_spec, tmp_path_factory):
+def em(tmp_path_factory):
+    """Distilled from the shipped default model, which reads (standard RAG, top passage: 0.944 here);
+    the small test models read too little to distil from."""
     dataset = make_benchmark(BenchmarkSpec(people=12, sites=3, seed=5))
-    base = load_causal_lm(small_reader_spec)
+    base = load_causal_lm("tiny")
     methods = build_methods(METHODS, {"distilled": DistilledConfig(steps=STEPS)})
     report = evaluate(dataset, base, methods, HarnessConfig(latency_queries=2), tmp_path_factory.mktemp("distilled"),
                       show_progress=False)
@@ -26,11 +28,11 @@ def em(small_reader_spec, tmp_path_factory):
 
 
 def test_generated_lora_answers_from_its_document(em):
-    # measured: 0.21 against 0.00 closed-book (the model reads 0.375 with the passage in context)
+    # measured: 0.514 against 0.069 closed-book and 0.056 with irrelevant passages
     assert em["distilled_top1"] >= em["closed_book"] + 0.12, em
     assert em["distilled_top1"] >= em["distilled_irrelevant"] + 0.1, em
 
 
 def test_an_irrelevant_document_does_not_help(em):
-    # measured: 0.03 against 0.00 closed-book
+    # measured: 0.056 against 0.069 closed-book
     assert em["distilled_irrelevant"] <= em["closed_book"] + 0.05, em

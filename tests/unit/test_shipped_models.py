@@ -10,7 +10,7 @@ from fedprag.shared.models.tiny.recipe import RECIPES, TinyRecipe, model_name
 from fedprag.shared.models.tiny.shipped import SHIPPED_ROOT, ShippedModelError, shipped_model, verified
 
 
-@pytest.mark.parametrize("recipe", ["default", "small", "small-reader"])
+@pytest.mark.parametrize("recipe", ["default", "small"])
 def test_the_default_and_test_models_ship_and_resolve_to_their_shipped_copy(recipe, tmp_path, monkeypatch):
     monkeypatch.setenv("FEDPRAG_HOME", str(tmp_path))  # an empty cache: nothing may be built
     assert shipped_model(RECIPES[recipe]) is not None, f"tiny:{recipe} does not ship with fedprag"

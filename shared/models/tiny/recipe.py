@@ -136,10 +136,6 @@ RECIPES: dict[str, TinyRecipe | TinyFinish] = {
     # language modelling and closed-book recall those encodings rely on.
     "small": TinyRecipe(name="small", steps=900, reading_stage=0.0, curriculum=0.3, mix_reading=0.2,
                         mix_multihop=0.0, mix_passage_lm=0.4, mix_recall=0.4),
-    # A fast reader for the DistilledPRAG integration test, which needs in-context reading to distil
-    # from: reading only, 1,000 steps (about 4 minutes on 2 cores). It reads jobs and companies
-    # (1.0 with the passage), few other attributes (0.35 overall), and answers nothing closed-book.
-    "small-reader": TinyRecipe(name="small-reader", steps=1000, reading_stage=1.0, curriculum=0.25),
 }
 
 
