@@ -387,16 +387,9 @@ class SiteStore:
         new: dict[str, str] = {}
         unchanged = 0
         split: set[str] = set()
-        kept_whole: set[str] = set()  # long passages stored unsplit by an older version, given again
         for source in passages:
             if source.passage_id != source.given_id:  # a chunk of a long passage
-                stored = existing.get(source.given_id)
-                if stored == source.whole:
-                    if source.given_id not in kept_whole:
-                        kept_whole.add(source.given_id)
-                        unchanged += 1
-                    continue
-                if stored is not None:
+                if source.given_id in existing:
                     raise source.error(f"passage id {_show(source.given_id)} is already stored with different "
                                        "text; give the new passage another id")
                 split.add(source.given_id)

@@ -113,7 +113,11 @@ class Encoded(EvalMethod):
         self.irrelevant = variant in getattr(method_model(method), "SWAPPED_PASSAGES", ())
 
     def _encoded(self, ctx: EvalContext) -> tuple[MethodModel, EncodingCost]:
-        return method_model(self.method).encode_corpus(ctx.corpus, self.config, self.name)  # cached in the corpus
+        """The variant's model and cost, encoded once per context (not once per batch or query)."""
+        key = f"model:{self.name}"
+        if key not in ctx.encodings:
+            ctx.encodings[key] = method_model(self.method).encode_corpus(ctx.corpus, self.config, self.name)
+        return ctx.encodings[key]
 
     def encode(self, ctx: EvalContext) -> EncodingCost:
         return self._encoded(ctx)[1]

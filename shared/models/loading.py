@@ -57,7 +57,8 @@ def model_digest(path: Path) -> str:
     ``stat`` calls. Where the cache cannot be written the digest is simply recomputed next time.
     """
     files = _weight_files(path)
-    stamps = [(str(f.resolve()), s.st_size, s.st_ino, s.st_mtime_ns, s.st_ctime_ns) for f in files if (s := f.stat())]
+    stats = [(f, f.stat()) for f in files]
+    stamps = [(str(f.resolve()), s.st_size, s.st_ino, s.st_mtime_ns, s.st_ctime_ns) for f, s in stats]
     cached = fedprag_home() / "digests" / hashlib.sha256(json.dumps(stamps).encode()).hexdigest()
     if cached.is_file():
         return cached.read_text().strip()
