@@ -22,7 +22,7 @@ from pathlib import Path
 
 from common import setup  # benchmarks/common.py (scripts run from this folder)
 
-from fedprag.cluster.demo import run_federation, traffic_table
+from fedprag.cluster.demo import running_federation, traffic_table
 from fedprag.shared.eval.federated import evaluate_federation
 from fedprag.shared.io import atomic_write_text
 
@@ -31,8 +31,8 @@ def _run(config, work: Path, baselines=()):
     shutil.rmtree(work, ignore_errors=True)
     config = dataclasses.replace(config, federation=dataclasses.replace(config.federation, work_dir=str(work)))
     started = time.perf_counter()
-    federation = run_federation(config, show_progress=False)
-    report = evaluate_federation(federation, config, show_progress=False, baselines=baselines)
+    with running_federation(config, show_progress=False) as federation:
+        report = evaluate_federation(federation, config, show_progress=False, baselines=baselines)
     return report, federation.rounds, time.perf_counter() - started
 
 

@@ -1,39 +1,45 @@
-"""The site's Flower ClientApp: decode the round task, train locally, reply with a site update.
+"""The site's Flower ClientApp: train in rounds, and keep the pool the coordinator releases.
 
-Which data directory a node serves comes from its node config: ``site-dir`` (a deployed
-SuperNode, ``--node-config "site-dir='/data/site' model='tiny'"``), or ``partition-id`` under the
-federation's ``sites`` folder (a simulated node). The module-level ``client_app`` is what a
-deployed SuperNode runs; it takes the base model from the node config's ``model`` (default
-``tiny``), so each owner points at its own copy of the weights. Every reply is also appended, byte for byte, to the site's
-egress log, so an owner can audit what left.
+``train`` carries a :class:`~fedprag.shared.wire.RoundTask` and is answered with a
+:class:`~fedprag.shared.wire.SiteUpdate`; ``query.release`` carries a
+:class:`~fedprag.shared.wire.PoolRelease` and is answered with a
+:class:`~fedprag.shared.wire.ReleaseAck` (:func:`fedprag.client.train.site_work` does both).
+
+Where the work runs comes from the node config:
+
+* ``daemon='unix:///…/daemon.sock'`` (a SuperNode started by ``fedprag client run``): the message
+  goes to the site daemon's local ``SiteAdmin.Work``, which holds the base model warm. This
+  process, which the SuperNode starts afresh for every message, then imports neither torch nor
+  the model.
+* otherwise it runs here: ``site-dir`` names the data directory (a SuperNode started by hand), or
+  ``partition-id`` a store under the federation's ``sites`` folder (a simulated node). The base
+  model is the node config's ``model`` (default ``tiny``).
+
+Every reply is also appended, byte for byte, to the site's egress log, so an owner can audit what left.
 """
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
-import torch
-from flwr.app import Context, Message, RecordDict
+import grpc
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedprag.client.store import SiteStore
-from fedprag.client.train import local_round
 from fedprag.shared.log import configure as configure_logging
 from fedprag.shared.log import get_logger
-from fedprag.shared.models.loading import BaseModel, load_causal_lm
-from fedprag.shared.wire import RoundTask, record_blobs
+from fedprag.shared.proto import routing_pb2_grpc
+from fedprag.shared.wire import PoolRelease, ReleaseAck, RoundTask, SiteUpdate, WireMessage, record_blobs
 
 log = get_logger(__name__)
 
+WORK_DEADLINE = 3600.0  # seconds a round may take at the site
+REQUESTS: dict[str, type[WireMessage]] = {MessageType.TRAIN: RoundTask, f"{MessageType.QUERY}.release": PoolRelease}
+REPLIES: dict[str, type[WireMessage]] = {RoundTask.KIND: SiteUpdate, PoolRelease.KIND: ReleaseAck}
+
 
 class SiteFailure(RuntimeError):
-    """A site could not complete its round; carries only the kind of failure, never its text."""
-
-
-@functools.lru_cache(maxsize=2)
-def _base(spec: str) -> BaseModel:
-    return load_causal_lm(spec)
+    """A site could not do its work; carries only the kind of failure, never its text."""
 
 
 def site_dir(context: Context, sites_root: str | None) -> Path:
@@ -46,15 +52,26 @@ def site_dir(context: Context, sites_root: str | None) -> Path:
     return Path(sites_root) / f"site-{int(config['partition-id'])}"
 
 
-def audit(store: SiteStore, record: RecordDict) -> None:
+def audit(root: Path, site: str, record: RecordDict) -> None:
     """Append the exact serialised bytes of an outgoing message to the site's egress log.
 
     ``<data_dir>/egress/<site>.bin`` lets a data owner inspect everything that left the site.
     """
-    folder = store.root / "egress"
+    folder = root / "egress"
     folder.mkdir(exist_ok=True)
-    with open(folder / f"{store.state.site_id}.bin", "ab") as out:
+    with open(folder / f"{site}.bin", "ab") as out:
         out.writelines(record_blobs(record))
+
+
+def forward(address: str, request: WireMessage) -> WireMessage:
+    """Hand ``request`` to the site daemon on its local socket; returns its reply."""
+    with grpc.insecure_channel(address) as channel:  # a Unix socket in a 0700 folder, on site
+        try:
+            reply = routing_pb2_grpc.SiteAdminStub(channel).Work(request.to_proto(), timeout=WORK_DEADLINE)
+        except grpc.RpcError as exc:  # the daemon's details name the failure's kind only
+            kind = exc.details() if exc.code() == grpc.StatusCode.INTERNAL else exc.code().name
+            raise SiteFailure(kind) from None
+    return REPLIES[request.KIND].from_proto(reply)
 
 
 def make_client_app(model_spec: str | None = None, sites_root: str | None = None, threads: int = 1) -> ClientApp:
@@ -62,24 +79,32 @@ def make_client_app(model_spec: str | None = None, sites_root: str | None = None
     the folder of site stores."""
     app = ClientApp()
 
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
+    def handle(msg: Message, context: Context) -> Message:
         configure_logging()  # a deployed ClientApp logs to its SuperNode's log, on site
-        torch.set_num_threads(threads)
-        where = str(context.node_config.get("site-dir", context.node_config.get("partition-id", "?")))
+        config = context.node_config
+        root = site_dir(context, sites_root)
         try:
-            task = RoundTask.from_record(msg.content)
-            store = SiteStore(site_dir(context, sites_root))
-            spec = model_spec or str(context.node_config.get("model", "tiny"))
-            record = local_round(store, _base(spec), task).to_record()
+            request = REQUESTS[msg.metadata.message_type].from_record(msg.content)
+            if "daemon" in config:
+                reply = forward(str(config["daemon"]), request)
+            else:
+                # Only here, in-process, does this ClientApp need torch and the model.
+                from fedprag.client.train import run_locally
+                reply = run_locally(root, model_spec or str(config.get("model", "tiny")), request, threads)
+        except SiteFailure:
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure is reported, by kind only
             # The reason stays on site; only the failure's kind crosses the boundary (an exception
             # message could quote a passage).
-            log.error("client.round.failed", kind=type(exc).__name__, site=where)
+            log.error("client.message.failed", kind=type(exc).__name__, site=str(root),
+                      message_type=msg.metadata.message_type)
             raise SiteFailure(type(exc).__name__) from None
-        audit(store, record)
+        record = reply.to_record()
+        audit(root, reply.site, record)
         return Message(record, reply_to=msg)
 
+    app.train()(handle)
+    app.query("release")(handle)
     return app
 
 

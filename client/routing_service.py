@@ -1,13 +1,19 @@
 """A site's routing service: answer a query with scores and one expert mixture, never text or a passage's row.
 
-The site embeds its passages once into its own faiss index (kept in its data directory), searches
-it for each query embedding the query API sends, and replies with one
+The site embeds its encoded passages into its own faiss index (kept in its data directory),
+searches it for each query embedding the query API sends, and replies with one
 :class:`~fedprag.shared.wire.RoutingReply` per query: the scores of its best passages and one
-expert mixture, their routing rows blended by score. A passage's own routing row never leaves.
+expert mixture, their routing rows blended by score. A passage's own routing row never leaves, and
+a pending passage (no routing row yet) is not searched.
+
 The scores are keyed by ids fresh for every query: an HMAC-SHA256, under the site's secret key
 (which never leaves the site), of a random per-query nonce and the passage id. The same passage
 gets unrelated ids in two replies, so a caller can neither link replies by id nor test whether a
 site holds a passage it can name.
+
+:func:`serve_routing` puts a :class:`SiteRouter` behind gRPC (``SiteRouting.Route`` in
+``shared/proto/routing.proto``): TLS with a certificate from the federation's CA, a bearer token
+per caller, a deadline on every call, and bounds on ``k`` and the batch.
 """
 
 from __future__ import annotations
@@ -15,59 +21,186 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import threading
+from collections.abc import Callable, Collection
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
 
+import grpc
 import numpy as np
 
 from fedprag.client.store import SiteStore
-from fedprag.shared.methods.poly.layers import ExpertPool, routing_weights
-from fedprag.shared.retrieval.encoder import SentenceEncoder
+from fedprag.shared.io import atomic_write_text
+from fedprag.shared.log import get_logger
+from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable, routing_weights
+from fedprag.shared.proto import routing_pb2, routing_pb2_grpc
+from fedprag.shared.retrieval.encoder import EMBEDDING_DIM, SentenceEncoder
 from fedprag.shared.retrieval.index import PassageIndex
-from fedprag.shared.wire import MIXTURE, RoutingReply
+from fedprag.shared.wire import EMBEDDINGS, MIXTURE, RoutingReply, RoutingRequest, WireError
+
+log = get_logger(__name__)
 
 INDEX_FILE = "index.faiss"
+INDEX_IDS = "index.ids"  # a digest of the indexed passage ids, in order
+MAX_K = 64
+MAX_DEADLINE = 300.0  # seconds
+MAX_QUERIES = 256
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 class SiteRouter:
-    """Serves routing for one site store against the federation's current pool."""
+    """Serves routing for one site store's encoded passages against the released pool."""
 
-    def __init__(self, store: SiteStore, encoder: SentenceEncoder, base_digest: str, pool: ExpertPool):
-        self.store = store
-        passages = store.passages()
-        path = store.root / INDEX_FILE
-        index = PassageIndex.load(path) if path.is_file() else None
-        if index is None or len(index) != len(passages):
-            index = PassageIndex.build(encoder.embed([p.text for p in passages]), list(range(len(passages))))
-            index.save(path)
-        self.index = index
-        self.weights = routing_weights(store.routing(pool, base_digest)).numpy()
+    def __init__(self, store: SiteStore, encoder: SentenceEncoder, base_digest: str, pool: ExpertPool,
+                 pool_version: int = 0):
+        self.store, self.encoder, self.pool_version = store, encoder, pool_version
+        table = store.encoded(pool, base_digest)
+        self.index = self._load_index(table.passage_ids) or self._embedded(table.passage_ids, 0)
+        self._save_index(table.passage_ids)
+        self.weights = routing_weights(table.logits).numpy()
+        self._ids = [pid.encode() for pid in table.passage_ids]
         self._secret = store.secret()
-        self._ids = [p.passage_id.encode() for p in passages]
+        self._lock = threading.Lock()
+
+    def _load_index(self, passage_ids: list[str]) -> PassageIndex | None:
+        """The stored index, if it holds exactly these passages in this order."""
+        path, ids_path = self.store.root / INDEX_FILE, self.store.root / INDEX_IDS
+        if path.is_file() and ids_path.is_file() and ids_path.read_text() == _ids_digest(passage_ids):
+            return PassageIndex.load(path)
+        return None
+
+    def _save_index(self, passage_ids: list[str]) -> None:
+        self.index.save(self.store.root / INDEX_FILE)
+        atomic_write_text(self.store.root / INDEX_IDS, _ids_digest(passage_ids))
+
+    def _embedded(self, passage_ids: list[str], first_row: int, index: PassageIndex | None = None) -> PassageIndex:
+        texts = {p.passage_id: p.text for p in self.store.passages()}
+        embeddings = self.encoder.embed([texts[pid] for pid in passage_ids]) if passage_ids else None
+        if index is None:
+            index = PassageIndex(EMBEDDING_DIM)
+        if embeddings is not None:
+            index.add(embeddings, list(range(first_row, first_row + len(passage_ids))))
+        return index
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, rows: RoutingTable) -> None:
+        """Start serving newly encoded passages (their rows were just stored)."""
+        with self._lock:
+            self._embedded(rows.passage_ids, len(self._ids), self.index)
+            self.weights = np.concatenate([self.weights, routing_weights(rows.logits).numpy()])
+            self._ids += [pid.encode() for pid in rows.passage_ids]
+            self._save_index([pid.decode() for pid in self._ids])
 
     def reply_id(self, nonce: bytes, row: int) -> str:
         """The id passage ``row`` goes by in one reply: ``x`` + 16 hex digits of HMAC(secret, nonce ‖ id)."""
         return "x" + hmac.new(self._secret, nonce + self._ids[row], hashlib.sha256).hexdigest()[:16]
 
-    def _hits(self, query_embeddings: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per query, the scores and rows of the site's top-``k`` passages."""
-        scores, rows = self.index.search(query_embeddings, k)
-        return [(score_row[id_row >= 0], id_row[id_row >= 0]) for score_row, id_row in zip(scores, rows)]
-
     def route(self, query_embeddings: np.ndarray, k: int, score_temperature: float) -> list[RoutingReply]:
         """Per query, one wire reply: the top-``k`` passages' scores under fresh ids, and their routing
         rows blended by softmax(score / ``score_temperature``) into one mixture."""
+        with self._lock:
+            scores, rows = self.index.search(query_embeddings, k)
+            weights = self.weights
         replies = []
-        for scores, rows in self._hits(query_embeddings, k):
+        for score_row, id_row in zip(scores, rows):
+            found = id_row >= 0
+            hit_scores, hit_rows = score_row[found], id_row[found]
             nonce = os.urandom(16)
-            blend = np.exp((scores - scores.max()) / score_temperature)
-            mixture = (blend[:, None, None] * self.weights[rows]).sum(0) / blend.sum()
-            replies.append(RoutingReply(site=self.store.state.site_id, pool_version=self.store.state.pool_version,
-                                        scores={self.reply_id(nonce, int(r)): float(s) for s, r in zip(scores, rows)},
+            if len(hit_rows):
+                blend = np.exp((hit_scores - hit_scores.max()) / score_temperature)
+                mixture = (blend[:, None, None] * weights[hit_rows]).sum(0) / blend.sum()
+            else:
+                mixture = np.zeros(weights.shape[1:], dtype=np.float32)
+            replies.append(RoutingReply(site=self.store.state.site_id, pool_version=self.pool_version,
+                                        scores={self.reply_id(nonce, int(r)): float(s)
+                                                for s, r in zip(hit_scores, hit_rows)},
                                         mixture={MIXTURE: mixture.astype(np.float32)}))
         return replies
 
-    def passage_rows(self, query_embeddings: np.ndarray, k: int) -> list[list[tuple[float, np.ndarray]]]:
-        """Evaluation only, in one process: per query, each top-``k`` passage's score and own
-        routing row, the inputs an exact global blend would need. No routing service sends these:
-        a row with the pool is that passage's encoding (it measures what blending at the site costs)."""
-        return [[(float(s), self.weights[int(r)]) for s, r in zip(scores, rows)]
-                for scores, rows in self._hits(query_embeddings, k)]
+
+def _ids_digest(passage_ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(passage_ids).encode()).hexdigest()
+
+
+@dataclass
+class RoutingCounters:
+    """What the routing service has done since the daemon started (for ``fedprag client status``)."""
+
+    queries: int = 0
+    refused: int = 0
+
+
+def _bearer(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata():
+        if key == "authorization" and value.startswith("Bearer "):
+            return value[len("Bearer "):]
+    return ""
+
+
+class RoutingServicer(routing_pb2_grpc.SiteRoutingServicer):
+    """``SiteRouting.Route``: authenticate, check the deadline and the request, route, reply."""
+
+    def __init__(self, router: Callable[[], SiteRouter | None], tokens: Collection[str], counters: RoutingCounters):
+        self.router, self.counters = router, counters
+        self._tokens = [t.encode() for t in tokens]
+
+    def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, reason: str) -> None:
+        self.counters.refused += 1
+        log.warning("routing.refused", code=code.name, reason=reason, peer=context.peer())
+        context.abort(code, reason)
+
+    def Route(self, request: routing_pb2.WireRecord, context: grpc.ServicerContext) -> routing_pb2.RouteReplies:
+        token = _bearer(context).encode()
+        if not any(hmac.compare_digest(token, known) for known in self._tokens):
+            self._refuse(context, grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
+        remaining = context.time_remaining()  # gRPC reports "no deadline" as ~2^63 s
+        if remaining is None or remaining > MAX_DEADLINE:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"every call needs a deadline of at most {MAX_DEADLINE:.0f} s")
+        try:
+            routing = RoutingRequest.from_proto(request)
+        except WireError as exc:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        embeddings = routing.queries.get(EMBEDDINGS)
+        if embeddings is None or embeddings.ndim != 2 or not 0 < len(embeddings) <= MAX_QUERIES:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"queries.{EMBEDDINGS} must be [Q, D] with 1 ≤ Q ≤ {MAX_QUERIES}")
+        if not 1 <= routing.k <= MAX_K or routing.score_temperature <= 0:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"k must be in 1..{MAX_K} and score_temperature positive")
+        router = self.router()
+        if router is None or not len(router):
+            self._refuse(context, grpc.StatusCode.UNAVAILABLE, "this site has no encoded passages yet")
+        if embeddings.shape[1] != router.index.index.d:
+            self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"query embeddings have {embeddings.shape[1]} dimensions, the site's index {router.index.index.d}")
+        replies = router.route(embeddings, routing.k, routing.score_temperature)
+        self.counters.queries += len(replies)
+        return routing_pb2.RouteReplies(replies=[r.to_proto() for r in replies])
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """The routing endpoint's certificate and key (signed by the federation's CA)."""
+
+    cert: Path
+    key: Path
+
+
+def serve_routing(router: Callable[[], SiteRouter | None], address: str, tls: ServerTls, tokens: Collection[str],
+                  counters: RoutingCounters, workers: int = 4) -> tuple[grpc.Server, int]:
+    """Start the routing service on ``address`` (``host:port``; port 0 picks one); returns it and its port."""
+    if not tokens:
+        raise ValueError("site.tokens_file: the routing service needs at least one caller token")
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=[
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    routing_pb2_grpc.add_SiteRoutingServicer_to_server(RoutingServicer(router, tokens, counters), server)
+    credentials = grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())])
+    port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise OSError(f"site.routing_address: cannot listen on {address}")
+    server.start()
+    return server, port

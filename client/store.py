@@ -5,10 +5,15 @@ Layout of ``<data_dir>``::
     passages.parquet        passage_id, text (the only copy of the text; it never leaves)
     augmentations.parquet   optional encoding-time QA, if the owner supplied it
     routing/                the site's private routing rows (the Poly-PRAG serializer's format)
+    pool/                   the latest pool the coordinator released, with its settings
     state.json              site id, rounds joined, pool version
     secret.key              32 random bytes keying the site's reply ids (mode 0600; never leaves)
+    .lock                   held by whoever writes: a round, the daemon's ingest or encoding
 
-Every file is replaced atomically, so a crash mid-ingest leaves the previous complete state.
+Every file is replaced atomically, so a crash mid-ingest leaves the previous complete state, and
+every write happens under the store's lock (:meth:`SiteStore.locked`), so a round and the daemon
+never interleave their writes. A passage is *encoded* once it has a routing row; until then it is
+*pending*, and the routing service does not search it.
 Ingestion is idempotent: a passage is keyed by its id (given, or a hash of its text), re-ingesting
 the same passages adds nothing, and an id that comes back with different text is an error rather
 than a silent overwrite.
@@ -24,6 +29,10 @@ float, a list or anything but a non-empty string or an integer (integers are sto
 decimal string; a missing id is a hash of the text); an id given twice in one call with different
 texts (both places are named); an id already stored with different text.
 
+A JSONL row may also carry the owner's own encoding-time QA pairs, ``"qa": [[question, answer],
+...]`` (non-empty strings), and optionally a ``"rewrite"``; they are kept in
+``augmentations.parquet`` and win over any generated augmentation.
+
 Passages longer than :data:`~fedprag.shared.data.schema.MAX_PASSAGE_CHARS` (the dataset limit)
 are split, not refused: into chunks of at most that many characters, cut at the last sentence end
 (else the last whitespace, else hard at the limit) of each window, dropping the whitespace at the
@@ -34,11 +43,14 @@ file stays idempotent. Passages within the limit keep their id unchanged.
 from __future__ import annotations
 
 import codecs
+import contextlib
+import dataclasses
+import fcntl
 import hashlib
 import json
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -49,14 +61,17 @@ import torch
 from fedprag.shared.data.augment import cloze_augmentation
 from fedprag.shared.data.schema import MAX_PASSAGE_CHARS, Augmentation, DatasetError, Passage, read_dataset
 from fedprag.shared.io import atomic_path, atomic_write_text
+from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable
-from fedprag.shared.methods.poly.serializer import load_routing, save_routing
+from fedprag.shared.methods.poly.serializer import load_pool, load_routing, save_pool, save_routing
 
 PASSAGES = "passages.parquet"
 AUGMENTATIONS = "augmentations.parquet"
 ROUTING = "routing"
+POOL = "pool"
 STATE = "state.json"
 SECRET = "secret.key"
+LOCK = ".lock"
 
 
 @dataclass
@@ -170,6 +185,8 @@ class SourcePassage:
     line: bool = False      # ``row`` is a JSONL line number
     given_id: str = ""      # the id in the source (default: passage_id); differs for a chunk ('<id>#k')
     whole: str = ""         # the source's whole text (default: text); differs for a chunk
+    qa: tuple[tuple[str, str], ...] = ()  # the owner's QA pairs for this passage (JSONL "qa")
+    rewrite: str = ""       # the owner's rewrite (JSONL "rewrite"; default: the text)
 
     def __post_init__(self) -> None:
         if not self.given_id:
@@ -239,8 +256,27 @@ def _read_jsonl(path: Path) -> list[SourcePassage]:
         if "id" in item and item["id"] is None:
             raise _error(path, number, "passage id must be a non-empty string or an integer, got null "
                                        "(leave 'id' out to use a hash of the text)", line=True)
-        rows.append(_checked(item.get("id"), item["text"], path, number, line=True, hash_missing=True))
+        source = _checked(item.get("id"), item["text"], path, number, line=True, hash_missing=True)
+        if "qa" in item or "rewrite" in item:
+            source = dataclasses.replace(source, qa=_qa_pairs(item.get("qa", []), path, number),
+                                         rewrite=_rewrite(item.get("rewrite", ""), path, number))
+        rows.append(source)
     return rows
+
+
+def _qa_pairs(value: object, path: Path, number: int) -> tuple[tuple[str, str], ...]:
+    """A JSONL row's ``qa``: a list of [question, answer] pairs of non-empty strings."""
+    if not isinstance(value, list) or not all(
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) and x.strip() for x in pair)
+            for pair in value):
+        raise _error(path, number, "'qa' must be a list of [question, answer] pairs of non-empty strings", line=True)
+    return tuple((q, a) for q, a in value)
+
+
+def _rewrite(value: object, path: Path, number: int) -> str:
+    if not isinstance(value, str):
+        raise _error(path, number, f"'rewrite' must be a string, got {_kind(value)}", line=True)
+    return value
 
 
 # What reading a damaged Parquet file can raise, from pyarrow or while converting its cells.
@@ -336,6 +372,21 @@ class SiteStore:
     def save_state(self) -> None:
         atomic_write_text(self.root / STATE, json.dumps(asdict(self.state), indent=2))
 
+    def reload_state(self) -> SiteState:
+        """Re-read ``state.json`` (another process, a round's ClientApp, may have written it)."""
+        self.state = SiteState(**json.loads((self.root / STATE).read_text()))
+        return self.state
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store's write lock (an advisory ``flock``, released if the holder dies)."""
+        with open(self.root / LOCK, "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def secret(self) -> bytes:
         """The site's private key for reply ids, created on first use; it never leaves the site."""
         path = self.root / SECRET
@@ -383,6 +434,7 @@ class SiteStore:
     def add_read(self, passages: Iterable[SourcePassage],
                  augmentations: dict[str, Augmentation] | None = None) -> IngestReport:
         """Store passages from :func:`read_sources`; nothing is written unless all of them can be."""
+        passages = list(passages)
         existing = {p.passage_id: p.text for p in self.passages()}
         new: dict[str, str] = {}
         unchanged = 0
@@ -401,6 +453,9 @@ class SiteStore:
             else:
                 raise source.error(f"passage id {_show(source.passage_id)} is already stored with different "
                                    "text; give the new passage another id")
+        owned = {s.passage_id: Augmentation(s.passage_id, s.rewrite or s.text, list(s.qa))
+                 for s in passages if s.qa and s.passage_id == s.given_id}
+        augmentations = {**(augmentations or {}), **owned}
         if augmentations:
             self._merge_augmentations({k: v for k, v in augmentations.items() if k in new or k in existing})
         if new:
@@ -443,3 +498,34 @@ class SiteStore:
     def save_routing(self, routing: RoutingTable, pool: ExpertPool, pool_version: int, base_digest: str) -> None:
         """Keep the rows trained in a round against ``pool`` (version ``pool_version``)."""
         save_routing(self.root / ROUTING, routing, pool, base_digest, pool_version)
+
+    def encoded(self, pool: ExpertPool, base_digest: str) -> RoutingTable:
+        """The stored routing rows of the passages that have one, in passage order."""
+        if not (self.root / ROUTING / "manifest.json").is_file():
+            return RoutingTable([], torch.empty(0, pool.n_groups, pool.n_experts))
+        stored = load_routing(self.root / ROUTING, pool, base_digest, same_pool=False)
+        kept = set(stored.passage_ids)
+        ids = [p.passage_id for p in self.passages() if p.passage_id in kept]
+        return RoutingTable(ids, stored.logits[stored.rows(ids)])
+
+    def pending(self, pool: ExpertPool, base_digest: str) -> list[Passage]:
+        """The passages without a routing row yet, in passage order."""
+        encoded = set(self.encoded(pool, base_digest).passage_ids)
+        return [p for p in self.passages() if p.passage_id not in encoded]
+
+    def add_routing(self, rows: RoutingTable, pool: ExpertPool, base_digest: str) -> None:
+        """Store rows for passages encoded since the last round, beside the rows already kept."""
+        stored = self.encoded(pool, base_digest)
+        version = self.state.pool_version
+        save_routing(self.root / ROUTING, stored.extended(rows), pool, base_digest, version)
+
+    def save_pool(self, pool: ExpertPool, config: PolyConfig, version: int, base_digest: str) -> None:
+        """Keep the pool version the coordinator released, with the settings it was trained with."""
+        save_pool(self.root / POOL, pool, config, base_digest, version, extra={"settings": config.to_numbers()})
+
+    def pool(self, base_digest: str) -> tuple[ExpertPool, PolyConfig, int] | None:
+        """The released pool, its settings and its version; ``None`` before the first release."""
+        if not (self.root / POOL / "manifest.json").is_file():
+            return None
+        pool, manifest = load_pool(self.root / POOL, base_digest)
+        return pool, PolyConfig.from_numbers(manifest["settings"]), int(manifest["version"])

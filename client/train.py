@@ -1,46 +1,116 @@
-"""A site's part of a federated round: train on local passages, return only what the schema admits.
+"""A site's encoding work: its share of a federated round, and routing rows for new passages.
 
-The site receives the current pool, continues training it together with its own private routing
-rows on its passages' augmentation, keeps the routing rows, and sends back the trained experts
-plus its routing mass per expert (``m_sk = Σ_p w_pk``). Passage text stays in the site store.
+In a round the site receives the current pool, continues training it together with its own
+private routing rows on its passages' augmentation, keeps the routing rows, and sends back the
+trained experts plus its routing mass per expert (``m_sk = Σ_p w_pk``). Between rounds, passages
+that arrive are encoded routing-only against the pool the coordinator released, with the pool
+frozen: the site's other rows and the pool stay as they are. Passage text stays in the site store.
 """
 
 from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
 
 from fedprag.client.store import SiteStore
 from fedprag.shared.log import get_logger
 from fedprag.shared.lora.layers import attach_lora
 from fedprag.shared.methods.poly.config import PolyConfig
-from fedprag.shared.methods.poly.layers import routing_weights
+from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable, routing_weights
 from fedprag.shared.methods.poly.serializer import pool_arrays, pool_from_arrays
-from fedprag.shared.methods.poly.trainer import train_pool
-from fedprag.shared.models.loading import BaseModel
-from fedprag.shared.wire import RoundTask, SiteUpdate
+from fedprag.shared.methods.poly.trainer import encode_incremental, train_pool
+from fedprag.shared.models.loading import BaseModel, load_causal_lm
+from fedprag.shared.wire import PoolRelease, ReleaseAck, RoundTask, SiteUpdate, WireMessage
 
 log = get_logger(__name__)
+
+
+class CannotEncode(RuntimeError):
+    """New passages cannot be encoded against this pool; they stay pending and are not served."""
 
 
 def local_round(store: SiteStore, base: BaseModel, task: RoundTask) -> SiteUpdate:
     """Train this site's share of round ``task.round``; persists the site's routing rows."""
     config = PolyConfig.from_numbers(task.settings)
     pool = pool_from_arrays(task.experts, config.scale, config.routing)
-    passages = store.passages()
-    if not passages:
-        raise RuntimeError(f"site {store.state.site_id} has no passages; run 'fedprag client ingest' first")
-    augmentations = store.augmentations()
-    if not store.state.home_experts and task.settings.get("home_experts", 0) > 0:
-        size, block = int(task.settings["home_experts"]), int(task.settings["home_block"])
-        store.state.home_experts = [(block * size + j) % pool.n_experts for j in range(size)]
-    start = store.routing(pool, base.digest, store.state.home_experts)
-    trained = train_pool(base, attach_lora(base.model), passages, augmentations, config, show_progress=False,
-                         start=(pool, start))
-    store.save_routing(trained.routing, trained.pool, task.pool_version, base.digest)
-    store.state.rounds_joined.append(task.round)
-    store.state.pool_version = task.pool_version
-    store.save_state()
+    with store.locked():
+        passages = store.passages()
+        if not passages:
+            raise RuntimeError(f"site {store.state.site_id} has no passages; run 'fedprag client ingest' first")
+        augmentations = store.augmentations()
+        if not store.state.home_experts and task.settings.get("home_experts", 0) > 0:
+            size, block = int(task.settings["home_experts"]), int(task.settings["home_block"])
+            store.state.home_experts = [(block * size + j) % pool.n_experts for j in range(size)]
+        start = store.routing(pool, base.digest, store.state.home_experts)
+        trained = train_pool(base, attach_lora(base.model), passages, augmentations, config, show_progress=False,
+                             start=(pool, start))
+        store.save_routing(trained.routing, trained.pool, task.pool_version, base.digest)
+        store.state.rounds_joined.append(task.round)
+        store.state.pool_version = task.pool_version
+        store.save_state()
     mass = routing_weights(trained.routing.logits).sum(0)
     log.info("client.round.done", site=store.state.site_id, round=task.round, passages=len(passages),
              loss=round(trained.loss, 4))
     return SiteUpdate(site=store.state.site_id, round=task.round, pool_version=task.pool_version,
                       passages=len(passages), sequences=trained.sequences, loss=trained.loss,
                       experts=pool_arrays(trained.pool), mass={"routing_mass": mass.numpy()})
+
+
+def keep_release(store: SiteStore, base: BaseModel, release: PoolRelease) -> None:
+    """Keep a released pool version in the store (the routing service and new passages use it)."""
+    config = PolyConfig.from_numbers(release.settings)
+    pool = pool_from_arrays(release.experts, config.scale, config.routing)
+    with store.locked():
+        store.save_pool(pool, config, release.pool_version, base.digest)
+    log.info("client.release.kept", site=store.state.site_id, pool_version=release.pool_version)
+
+
+def encode_pending(store: SiteStore, base: BaseModel, pool: ExpertPool, config: PolyConfig) -> RoutingTable:
+    """Encode every pending passage routing-only against ``pool``; returns (and stores) their rows.
+
+    Raises :class:`CannotEncode` if the pool is not one that takes new passages.
+    """
+    with store.locked():
+        pending = store.pending(pool, base.digest)
+        if not pending:
+            return RoutingTable([], torch.empty(0, pool.n_groups, pool.n_experts))
+        if not config.encodes_new_passages:
+            raise CannotEncode(f"{len(pending)} passages wait for the next round: this pool (poly.layers = "
+                               f"'{config.layers}') cannot encode new passages routing-only; a pool with "
+                               "poly.layers = 'last' can (see benchmarks/poly_last_layer.toml)")
+        rows = encode_incremental(base, attach_lora(base.model), pool, pending, store.augmentations(), config,
+                                  show_progress=False)
+        store.add_routing(rows, pool, base.digest)
+    log.info("client.encode.done", site=store.state.site_id, passages=len(pending))
+    return rows
+
+
+def release_ack(store: SiteStore, base: BaseModel, pool_version: int) -> ReleaseAck:
+    """What a site answers a release with: the version kept, and its encoded and pending passages."""
+    pool = store.pool(base.digest)[0]
+    encoded = len(store.encoded(pool, base.digest).passage_ids)
+    return ReleaseAck(site=store.state.site_id, pool_version=pool_version, encoded=encoded,
+                      pending=len(store.passages()) - encoded)
+
+
+def site_work(store: SiteStore, base: BaseModel, request: WireMessage) -> WireMessage:
+    """Answer a coordinator's message: a round task with a site update, a release with an ack."""
+    if isinstance(request, RoundTask):
+        return local_round(store, base, request)
+    if isinstance(request, PoolRelease):
+        keep_release(store, base, request)
+        return release_ack(store, base, request.pool_version)
+    raise TypeError(f"a site does not answer {request.KIND} messages")
+
+
+@functools.lru_cache(maxsize=2)
+def _base(spec: str) -> BaseModel:
+    return load_causal_lm(spec)
+
+
+def run_locally(root: Path, model_spec: str, request: WireMessage, threads: int = 1) -> WireMessage:
+    """:func:`site_work` in this process, for a ClientApp with no site daemon (simulation, a bare SuperNode)."""
+    torch.set_num_threads(threads)
+    return site_work(SiteStore(root), _base(model_spec), request)

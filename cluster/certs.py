@@ -7,7 +7,9 @@
   loopback names (``127.0.0.1``, ``::1``, ``localhost``) plus any extra host names asked for;
 * ``nodes/<name>`` / ``nodes/<name>.pub`` — one ECDSA P-384 key pair per SuperNode, in the
   OpenSSH formats ``flower-supernode --auth-supernode-private-key`` and
-  ``flwr supernode register`` read.
+  ``flwr supernode register`` read;
+* ``routing/<name>.pem`` / ``routing/<name>.key`` — a site daemon's routing-service certificate,
+  signed by the same CA, so the query API verifies every site against one root.
 
 It is meant for local and test deployments; a production federation uses certificates from the
 operator's own CA. Private keys are written with mode 0600, every file atomically.
@@ -90,22 +92,41 @@ def write_tls(out_dir: str | Path, hosts: Sequence[str] = (), days: int = 30) ->
                                      key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    server_key = ec.generate_private_key(ec.SECP384R1())
-    server_cert = (
+    files = TlsFiles(out / "ca.crt", out / "server.pem", out / "server.key")
+    _write(out / "ca.key", _key_pem(ca_key), private=True)
+    _write(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
+    _sign_server(out, "fedprag superlink", files.server_cert, files.server_key, hosts, days)
+    return files
+
+
+def _sign_server(ca_dir: Path, common_name: str, cert_path: Path, key_path: Path, hosts: Sequence[str],
+                 days: int) -> None:
+    """A server certificate for the loopback names plus ``hosts``, signed by the CA in ``ca_dir``."""
+    ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedprag superlink")]))
-        .issuer_name(ca_name).public_key(server_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(end)
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(_subject_alternative_names([*LOOPBACK_NAMES, *hosts]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    files = TlsFiles(out / "ca.crt", out / "server.pem", out / "server.key")
-    _write(out / "ca.key", _key_pem(ca_key), private=True)
-    _write(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM))
-    _write(files.server_key, _key_pem(server_key), private=True)
-    _write(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM))
+    _write(key_path, _key_pem(key), private=True)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def write_routing_cert(ca_dir: str | Path, name: str, hosts: Sequence[str] = (), days: int = 30) -> TlsFiles:
+    """A site's routing-service certificate and key under ``<ca_dir>/routing``, signed by the CA there."""
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"site name: expected a plain file name, got {name!r}")
+    out = Path(ca_dir)
+    files = TlsFiles(out / "ca.crt", out / "routing" / f"{name}.pem", out / "routing" / f"{name}.key")
+    _sign_server(out, f"fedprag routing {name}", files.server_cert, files.server_key, hosts, days)
     return files
 
 

@@ -2,10 +2,12 @@
 
 1. Build (or load) the base model and generate the benchmark, split over sites by Dirichlet(α).
 2. Lay out one site store per data owner; text stays in those stores.
-3. Run the federated rounds: a SuperLink (the coordinator's ServerApp) and one SuperNode per site
-   as separate processes over TLS with node authentication (or, with ``federation.runtime =
-   "simulation"``, every site as a Ray actor).
-4. Start each site's routing service and the query API's fan-out over them.
+3. Start one site daemon per store and run the federated rounds: a SuperLink (the coordinator's
+   ServerApp) and the daemons' SuperNodes as separate processes over TLS with node authentication
+   (or, with ``federation.runtime = "simulation"``, every site as a Ray actor, then the daemons).
+   The coordinator releases the last pool to every site.
+4. Connect the query API's fan-out to every daemon's routing service over gRPC. No process but a
+   site's own daemon opens that site's store from here on.
 
 :func:`fedprag.shared.eval.federated.evaluate_federation` then answers every test question through
 that fan-out and puts federated Poly-PRAG beside the centralised methods; :func:`write_results`
@@ -14,16 +16,17 @@ adds the bytes each site sent.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedprag.client.routing_service import SiteRouter
-from fedprag.cluster.deployment import federate
+from fedprag.cluster.deployment import LocalDeployment
 from fedprag.cluster.fanout import FanOut
-from fedprag.cluster.simulation import prepare_sites
-from fedprag.coordinator.app import RoundReport, registry_dir
+from fedprag.cluster.simulation import prepare_sites, simulate
+from fedprag.coordinator.app import RoundReport, recorded_rounds, registry_dir
 from fedprag.coordinator.registry import PoolRegistry
 from fedprag.shared.config import FedpragConfig
 from fedprag.shared.data.benchmark import make_benchmark
@@ -33,7 +36,6 @@ from fedprag.shared.io import atomic_write_text, dir_bytes
 from fedprag.shared.log import get_logger
 from fedprag.shared.methods.poly.layers import ExpertPool
 from fedprag.shared.models.loading import BaseModel, load_causal_lm
-from fedprag.shared.retrieval.encoder import SentenceEncoder
 
 log = get_logger(__name__)
 
@@ -60,24 +62,29 @@ def traffic_table(reports: list[RoundReport]) -> str:
     return "\n".join(lines)
 
 
-def run_federation(config: FedpragConfig, show_progress: bool = True) -> Federation:
-    """Steps 1–4 of the module docstring."""
+@contextlib.contextmanager
+def running_federation(config: FedpragConfig, show_progress: bool = True) -> Iterator[Federation]:
+    """Steps 1–4 of the module docstring; the site daemons (and the SuperLink) stop on exit."""
     federation = config.federation
     work = Path(federation.work_dir)
     base = load_causal_lm(config.model.path, show_progress=show_progress)
     dataset = make_benchmark(config.benchmark)
     stores = prepare_sites(dataset, work / "sites")
     log.info("demo.sites", sites=len(stores), passages=[len(s.passages()) for s in stores])
-    reports = federate(config, [s.root for s in stores])
-    registry = PoolRegistry(registry_dir(federation), base.digest)
-    latest = registry.latest()
-    if latest is None:
-        raise RuntimeError("the federation published no pool; see the coordinator log")
-    pool, manifest = latest
-    encoder = SentenceEncoder()
-    routers = [SiteRouter(s, encoder, base.digest, pool) for s in stores]
-    pool_bytes = dir_bytes(registry.path(manifest["version"]))
-    return Federation(dataset, base, pool, pool_bytes, FanOut(routers, config.harness.top_k, config.poly), reports)
+    sites = [(s.root.name, s.root) for s in stores]
+    simulated = federation.runtime == "simulation"
+    if simulated:
+        simulate(config.model.path, config.poly, federation, len(stores))
+    with LocalDeployment(work, sites, config.model.path, rounds=not simulated) as deployment:
+        reports = recorded_rounds(registry_dir(federation)) if simulated else deployment.run(config)
+        registry = PoolRegistry(registry_dir(federation), base.digest)
+        latest = registry.latest()
+        if latest is None:
+            raise RuntimeError("the federation published no pool; see the coordinator log")
+        pool, manifest = latest
+        pool_bytes = dir_bytes(registry.path(manifest["version"]))
+        fanout = FanOut(deployment.routing_sites(), config.harness.top_k, config.poly)
+        yield Federation(dataset, base, pool, pool_bytes, fanout, reports)
 
 
 def write_results(report: Report, rounds: list[RoundReport], work_dir: str | Path) -> Path:

@@ -7,24 +7,28 @@
 2. ``flower-superlink`` with TLS and SuperNode authentication on a free loopback port;
 3. each site's public key registered with ``flwr supernode register`` — a SuperNode whose key
    is not registered is refused;
-4. one ``flower-supernode`` per site, serving that site's data directory;
+4. one site daemon (``fedprag client run``) per site, serving that site's data directory: it keeps
+   the site's SuperNode connected and serves the site's routing over gRPC, with a certificate from
+   the same CA and a caller token (``<work_dir>/certs/routing-tokens``);
 5. ``flwr run`` of the fedprag Flower app: its ServerApp is :data:`fedprag.coordinator.app.server_app`,
    its ClientApp :data:`fedprag.client.app.client_app`, and its only run setting is the path of the
    fedprag TOML file the coordinator reads.
 
+With ``rounds=False`` (the simulation runtime has already trained) only the site daemons start,
+serving routing with the pool the simulation released to their stores.
+
 Each process runs in its own session, logs to ``<work_dir>/logs/<name>.log`` (``pids.json``
 lists them) and is stopped through its process group by PID. Flower's SuperExec and the apps it
 launches run in sessions of their own, so the deployment also keeps track of every descendant of
-its processes while they run, and stops those too, even after their parent died. A SuperNode's
-log holds that site's own ClientApp logs, so it stays with the site.
+its processes while they run, and stops those too, even after their parent died. A site's
+SuperNode logs (with its ClientApp's) under the site's own data directory, so they stay with the site.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
+import secrets
 import socket
 import subprocess
 import sys
@@ -34,14 +38,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Self
 
+import grpc
 import psutil
 
-from fedprag.cluster.certs import NodeKeys, TlsFiles, write_node_keys, write_tls
-from fedprag.cluster.simulation import FLOWER_QUIET, simulate
+from fedprag.client.daemon import DAEMON_FILE, daemon_status
+from fedprag.cluster.certs import NodeKeys, TlsFiles, write_node_keys, write_routing_cert, write_tls
+from fedprag.cluster.fanout import RemoteSite
+from fedprag.cluster.simulation import simulate
 from fedprag.coordinator.app import RoundReport, recorded_rounds, registry_dir
-from fedprag.shared.config import FedpragConfig, config_to_toml
+from fedprag.shared.config import FedpragConfig, SiteSection, config_to_toml
 from fedprag.shared.io import atomic_write_text
 from fedprag.shared.log import get_logger
+from fedprag.shared.processes import bin_path, flower_env, free_port, spawn, stop
 
 log = get_logger(__name__)
 
@@ -68,29 +76,23 @@ clientapp = "fedprag.client.app:client_app"
 [tool.flwr.app.config]
 config = ""
 """
-CONNECTED = "SuperNode ID:"
 
 
 class DeploymentError(RuntimeError):
     """A deployment process failed to start, was refused, or the run did not finish."""
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+@contextlib.contextmanager
+def socket_to(port: int):
+    """A TCP connection to ``port`` on loopback (``OSError`` if nothing listens)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=1.0) as connection:
+        yield connection
 
 
 def _quoted(value: str) -> str:
     if "'" in value or '"' in value:
         raise DeploymentError(f"path {value!r}: quotes are not allowed in paths passed to Flower")
     return f"'{value}'"
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)
 
 
 @dataclass
@@ -103,38 +105,32 @@ class Started:
 
 
 class LocalDeployment:
-    """A SuperLink and one SuperNode per site on loopback, with TLS and SuperNode authentication."""
+    """A SuperLink and one site daemon per site on loopback, with TLS, SuperNode authentication and
+    routing tokens."""
 
     def __init__(self, work_dir: str | Path, sites: Sequence[tuple[str, Path]], model_spec: str,
-                 startup_timeout: float = 120.0):
+                 startup_timeout: float = 180.0, rounds: bool = True):
         self.work = Path(work_dir).absolute()
         self.sites = [(name, Path(path).absolute()) for name, path in sites]
         self.model_spec = model_spec
         self.startup_timeout = startup_timeout
+        self.rounds = rounds
         self.certs = self.work / "certs"
         self.logs = self.work / "logs"
         self.port = 0
         self.processes: list[Started] = []
         self.descendants: dict[int, psutil.Process] = {}
         self.tls: TlsFiles | None = None
+        self.token = ""
+        self.daemons: dict[str, Started] = {}
 
     # -- processes -------------------------------------------------------------------------
-    def _env(self, home: Path) -> dict[str, str]:
-        home.mkdir(parents=True, exist_ok=True)
-        bin_dir = str(Path(sys.executable).parent)
-        return {**os.environ, **FLOWER_QUIET, "FLWR_HOME": str(home),
-                "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-
     def _spawn(self, name: str, argv: list[str], home: Path) -> Started:
-        self.logs.mkdir(parents=True, exist_ok=True)
         path = self.logs / f"{name}.log"
-        with open(path, "ab") as out:
-            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self._env(home),
-                                       cwd=self.work, start_new_session=True)
-        started = Started(name, process, path)
+        started = Started(name, spawn(argv, path, flower_env(home), cwd=self.work), path)
         self.processes.append(started)
         self._write_pids()
-        log.info("deployment.process.start", name=name, pid=process.pid)
+        log.info("deployment.process.start", name=name, pid=started.process.pid)
         return started
 
     def _write_pids(self) -> None:
@@ -143,7 +139,7 @@ class LocalDeployment:
                           json.dumps({**pids, "descendants": sorted(self.descendants)}, indent=2))
 
     def remember_descendants(self) -> None:
-        """Note every live descendant of the processes started here (SuperExec, ServerApp, ClientApps)."""
+        """Note every live descendant of the processes started here (SuperNodes, SuperExec, ServerApp, ClientApps)."""
         known = len(self.descendants)
         for started in self.processes:
             try:
@@ -159,18 +155,30 @@ class LocalDeployment:
         text = started.log.read_text(encoding="utf-8", errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
-    def _bin(self, name: str) -> str:
-        return str(Path(sys.executable).parent / name)
-
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the SuperLink, register every site's key, and start and connect every SuperNode."""
+        """Start the SuperLink (unless ``rounds=False``), register every site's key, start every daemon."""
         self.work.mkdir(parents=True, exist_ok=True)
         self.tls = (TlsFiles(self.certs / "ca.crt", self.certs / "server.pem", self.certs / "server.key")
                     if (self.certs / "server.pem").is_file() else write_tls(self.certs))
+        tokens = self.certs / "routing-tokens"
+        if not tokens.is_file():
+            atomic_write_text(tokens, f"# the query API's token\n{secrets.token_urlsafe(32)}\n")
+            tokens.chmod(0o600)
+        self.token = tokens.read_text().splitlines()[-1].strip()
+        if self.rounds:
+            self._start_superlink()
+        for name, path in self.sites:
+            keys = self.node_keys(name)
+            if self.rounds:
+                self.register(keys)
+            self.start_daemon(name, path, keys)
+        self.remember_descendants()
+
+    def _start_superlink(self) -> None:
         self.port = free_port()
         superlink = self._spawn("superlink", [
-            self._bin("flower-superlink"), "--ssl-ca-certfile", str(self.tls.ca_cert),
+            bin_path("flower-superlink"), "--ssl-ca-certfile", str(self.tls.ca_cert),
             "--ssl-certfile", str(self.tls.server_cert), "--ssl-keyfile", str(self.tls.server_key),
             "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(self.port),
             "--disable-runtime-dependency-installation",
@@ -179,20 +187,14 @@ class LocalDeployment:
         atomic_write_text(self.work / "flwr" / "cli" / "config.toml",
                           "[superlink]\ndefault = \"local\"\n\n[superlink.local]\n"
                           f"address = \"127.0.0.1:{self.port}\"\nroot-certificates = \"{self.tls.ca_cert}\"\n")
-        for name, path in self.sites:
-            keys = self.node_keys(name)
-            self.register(keys)
-            self.start_supernode(name, path, keys)
-        self.remember_descendants()
 
     def _wait_listening(self, started: Started) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if started.process.poll() is not None:
                 raise DeploymentError(f"{started.name} exited with code {started.process.returncode}:\n{self._tail(started)}")
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
+            with contextlib.suppress(OSError), socket_to(self.port):
+                return
             time.sleep(0.2)
         raise DeploymentError(f"{started.name} did not listen on port {self.port} within {self.startup_timeout:.0f} s")
 
@@ -204,8 +206,8 @@ class LocalDeployment:
     def register(self, keys: NodeKeys) -> int:
         """Register a SuperNode's public key with the SuperLink; returns the node id it will have."""
         result = subprocess.run(
-            [self._bin("flwr"), "supernode", "register", str(keys.public_key), "local", "--format", "json"],
-            capture_output=True, text=True, env=self._env(self.work / "flwr" / "cli"), timeout=120, check=False)
+            [bin_path("flwr"), "supernode", "register", str(keys.public_key), "local", "--format", "json"],
+            capture_output=True, text=True, env=flower_env(self.work / "flwr" / "cli"), timeout=120, check=False)
         try:
             reply = json.loads(result.stdout)
         except json.JSONDecodeError:
@@ -214,24 +216,58 @@ class LocalDeployment:
             raise DeploymentError(f"registering {keys.public_key.name} failed: {(result.stdout + result.stderr)[-500:]}")
         return int(reply["node-id"])
 
-    def start_supernode(self, name: str, site_dir: Path, keys: NodeKeys) -> Started:
-        """Start the SuperNode of one site and wait until the SuperLink accepted it."""
-        node_config = f"site-dir={_quoted(str(site_dir))} model={_quoted(self.model_spec)}"
-        started = self._spawn(f"supernode-{name}", [
-            self._bin("flower-supernode"), "--root-certificates", str(self.tls.ca_cert),
-            "--superlink", f"127.0.0.1:{self.port}", "--auth-supernode-private-key", str(keys.private_key),
-            "--node-config", node_config, "--host", "127.0.0.1", "--port", str(free_port()),
-            "--max-retries", "3",
-        ], self.work / "flwr" / name)
+    def site_config(self, name: str, site_dir: Path, keys: NodeKeys) -> Path:
+        """Write the site's daemon configuration (``<work_dir>/sites-config/<name>.toml``); returns its path."""
+        routing = self.certs / "routing" / f"{name}.pem"
+        tls = (TlsFiles(self.tls.ca_cert, routing, routing.with_suffix(".key")) if routing.is_file()
+               else write_routing_cert(self.certs, name))
+        site = SiteSection(data_dir=str(site_dir), site_id="", routing_address="127.0.0.1:0",
+                           superlink=f"127.0.0.1:{self.port}" if self.rounds else "", ca_cert=str(self.tls.ca_cert),
+                           auth_key=str(keys.private_key), routing_cert=str(tls.server_cert),
+                           routing_key=str(tls.server_key), tokens_file=str(self.certs / "routing-tokens"))
+        path = self.work / "sites-config" / f"{name}.toml"
+        atomic_write_text(path, config_to_toml(FedpragConfig(model=replace(FedpragConfig().model, path=self.model_spec),
+                                                              site=site)))
+        return path
+
+    def start_daemon(self, name: str, site_dir: Path, keys: NodeKeys) -> Started:
+        """Start one site's daemon and wait until it serves (and, with rounds, its SuperNode is connected)."""
+        (site_dir / DAEMON_FILE).unlink(missing_ok=True)
+        started = self._spawn(f"daemon-{name}", [bin_path("fedprag"), "--quiet", "client", "run", "--config",
+                                                 str(self.site_config(name, site_dir, keys))], self.work / "flwr" / name)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
-            if CONNECTED in started.log.read_text(encoding="utf-8", errors="replace"):
-                return started
             if started.process.poll() is not None:
-                raise DeploymentError(f"SuperNode {name} was refused or failed (exit code "
-                                      f"{started.process.returncode}):\n{self._tail(started)}")
-            time.sleep(0.2)
-        raise DeploymentError(f"SuperNode {name} did not connect within {self.startup_timeout:.0f} s")
+                raise DeploymentError(f"the daemon of {name} exited with code {started.process.returncode}:\n"
+                                      f"{self._tail(started)}")
+            status = self._status(site_dir, started)
+            if status is not None and (status.supernode_connected or not self.rounds):
+                self.daemons[name] = started
+                return started
+            if status is not None and "supernode exited" in status.last_error:
+                raise DeploymentError(f"the SuperNode of {name} was refused or failed: {status.last_error}; "
+                                      f"see {site_dir / 'logs' / 'supernode.log'}")
+            time.sleep(0.3)
+        raise DeploymentError(f"the daemon of {name} did not {'connect' if self.rounds else 'serve'} "
+                              f"within {self.startup_timeout:.0f} s; see {started.log}")
+
+    @staticmethod
+    def _status(site_dir: Path, started: Started):
+        """The daemon's status once it wrote ``daemon.json`` and answers; else ``None``."""
+        try:
+            if json.loads((site_dir / DAEMON_FILE).read_text())["pid"] != started.process.pid:
+                return None
+            return daemon_status(site_dir, timeout=2.0)
+        except (OSError, ValueError, KeyError, grpc.RpcError):
+            return None
+
+    def routing_sites(self, deadline: float = 5.0) -> list[RemoteSite]:
+        """The query API's connections to every daemon's routing service (TLS, token, deadline)."""
+        sites = []
+        for name, path in self.sites:
+            port = json.loads((path / DAEMON_FILE).read_text())["routing_port"]
+            sites.append(RemoteSite(name, f"127.0.0.1:{port}", self.tls.ca_cert, self.token, deadline))
+        return sites
 
     def run(self, config: FedpragConfig) -> list[RoundReport]:
         """Run the federation's remaining rounds through ``flwr run``; returns every recorded round.
@@ -243,10 +279,10 @@ class LocalDeployment:
         atomic_write_text(config_path, config_to_toml(config))
         app_dir = self.work / "flower-app"
         atomic_write_text(app_dir / "pyproject.toml", FLOWER_APP)
-        argv = [self._bin("flwr"), "run", str(app_dir), "local", "--stream",
+        argv = [bin_path("flwr"), "run", str(app_dir), "local", "--stream",
                 "--run-config", f"config={_quoted(str(config_path))}"]
         with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=self._env(self.work / "flwr" / "cli"), cwd=self.work) as runner:
+                              env=flower_env(self.work / "flwr" / "cli"), cwd=self.work) as runner:
             for line in runner.stdout:
                 sys.stderr.write(line)
                 self.remember_descendants()
@@ -261,15 +297,8 @@ class LocalDeployment:
         """Stop every process this deployment started, newest first, then their descendants."""
         self.remember_descendants()
         for started in reversed(self.processes):
-            _signal_group(started.process.pid, signal.SIGTERM)
-            try:
-                started.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                started.process.kill()
-                started.process.wait()
-            _signal_group(started.process.pid, signal.SIGKILL)  # anything the process left behind
-            log.info("deployment.process.stop", name=started.name, pid=started.process.pid,
-                     code=started.process.returncode)
+            code = stop(started.process)
+            log.info("deployment.process.stop", name=started.name, pid=started.process.pid, code=code)
         left = list(self.descendants.values())
         for child in left:  # psutil checks each is still the process we saw (pid and start time)
             with contextlib.suppress(psutil.NoSuchProcess):
@@ -281,6 +310,7 @@ class LocalDeployment:
         psutil.wait_procs(alive, timeout=10)
         self.processes.clear()
         self.descendants.clear()
+        self.daemons.clear()
 
     def __enter__(self) -> Self:
         try:

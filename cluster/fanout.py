@@ -1,28 +1,37 @@
 """The query API's routing step: fan a query out to the sites and blend their mixtures into one.
 
-Each site answers with a :class:`~fedprag.shared.wire.RoutingReply`: the scores of its top-k
-passages (under ids fresh for the reply) and one expert mixture, their routing rows blended by
-score. The query API keeps the global top-k scores across sites, weighs each site's mixture by the
-softmax(score / temperature) mass of its passages among them, and keeps the top-m experts: one
-mixture per query, handed to the query engine as :attr:`Routing.weights <fedprag.shared.methods.base.Routing>`.
+Each site daemon answers over gRPC (:class:`RemoteSite`) with one
+:class:`~fedprag.shared.wire.RoutingReply` per query: the scores of its top-k passages (under ids
+fresh for the reply) and one expert mixture, their routing rows blended by score. The query API
+keeps the global top-k scores across sites, weighs each site's mixture by the softmax(score /
+temperature) mass of its passages among them, and keeps the top-m experts: one mixture per query,
+handed to the query engine as :attr:`Routing.weights <fedprag.shared.methods.base.Routing>`.
 
-A site's mixture blends all of its top-k passages, including any that miss the global top-k; what
-that costs against blending the passages' own rows exactly (:meth:`FanOut.passage_row_routings`,
-for evaluation only) is measured by ``fedprag demo``.
+Every site is asked at once, with a deadline. A site that is down, late or refuses is skipped;
+:attr:`FanOut.last_trace` names it.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
+import grpc
 import numpy as np
 import torch
 
-from fedprag.client.routing_service import SiteRouter
+from fedprag.shared.log import get_logger
 from fedprag.shared.methods.base import Routing
 from fedprag.shared.methods.poly.config import PolyConfig
-from fedprag.shared.methods.poly.layers import combine, keep_top_m
-from fedprag.shared.wire import MIXTURE, RoutingReply
+from fedprag.shared.methods.poly.layers import keep_top_m
+from fedprag.shared.proto import routing_pb2_grpc
+from fedprag.shared.wire import EMBEDDINGS, MIXTURE, RoutingReply, RoutingRequest, WireError
+
+log = get_logger(__name__)
 
 
 def blend_replies(replies: Sequence[RoutingReply], k: int, config: PolyConfig) -> Routing:
@@ -39,28 +48,86 @@ def blend_replies(replies: Sequence[RoutingReply], k: int, config: PolyConfig) -
     return Routing(scores=tuple(scores.tolist()), weights=keep_top_m(mixed, config.top_m))
 
 
-class FanOut:
-    """Routing for queries from a set of sites' routing services."""
+class SiteUnavailable(RuntimeError):
+    """A site did not answer in time, refused the call, or sent a reply the wire schema refuses."""
 
-    def __init__(self, routers: Sequence[SiteRouter], k: int, config: PolyConfig):
-        self.routers, self.k, self.config = list(routers), k, config
+
+class RoutingSite(Protocol):
+    """Anything that answers routing requests for one site (a :class:`RemoteSite`, or in a unit test a fake)."""
+
+    name: str
+
+    def route(self, query_embeddings: np.ndarray, k: int, score_temperature: float) -> list[RoutingReply]: ...
+
+
+class RemoteSite:
+    """A site daemon's routing service over gRPC: TLS against the federation's CA, a bearer token,
+    and ``deadline`` seconds per call."""
+
+    def __init__(self, name: str, address: str, ca_cert: str | Path, token: str, deadline: float = 5.0):
+        self.name, self.address, self.deadline = name, address, deadline
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_cert).read_bytes())
+        self._channel = grpc.secure_channel(address, credentials, options=[
+            ("grpc.max_receive_message_length", 8 * 1024 * 1024)])
+        self._stub = routing_pb2_grpc.SiteRoutingStub(self._channel)
+
+    def route(self, query_embeddings: np.ndarray, k: int, score_temperature: float) -> list[RoutingReply]:
+        request = RoutingRequest(k=k, score_temperature=score_temperature,
+                                 queries={EMBEDDINGS: np.asarray(query_embeddings, dtype=np.float32)})
+        try:
+            reply = self._stub.Route(request.to_proto(), timeout=self.deadline, metadata=self._metadata)
+            replies = [RoutingReply.from_proto(r) for r in reply.replies]
+        except grpc.RpcError as exc:
+            raise SiteUnavailable(f"{exc.code().name}: {exc.details()}") from None
+        except WireError as exc:
+            raise SiteUnavailable(f"malformed reply: {exc}") from None
+        if len(replies) != len(query_embeddings):
+            raise SiteUnavailable(f"{len(replies)} replies for {len(query_embeddings)} queries")
+        return replies
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+@dataclass
+class FanOutTrace:
+    """One fan-out: which sites answered, which did not and why, and how long it took."""
+
+    answered: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    pool_versions: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class FanOut:
+    """Routing for queries from a set of sites' routing services, asked in parallel."""
+
+    def __init__(self, sites: Sequence[RoutingSite], k: int, config: PolyConfig):
+        self.sites, self.k, self.config = list(sites), k, config
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.sites)), thread_name_prefix="fanout")
+        self.last_trace = FanOutTrace()
 
     def routings(self, query_embeddings: np.ndarray) -> list[Routing]:
-        """One blended expert mixture ``[G, K]`` per query, from the sites' wire replies."""
-        per_site = [router.route(query_embeddings, self.k, self.config.score_temperature) for router in self.routers]
-        return [blend_replies([site[q] for site in per_site], self.k, self.config) for q in range(len(query_embeddings))]
-
-    def passage_row_routings(self, query_embeddings: np.ndarray) -> list[Routing]:
-        """Evaluation only: the exact blend of the global top-k passages' own routing rows, which
-        no site sends (see :meth:`SiteRouter.passage_rows`); the reference blending is measured against."""
-        per_site = [router.passage_rows(query_embeddings, self.k) for router in self.routers]
-        out = []
-        for q in range(len(query_embeddings)):
-            hits = sorted((h for site in per_site for h in site[q]), key=lambda h: -h[0])[:self.k]
-            if not hits:
-                raise ValueError("no site returned a passage for this query")
-            scores = torch.tensor([s for s, _ in hits])
-            rows = torch.from_numpy(np.stack([w for _, w in hits]))
-            weights = combine(rows[None], scores[None], self.config.top_m, self.config.score_temperature)[0]
-            out.append(Routing(scores=tuple(scores.tolist()), weights=weights))
-        return out
+        """One blended expert mixture ``[G, K]`` per query, from the replies of the sites that answered."""
+        started = time.perf_counter()
+        trace = FanOutTrace()
+        calls = [self._pool.submit(site.route, query_embeddings, self.k, self.config.score_temperature)
+                 for site in self.sites]
+        answers = []
+        for site, call in zip(self.sites, calls):
+            try:
+                replies = call.result()
+            except SiteUnavailable as exc:
+                trace.failed[site.name] = str(exc)[:200]
+                log.warning("fanout.site.failed", site=site.name, reason=trace.failed[site.name])
+                continue
+            trace.answered.append(site.name)
+            trace.pool_versions[site.name] = replies[0].pool_version if replies else 0
+            answers.append(replies)
+        if not answers:
+            raise SiteUnavailable(f"no site answered: {trace.failed}")
+        trace.seconds = time.perf_counter() - started
+        self.last_trace = trace
+        return [blend_replies([site[q] for site in answers], self.k, self.config)
+                for q in range(len(query_embeddings))]

@@ -21,13 +21,7 @@ from fedprag.shared.config import FederationSection
 from fedprag.shared.data.augment import augmentations_of
 from fedprag.shared.data.schema import Dataset
 from fedprag.shared.methods.poly.config import PolyConfig
-
-# Quiet, offline Flower: no update check, no telemetry, no dependency installs.
-FLOWER_QUIET = {
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-}
+from fedprag.shared.processes import FLOWER_QUIET
 
 
 def flower_environment(home: str | Path | None = None) -> None:

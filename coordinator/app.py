@@ -5,6 +5,11 @@ timeout, validates every reply (a malformed or missing one is logged and left ou
 with the configured strategy once at least ``min_sites`` valid updates arrived, and publishes the
 result as a new registry version. On start it resumes after the last published round.
 
+After the last round the latest pool is released to every connected site
+(:class:`~fedprag.shared.wire.PoolRelease`, message type ``query.release``): a site daemon routes
+with it and encodes passages that arrive later against it. A coordinator started when every round
+is done only releases.
+
 Two entry points share :func:`run_rounds`: :func:`make_server_app` binds settings in-process (the
 Ray simulation), and the module-level ``server_app`` is what a deployed SuperLink runs through
 ``flwr run``; it reads the fedprag TOML file named by the run config's ``config`` key.
@@ -31,7 +36,7 @@ from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool, placed
 from fedprag.shared.methods.poly.serializer import pool_arrays
 from fedprag.shared.models.loading import load_causal_lm
-from fedprag.shared.wire import RoundTask, SiteUpdate, WireError, record_bytes
+from fedprag.shared.wire import PoolRelease, ReleaseAck, RoundTask, SiteUpdate, WireError, record_bytes
 
 log = get_logger(__name__)
 
@@ -123,6 +128,31 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
         else:
             pool, version = aggregate_and_publish(registry, strategy, pool, updates, report, poly, dp, len(nodes))
         registry.record_round(dataclasses.asdict(report))
+    release(grid, pool, version, poly, federation)
+
+
+RELEASE = f"{MessageType.QUERY}.release"
+
+
+def release(grid: Grid, pool: ExpertPool, version: int, poly: PolyConfig, federation: FederationSection) -> None:
+    """Send pool ``version`` to every connected site; log which sites kept it."""
+    nodes = _wait_for_sites(grid, federation.min_sites, federation.round_timeout)
+    record = PoolRelease(pool_version=version, experts=pool_arrays(pool), settings=poly.to_numbers()).to_record()
+    replies = grid.send_and_receive([Message(record, dst_node_id=node, message_type=RELEASE) for node in nodes],
+                                    timeout=federation.round_timeout)
+    kept = []
+    for reply in replies:
+        try:
+            ack = ReleaseAck.from_record(reply.content) if not reply.has_error() else None
+        except WireError:
+            ack = None
+        if ack is None:
+            log.warning("coordinator.release.failed", node=str(reply.metadata.src_node_id))
+            continue
+        kept.append(ack.site)
+        log.info("coordinator.release.kept", site=ack.site, pool_version=ack.pool_version, encoded=ack.encoded,
+                 pending=ack.pending)
+    log.info("coordinator.release.done", pool_version=version, sites=len(kept), asked=len(nodes))
 
 
 def aggregate_and_publish(registry: PoolRegistry, strategy: PoolStrategy, pool: ExpertPool,

@@ -120,11 +120,11 @@ def _federation_failures(handler: Handler) -> Handler:
 
 @_federation_failures
 def _cmd_demo(args: argparse.Namespace, config: FedpragConfig) -> int:
-    from fedprag.cluster.demo import run_federation, traffic_table, write_results
+    from fedprag.cluster.demo import running_federation, traffic_table, write_results
     from fedprag.shared.eval.federated import evaluate_federation
 
-    federation = run_federation(config, show_progress=not args.quiet)
-    report = evaluate_federation(federation, config, show_progress=not args.quiet)
+    with running_federation(config, show_progress=not args.quiet) as federation:
+        report = evaluate_federation(federation, config, show_progress=not args.quiet)
     md_path = write_results(report, federation.rounds, config.federation.work_dir)
     print(report.to_markdown())
     print("Federated rounds (bytes each site sent):\n")
@@ -171,14 +171,35 @@ def _cmd_client_ingest(args: argparse.Namespace, config: FedpragConfig) -> int:
     return 0
 
 
+def _cmd_client_run(args: argparse.Namespace, config: FedpragConfig) -> int:
+    from fedprag.client.daemon import SiteDaemon, running_daemon
+
+    running = running_daemon(config.site.data_dir) if config.site.data_dir else None
+    if running is not None:
+        raise ConfigError(f"site.data_dir: a daemon (pid {running['pid']}) already serves {config.site.data_dir}")
+    return SiteDaemon(config).run()
+
+
 def _cmd_client_status(args: argparse.Namespace, config: FedpragConfig) -> int:
+    import grpc
+
+    from fedprag.client.daemon import daemon_status, running_daemon, status_fields
     from fedprag.client.store import SiteStore
 
-    if not Path(args.data_dir).is_dir():
-        raise FileNotFoundError(f"{args.data_dir}: no site store here")
-    store = SiteStore(args.data_dir)
+    data_dir = args.data_dir or config.site.data_dir
+    if not data_dir or not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"{data_dir or '(no data_dir given)'}: no site store here")
+    if running_daemon(data_dir) is not None:
+        try:
+            status = daemon_status(data_dir)
+            print(json.dumps({"daemon": "running", **status_fields(status)}, indent=2))
+            return 0
+        except grpc.RpcError as exc:
+            print(f"fedprag: the daemon of {data_dir} did not answer ({exc.code().name}); "
+                  "showing the store", file=sys.stderr)
+    store = SiteStore(data_dir)
     state = store.state
-    print(json.dumps({"site_id": state.site_id, "passages": len(store.passages()),
+    print(json.dumps({"daemon": "not running", "site": state.site_id, "passages": len(store.passages()),
                       "rounds_joined": state.rounds_joined, "pool_version": state.pool_version}, indent=2))
     return 0
 
@@ -290,9 +311,23 @@ def build_parser() -> argparse.ArgumentParser:
                              "characters become <id>#1, <id>#2, ...")
     ingest.add_argument("--site-id", help="the site's opaque id (first ingest only)")
     ingest.set_defaults(handler=_cmd_client_ingest)
-    status = client.add_parser("status", parents=[common], help="passages, rounds joined and pool version")
-    status.add_argument("data_dir", help="the site's data directory")
+    status = client.add_parser("status", parents=[common],
+                               help="passages (encoded, pending), rounds joined, pool version, queries served",
+                               description="Ask the site's running daemon for its status over its local socket; "
+                                           "without a daemon, show what the store holds.")
+    status.add_argument("data_dir", nargs="?", help="the site's data directory (default: site.data_dir)")
     status.set_defaults(handler=_cmd_client_status)
+    run = client.add_parser(
+        "run", parents=[common], help="the site daemon: join rounds, serve routing over gRPC, encode inbox documents",
+        description="Run the data owner's daemon until SIGTERM: it keeps a SuperNode connected to the coordinator "
+                    "(site.superlink), serves the site's routing service over gRPC with TLS and caller tokens "
+                    "(site.routing_*), and ingests and encodes at once every document moved into the inbox "
+                    "(site.inbox, default <data_dir>/inbox). Configure it in the [site] section of --config.")
+    run.add_argument("--data-dir", dest="site.data_dir", help="the site's data directory")
+    run.add_argument("--superlink", dest="site.superlink", help="host:port of the coordinator's SuperLink")
+    run.add_argument("--routing-address", dest="site.routing_address", help="host:port the routing service listens on")
+    _model_option(run)
+    run.set_defaults(handler=_cmd_client_run)
     return parser
 
 

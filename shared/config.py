@@ -100,6 +100,74 @@ class FederationSection:
 
 
 @dataclass(frozen=True)
+class SiteSection:
+    """A data owner's daemon (``fedprag client run``): its store, its coordinator and its routing endpoint.
+
+    Example ``site.toml``::
+
+        [model]
+        path = "tiny"
+
+        [site]
+        data_dir = "/srv/fedprag/site-a"
+        superlink = "coordinator.example.org:9092"
+        ca_cert = "/srv/fedprag/certs/ca.crt"
+        auth_key = "/srv/fedprag/certs/nodes/site-a"
+        routing_address = "0.0.0.0:7070"
+        routing_cert = "/srv/fedprag/certs/site-a-routing.pem"
+        routing_key = "/srv/fedprag/certs/site-a-routing.key"
+        tokens_file = "/srv/fedprag/routing-tokens"
+    """
+
+    data_dir: str = ""
+    """The site's data directory (passages, routing rows, the released pool). Required."""
+    site_id: str = ""
+    """The site's opaque id, used on its first start only (default: a hash of the data directory)."""
+    superlink: str = ""
+    """``host:port`` of the coordinator's SuperLink; empty: serve routing only, join no rounds."""
+    ca_cert: str = ""
+    """The federation's CA certificate (verifies the SuperLink; signed the routing certificate)."""
+    auth_key: str = ""
+    """This site's SuperNode authentication private key (its public key is registered with the SuperLink)."""
+    routing_address: str = "127.0.0.1:7070"
+    """Where the routing service listens (``host:port``; port 0 picks a free one)."""
+    routing_cert: str = ""
+    routing_key: str = ""
+    """The routing service's TLS certificate and key."""
+    tokens_file: str = ""
+    """Bearer tokens accepted from callers of the routing service, one per line (``#`` comments)."""
+    inbox: str = ""
+    """Folder watched for new documents (default ``<data_dir>/inbox``)."""
+    poll_seconds: float = 1.0
+    threads: int = 1
+    """torch threads for the site's training and encoding."""
+
+    def validate(self) -> None:
+        if self.poll_seconds <= 0:
+            raise ValueError("site.poll_seconds: must be positive")
+        if self.threads < 1:
+            raise ValueError("site.threads: must be a positive integer")
+        host, _, port = self.routing_address.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"site.routing_address: expected host:port, got '{self.routing_address}'")
+
+    def check_files(self) -> None:
+        """What ``fedprag client run`` needs before it starts; each missing piece is named."""
+        if not self.data_dir:
+            raise ValueError("site.data_dir: required (the site's data directory)")
+        needed = ["routing_cert", "routing_key", "tokens_file"]
+        if self.superlink:
+            needed += ["ca_cert", "auth_key"]
+        for name in needed:
+            value = getattr(self, name)
+            if not value:
+                raise ValueError(f"site.{name}: required" + (" when site.superlink is set" if name in
+                                                               ("ca_cert", "auth_key") else ""))
+            if not Path(value).is_file():
+                raise ValueError(f"site.{name}: no such file: {value}")
+
+
+@dataclass(frozen=True)
 class FedpragConfig:
     model: ModelSection = field(default_factory=ModelSection)
     benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec)
@@ -109,6 +177,7 @@ class FedpragConfig:
     eval: EvalSection = field(default_factory=EvalSection)
     harness: HarnessConfig = field(default_factory=HarnessConfig)
     federation: FederationSection = field(default_factory=FederationSection)
+    site: SiteSection = field(default_factory=SiteSection)
 
     def method_configs(self) -> dict[str, MethodConfig]:
         """Every registered method's configuration section, by method name."""
@@ -122,6 +191,7 @@ class FedpragConfig:
             self.distilled.validate()
             self.harness.validate()
             self.federation.validate()
+            self.site.validate()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 

@@ -8,8 +8,10 @@ kind, so passage text cannot be put on the wire by mistake: encoding refuses any
 not of its field's kind, and decoding refuses any record with a key or a value the schema does
 not declare.
 
-Messages travel as Flower ``RecordDict``s: tensors as ``ArrayRecord``s, counts and scores as a
-``MetricRecord``, ids as a ``ConfigRecord`` holding only validated ids.
+Messages travel as Flower ``RecordDict``s between coordinator and sites (tensors as
+``ArrayRecord``s, counts and scores as a ``MetricRecord``, ids as a ``ConfigRecord`` holding only
+validated ids), and as ``WireRecord`` protobufs (``shared/proto/routing.proto``) between the
+query API and a site's routing service: the same fields by kind, tensors as little-endian float32.
 
 What crosses, field by field:
 
@@ -21,6 +23,14 @@ What crosses, field by field:
   (its mean training loss); ``experts`` (its trained copy of the pool, same shapes); ``mass``
   (``routing_mass [G, K]``, the sum of its passages' expert weights). Passage ids, routing rows
   and text stay at the site.
+* :class:`PoolRelease`, coordinator → site, after the rounds: ``pool_version`` (count);
+  ``experts`` (the published pool's factors); ``settings`` (its settings as numbers). The site
+  keeps it to route with and to encode new passages against.
+* :class:`ReleaseAck`, site → coordinator: ``site``; ``pool_version``; ``encoded`` and ``pending``
+  (counts of the site's passages with and without routing rows).
+* :class:`RoutingRequest`, query API → site: ``k`` (how many passages to search for); ``score_temperature``
+  (the blend's softmax temperature); ``queries`` (one tensor, ``embeddings [Q, D]``: the questions'
+  retrieval embeddings, never their text).
 * :class:`RoutingReply`, site → query API, one per query: ``site``; ``pool_version``; ``scores``
   (the retrieval scores of the site's top-k passages, keyed by ids fresh for that reply: an HMAC
   under the site's secret); ``mixture`` (one ``[G, K]`` tensor: those passages' routing rows
@@ -39,6 +49,8 @@ from typing import ClassVar, Self
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from fedprag.shared.proto import routing_pb2
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 _FLOAT_KINDS = {"f"}
@@ -183,6 +195,60 @@ class WireMessage:
             raise WireError(f"{cls.KIND}: fields {sorted(numbers) + sorted(ids)} are not in the schema")
         return cls(**values)  # type: ignore[call-arg]
 
+    def to_proto(self) -> routing_pb2.WireRecord:
+        """This message as a gRPC ``WireRecord`` (tensors as little-endian float32)."""
+        out = routing_pb2.WireRecord(kind=self.KIND)
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            kind, value = f.metadata["wire"], getattr(self, f.name)
+            if kind == "count":
+                out.counts[f.name] = value
+            elif kind == "score":
+                out.scores[f.name] = value
+            elif kind == "id":
+                out.ids[f.name] = value
+            elif kind == "tensors":
+                for key, array in value.items():
+                    data = np.ascontiguousarray(array, dtype="<f4")
+                    out.tensors[f.name].items[key].shape.extend(data.shape)
+                    out.tensors[f.name].items[key].data = data.tobytes()
+            else:
+                out.score_maps[f.name].items.update({k: float(v) for k, v in value.items()})
+        return out
+
+    @classmethod
+    def from_proto(cls, record: routing_pb2.WireRecord) -> Self:
+        """Decode and validate a ``WireRecord``; refuses another kind, unknown fields and bad values."""
+        if record.kind != cls.KIND:
+            raise WireError(f"not a {cls.KIND} message")
+        fields = {f.name: f.metadata["wire"] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        sections = {"count": record.counts, "score": record.scores, "id": record.ids,
+                    "tensors": record.tensors, "scores": record.score_maps}
+        for kind, present in sections.items():
+            unknown = set(present) - {n for n, k in fields.items() if k == kind}
+            if unknown:
+                raise WireError(f"{cls.KIND}: fields {sorted(unknown)} are not in the schema")
+        values: dict[str, object] = {}
+        for name, kind in fields.items():
+            section = sections[kind]
+            if kind in ("count", "score", "id"):
+                if name not in section:
+                    raise WireError(f"{cls.KIND}.{name}: missing")
+                values[name] = section[name]
+            elif kind == "tensors":
+                values[name] = {key: _tensor(item, f"{cls.KIND}.{name}[{key}]")
+                                for key, item in section[name].items.items()} if name in section else {}
+            else:
+                values[name] = dict(section[name].items) if name in section else {}
+        return cls(**values)  # type: ignore[call-arg]
+
+
+def _tensor(item: routing_pb2.Tensor, where: str) -> np.ndarray:
+    """A ``Tensor`` protobuf as a float32 array; refuses data that does not fill its shape."""
+    shape = tuple(item.shape)
+    if len(item.data) != 4 * math.prod(shape):
+        raise WireError(f"{where}: {len(item.data)} bytes do not hold a float32 tensor of shape {list(shape)}")
+    return np.frombuffer(item.data, dtype="<f4").reshape(shape).astype(np.float32)
+
 
 @dataclass(frozen=True)
 class RoundTask(WireMessage):
@@ -215,6 +281,38 @@ class SiteUpdate(WireMessage):
 
 
 @dataclass(frozen=True)
+class PoolRelease(WireMessage):
+    """Coordinator → site: a published pool version, to route with and to encode new passages against."""
+
+    KIND: ClassVar[str] = "pool_release"
+    pool_version: int = count()
+    experts: Mapping[str, np.ndarray] = tensors()
+    settings: Mapping[str, float] = scores()
+
+
+@dataclass(frozen=True)
+class ReleaseAck(WireMessage):
+    """Site → coordinator: the release was kept; how many of the site's passages are encoded and pending."""
+
+    KIND: ClassVar[str] = "release_ack"
+    site: str = opaque_id()
+    pool_version: int = count()
+    encoded: int = count()
+    pending: int = count()
+
+
+@dataclass(frozen=True)
+class RoutingRequest(WireMessage):
+    """Query API → site: the questions' retrieval embeddings (``queries``, one tensor
+    :data:`EMBEDDINGS` ``[Q, D]``), how many passages to search for, and the blend's temperature."""
+
+    KIND: ClassVar[str] = "routing_request"
+    k: int = count()
+    score_temperature: float = score()
+    queries: Mapping[str, np.ndarray] = tensors()
+
+
+@dataclass(frozen=True)
 class RoutingReply(WireMessage):
     """Site → query API, for one query: the scores of the site's best passages (under ids fresh for
     this reply) and one expert mixture ``[G, K]``, their routing rows blended by score.
@@ -230,3 +328,4 @@ class RoutingReply(WireMessage):
 
 
 MIXTURE = "mixture"
+EMBEDDINGS = "embeddings"

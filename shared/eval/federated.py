@@ -30,8 +30,6 @@ class FanOutLike(Protocol):
 
     def routings(self, query_embeddings: np.ndarray) -> list[Routing]: ...
 
-    def passage_row_routings(self, query_embeddings: np.ndarray) -> list[Routing]: ...
-
 
 class FederationLike(Protocol):
     """A finished federation (:class:`fedprag.cluster.demo.Federation`)."""
@@ -46,14 +44,10 @@ class FederationLike(Protocol):
 def evaluate_federation(federation: FederationLike, config: FedpragConfig, show_progress: bool = True,
                         baselines: tuple[str, ...] = CENTRALISED) -> Report:
     """The results table: ``baselines`` trained centrally on the union of the data, and the
-    federation's latest pool routed by fan-out to its sites: ``poly_federated`` with the mixtures
-    the sites send, and ``poly_federated_rows`` with the exact blend of the passages' own rows
-    (which no site sends; the difference is what blending at the site costs)."""
-    fanout = federation.fanout
-    federated = [Routed(PolyModel(federation.pool, config.poly, name="poly_federated"), fanout.routings,
-                        federation.pool_bytes),
-                 Routed(PolyModel(federation.pool, config.poly, name="poly_federated_rows"),
-                        fanout.passage_row_routings, federation.pool_bytes)]
-    methods = [*build_methods(baselines, config.method_configs()), *federated]
+    federation's latest pool, ``poly_federated``, routed by fan-out to its site daemons over gRPC
+    with the mixtures the sites send."""
+    federated = Routed(PolyModel(federation.pool, config.poly, name="poly_federated"), federation.fanout.routings,
+                       federation.pool_bytes)
+    methods = [*build_methods(baselines, config.method_configs()), federated]
     return evaluate(federation.dataset, federation.base, methods, config.harness,
                     Path(config.federation.work_dir) / "eval", show_progress)

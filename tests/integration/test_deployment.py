@@ -1,4 +1,5 @@
-"""A real Flower deployment on loopback: SuperLink and SuperNodes as processes, TLS, node auth.
+"""A real Flower deployment on loopback: a SuperLink and site daemons (each with its SuperNode) as
+processes, TLS, node auth.
 
 The module-level federation runs ``fedprag federate`` (deployment runtime) over sites whose
 passages carry canary strings plus a site that fails its round. The test kills the SuperLink
@@ -103,12 +104,12 @@ def superlink(tmp_path):
         yield deployment
 
 
-def test_an_unregistered_supernode_is_refused(superlink, tmp_path):
+def test_a_site_whose_key_is_not_registered_is_refused(superlink, tmp_path):
     with pytest.raises(DeploymentError, match="refused"):
-        superlink.start_supernode("rogue", tmp_path / "rogue", superlink.node_keys("rogue"))
+        superlink.start_daemon("rogue", tmp_path / "rogue", superlink.node_keys("rogue"))
     keys = superlink.node_keys("member")
     superlink.register(keys)
-    assert superlink.start_supernode("member", tmp_path / "member", keys).process.poll() is None
+    assert superlink.start_daemon("member", tmp_path / "member", keys).process.poll() is None
 
 
 def test_the_superlink_speaks_tls_with_the_local_ca_only(superlink):

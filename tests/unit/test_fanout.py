@@ -1,10 +1,13 @@
-"""The query API's fan-out: each site's blended mixture, weighed by its share of the global top-k."""
+"""The query API's fan-out: each site's blended mixture, weighed by its share of the global top-k.
+
+The sites here are fakes with fixed hits: this tests the blend; the gRPC path to real daemons is
+tested in tests/integration/test_site_daemon.py."""
 
 import numpy as np
 import pytest
 import torch
 
-from fedprag.cluster.fanout import FanOut, blend_replies
+from fedprag.cluster.fanout import FanOut, SiteUnavailable, blend_replies
 from fedprag.shared.methods.base import Routing
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool, combine
@@ -16,7 +19,7 @@ CONFIG = PolyConfig(n_experts=K, top_m=K, score_temperature=0.1)
 
 
 class _Site:
-    """A site with fixed hits, answering through the same two calls as a SiteRouter."""
+    """A site with fixed hits, blending them as a SiteRouter does."""
 
     def __init__(self, name, hits):
         self.name, self.hits = name, sorted(hits, key=lambda h: -h[0])  # (score, routing row [1, K])
@@ -29,8 +32,18 @@ class _Site:
         return [RoutingReply(site=self.name, pool_version=1, scores={f"x{i}": s for i, (s, _) in enumerate(best)},
                              mixture={MIXTURE: mixture.astype(np.float32)}) for _ in query_embeddings]
 
-    def passage_rows(self, query_embeddings, k):
-        return [list(self.hits[:k]) for _ in query_embeddings]
+    def exact(self, k, config):
+        """The reference: the global top-k passages' own rows, blended once (no site sends rows)."""
+        hits = sorted(self.hits, key=lambda h: -h[0])[:k]
+        rows = torch.from_numpy(np.stack([w for _, w in hits]))
+        return combine(rows[None], torch.tensor([[s for s, _ in hits]]), config.top_m, config.score_temperature)[0]
+
+
+class _Down:
+    name = "site-down"
+
+    def route(self, query_embeddings, k, score_temperature):
+        raise SiteUnavailable("DEADLINE_EXCEEDED: the site did not answer in time")
 
 
 def _row(*weights):
@@ -44,17 +57,27 @@ SITES = [_Site("site-a", [(0.9, _row(1, 0, 0, 0)), (0.2, _row(0, 1, 0, 0))]),
 def test_without_passages_outside_the_global_top_k_blending_at_the_sites_is_exact():
     fanout = FanOut(SITES, k=4, config=CONFIG)
     query = np.zeros((1, 8), dtype=np.float32)
-    (blended,), (exact,) = fanout.routings(query), fanout.passage_row_routings(query)
-    assert blended.scores == exact.scores == pytest.approx((0.9, 0.7, 0.6, 0.2)) and blended.passage_ids == ()
-    torch.testing.assert_close(blended.weights, exact.weights)
+    (blended,) = fanout.routings(query)
+    everything = _Site("all", [h for site in SITES for h in site.hits])
+    assert blended.scores == pytest.approx((0.9, 0.7, 0.6, 0.2)) and blended.passage_ids == ()
+    torch.testing.assert_close(blended.weights, everything.exact(4, CONFIG))
+
+
+def test_a_site_that_does_not_answer_is_skipped_and_named():
+    fanout = FanOut([*SITES, _Down()], k=4, config=CONFIG)
+    (routing,) = fanout.routings(np.zeros((1, 8), dtype=np.float32))
+    assert fanout.last_trace.answered == ["site-a", "site-b"] and "DEADLINE_EXCEEDED" in fanout.last_trace.failed["site-down"]
+    assert routing.scores == pytest.approx((0.9, 0.7, 0.6, 0.2))
+    with pytest.raises(SiteUnavailable, match="no site answered"):
+        FanOut([_Down()], k=4, config=CONFIG).routings(np.zeros((1, 8), dtype=np.float32))
 
 
 def test_a_sites_mixture_counts_by_its_share_of_the_global_top_k():
     query = np.zeros((1, 8), dtype=np.float32)
-    (exact,) = FanOut(SITES, k=3, config=CONFIG).passage_row_routings(query)
+    exact = _Site("all", [h for site in SITES for h in site.hits]).exact(3, CONFIG)
     expected = combine(torch.tensor([[[[1., 0, 0, 0]], [[0, 0, 1, 0]], [[0, 0, 0, 1]]]]),
                        torch.tensor([[0.9, 0.7, 0.6]]), K, 0.1)[0]
-    torch.testing.assert_close(exact.weights, expected)  # the reference: site a's 0.2 passage is out
+    torch.testing.assert_close(exact, expected)  # the reference: site a's 0.2 passage is out
     replies = [site.route(query, 3, 0.1)[0] for site in SITES]
     blended = blend_replies(replies, 3, CONFIG)
     share = torch.softmax(torch.tensor([0.9, 0.7, 0.6]) / 0.1, 0)  # site a holds the first, site b the others

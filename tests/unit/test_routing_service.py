@@ -8,7 +8,7 @@ import torch
 
 from fedprag.client.routing_service import SiteRouter
 from fedprag.client.store import SECRET, SiteStore
-from fedprag.shared.methods.poly.layers import ExpertPool
+from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable
 from fedprag.shared.retrieval.encoder import SentenceEncoder
 from fedprag.shared.wire import MIXTURE, record_blobs
 
@@ -20,6 +20,8 @@ def test_reply_ids_are_fresh_per_query_and_no_text_or_secret_is_in_the_reply(tmp
     store = SiteStore(tmp_path / "site", site_id="site-a")
     store.add_passages([(f"own-passage-{i}", t) for i, t in enumerate(TEXTS)])
     pool = ExpertPool({"layers.0.mlp.down_proj": (torch.zeros(4, 1, 6), torch.zeros(4, 5, 1))}, scale=1.0)
+    ids = [p.passage_id for p in store.passages()]
+    store.save_routing(RoutingTable(ids, torch.randn(len(ids), 1, 4)), pool, 1, "d" * 64)
     encoder = SentenceEncoder()
     router = SiteRouter(store, encoder, "d" * 64, pool)
     query = encoder.embed(["Who plays the harp?"])

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord
 
-from fedprag.shared.wire import RoundTask, SiteUpdate, WireError
+from fedprag.shared.proto import routing_pb2
+from fedprag.shared.wire import EMBEDDINGS, RoundTask, RoutingRequest, SiteUpdate, WireError
 
 
 def _update(**changes):
@@ -51,3 +52,33 @@ def test_decoding_refuses_records_and_fields_outside_the_schema():
         SiteUpdate.from_record(record)
     with pytest.raises(WireError, match="round_task"):
         RoundTask.from_record(_update().to_record())
+
+
+def test_messages_round_trip_through_grpc_wire_records():
+    update = _update()
+    back = SiteUpdate.from_proto(routing_pb2.WireRecord.FromString(update.to_proto().SerializeToString()))
+    assert (back.site, back.round, back.passages, back.loss) == ("site-3", 2, 40, 1.25)
+    np.testing.assert_array_equal(back.mass["routing_mass"], update.mass["routing_mass"])
+    request = RoutingRequest(k=3, score_temperature=0.05, queries={EMBEDDINGS: np.ones((2, 4), dtype=np.float32)})
+    assert RoutingRequest.from_proto(request.to_proto()).queries[EMBEDDINGS].shape == (2, 4)
+
+
+def test_grpc_decoding_refuses_fields_outside_the_schema_and_torn_tensors():
+    record = _update().to_proto()
+    record.ids["note"] = "hello"
+    with pytest.raises(WireError, match="not in the schema"):
+        SiteUpdate.from_proto(record)
+    record = _update().to_proto()
+    record.tensors["experts"].items["model.layers.0.mlp.up_proj.lora_A"].data = b"\x00" * 7
+    with pytest.raises(WireError, match="do not hold a float32 tensor"):
+        SiteUpdate.from_proto(record)
+    record = _update().to_proto()
+    record.score_maps["leak"].items["x1"] = 1.0
+    with pytest.raises(WireError, match="not in the schema"):
+        SiteUpdate.from_proto(record)
+    record = _update().to_proto()
+    del record.counts["round"]
+    with pytest.raises(WireError, match="round: missing"):
+        SiteUpdate.from_proto(record)
+    with pytest.raises(WireError, match="not a routing_request"):
+        RoutingRequest.from_proto(_update().to_proto())

@@ -1,0 +1,312 @@
+"""The data owner's daemon, ``fedprag client run``: one long-running process per site.
+
+It holds the base model, the retrieval encoder and the site store warm, and:
+
+* **joins rounds.** It keeps a Flower SuperNode running (TLS, node authentication) and restarts it
+  if it exits; the SuperNode reconnects by itself after a coordinator restart. The ClientApp the
+  SuperNode starts for each message hands the work to this daemon over its local socket
+  (``SiteAdmin.Work``), so a round does not load the model again.
+* **serves routing over gRPC** (:mod:`fedprag.client.routing_service`), with the pool the
+  coordinator released; only passages with a routing row are searched.
+* **watches its inbox.** A file that lands in ``<inbox>`` (``.jsonl``, ``.parquet`` or ``.txt``;
+  move it in atomically, or it is taken once its size held for one poll) is ingested whole or not
+  at all, then moved to ``inbox/done/``; a bad one goes to ``inbox/rejected/`` beside a
+  ``.error`` file naming the row. New passages are encoded at once, routing-only against the
+  released pool, with no new round, and served from then on. A pool that cannot encode new
+  passages leaves them pending, says why in the status, and they wait for the next round.
+* **answers ``fedprag client status``** on its local socket: passages, encoded and pending,
+  rounds joined, pool version, queries served, last error.
+
+SIGTERM or SIGINT stop it cleanly: the inbox scan finishes its file, the services drain, the
+SuperNode is stopped. After a SIGKILL at any point it restarts with nothing lost: every store
+write is atomic and under the store's lock, an inbox file leaves the inbox only after its passages
+are stored (ingesting it again is a no-op), and pending passages are encoded on the next start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import psutil
+import torch
+
+from fedprag.client.routing_service import RoutingCounters, ServerTls, SiteRouter, serve_routing
+from fedprag.client.store import SiteStore, read_sources
+from fedprag.client.train import CannotEncode, encode_pending, site_work
+from fedprag.shared.config import ConfigError, FedpragConfig
+from fedprag.shared.data.schema import DatasetError
+from fedprag.shared.io import atomic_write_text
+from fedprag.shared.log import get_logger
+from fedprag.shared.models.loading import load_causal_lm
+from fedprag.shared.processes import bin_path, flower_env, free_port, spawn, stop
+from fedprag.shared.proto import routing_pb2, routing_pb2_grpc
+from fedprag.shared.retrieval.encoder import SentenceEncoder
+from fedprag.shared.wire import PoolRelease, RoundTask, WireError, WireMessage
+
+log = get_logger(__name__)
+
+DAEMON_FILE = "daemon.json"  # in the data directory while the daemon runs: pid, ports, socket
+INBOX_SUFFIXES = (".jsonl", ".parquet", ".txt")
+CONNECTED = "SuperNode ID:"
+
+
+def admin_address(data_dir: str | Path) -> str:
+    """The daemon's local socket: ``unix:`` in a folder only this user can open (short enough for any data dir)."""
+    folder = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp") / f"fedprag-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    folder.chmod(0o700)
+    name = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
+    return f"unix://{folder / name}.sock"
+
+
+def read_tokens(path: str | Path) -> list[str]:
+    """Caller tokens, one per line; blank lines and ``#`` comments are skipped."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def running_daemon(data_dir: str | Path) -> dict | None:
+    """The record of the daemon serving ``data_dir``, if one is alive."""
+    path = Path(data_dir) / DAEMON_FILE
+    try:
+        record = json.loads(path.read_text())
+        alive = psutil.pid_exists(record["pid"]) and psutil.Process(record["pid"]).status() != psutil.STATUS_ZOMBIE
+    except (OSError, ValueError, KeyError, psutil.Error):
+        return None
+    return record if alive else None
+
+
+def daemon_status(data_dir: str | Path, timeout: float = 5.0) -> routing_pb2.SiteStatus:
+    """Ask the running daemon of ``data_dir`` for its status (``grpc.RpcError`` if it does not answer)."""
+    with grpc.insecure_channel(admin_address(data_dir)) as channel:
+        return routing_pb2_grpc.SiteAdminStub(channel).Status(routing_pb2.StatusRequest(), timeout=timeout)
+
+
+def status_fields(status: routing_pb2.SiteStatus) -> dict[str, object]:
+    """A status as plain Python values, field by field (repeated fields as lists)."""
+    return {f.name: (list(getattr(status, f.name)) if f.is_repeated else getattr(status, f.name))
+            for f in status.DESCRIPTOR.fields}
+
+
+class _Admin(routing_pb2_grpc.SiteAdminServicer):
+    def __init__(self, daemon: SiteDaemon):
+        self.daemon = daemon
+
+    def Status(self, request: routing_pb2.StatusRequest, context: grpc.ServicerContext) -> routing_pb2.SiteStatus:
+        return self.daemon.status()
+
+    def Work(self, request: routing_pb2.WireRecord, context: grpc.ServicerContext) -> routing_pb2.WireRecord:
+        kinds: dict[str, type[WireMessage]] = {RoundTask.KIND: RoundTask, PoolRelease.KIND: PoolRelease}
+        if request.kind not in kinds:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a site does no work for '{request.kind}' messages")
+        try:
+            message = kinds[request.kind].from_proto(request)
+        except WireError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            return self.daemon.work(message).to_proto()
+        except Exception as exc:  # noqa: BLE001 - the reply names the failure's kind only (its text could quote a passage)
+            log.error("daemon.work.failed", kind=type(exc).__name__, message=request.kind)
+            context.abort(grpc.StatusCode.INTERNAL, type(exc).__name__)
+
+
+class SiteDaemon:
+    """One site's long-running process (see the module docstring)."""
+
+    def __init__(self, config: FedpragConfig):
+        site = config.site
+        try:
+            site.check_files()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.config = site
+        self.root = Path(site.data_dir)
+        self.store = SiteStore(self.root, site.site_id or None)
+        self.inbox = Path(site.inbox) if site.inbox else self.root / "inbox"
+        for folder in (self.inbox, self.inbox / "done", self.inbox / "rejected"):
+            folder.mkdir(parents=True, exist_ok=True)
+        torch.set_num_threads(site.threads)
+        self.base = load_causal_lm(config.model.path, show_progress=False)
+        self.model_spec = config.model.path
+        self.encoder = SentenceEncoder()
+        self.tokens = read_tokens(site.tokens_file)
+        self.counters = RoutingCounters()
+        self.router: SiteRouter | None = None
+        self.encoding = "no pool released yet"
+        self.last_error = ""
+        self.inbox_accepted = self.inbox_rejected = 0
+        self.started = time.monotonic()
+        self.stopping = threading.Event()
+        self._work_lock = threading.Lock()  # one round, release or encoding at a time
+        self._sizes: dict[Path, int] = {}
+        self.supernode: subprocess.Popen | None = None
+        self.supernode_log = self.root / "logs" / "supernode.log"
+        self.routing_port = 0
+        self._servers: list[grpc.Server] = []
+
+    # -- the released pool and the routing it serves ----------------------------------------
+    def refresh(self) -> None:
+        """Serve the released pool: rebuild the router over the encoded passages, then encode the pending."""
+        released = self.store.pool(self.base.digest)
+        if released is None:
+            return
+        pool, config, version = released
+        self.router = SiteRouter(self.store, self.encoder, self.base.digest, pool, version)
+        self.encoding = "routing-only against the released pool" if config.encodes_new_passages else \
+            f"waits for rounds (poly.layers = '{config.layers}' cannot encode new passages)"
+        self.encode()
+
+    def encode(self) -> None:
+        """Encode pending passages against the released pool and start serving them."""
+        released = self.store.pool(self.base.digest)
+        if released is None or self.router is None:
+            return
+        pool, config, _ = released
+        try:
+            rows = encode_pending(self.store, self.base, pool, config)
+        except CannotEncode as exc:
+            self.last_error = str(exc)
+            log.warning("daemon.encode.refused", reason=self.last_error)
+            return
+        if rows.passage_ids:
+            self.router.add(rows)
+            log.info("daemon.encode.served", passages=len(rows.passage_ids), served=len(self.router))
+
+    def work(self, request: WireMessage) -> WireMessage:
+        """A round task or a pool release, handed over by this site's ClientApp."""
+        with self._work_lock:
+            try:
+                reply = site_work(self.store, self.base, request)
+            except Exception as exc:
+                self.last_error = f"{request.KIND}: {type(exc).__name__}"
+                raise
+            self.store.reload_state()
+            if isinstance(request, PoolRelease):
+                self.refresh()
+            return reply
+
+    # -- the inbox --------------------------------------------------------------------------
+    def _arrived(self) -> Iterator[Path]:
+        """Inbox files whose size held since the last scan, oldest first."""
+        sizes = {}
+        for path in sorted(self.inbox.iterdir(), key=lambda p: p.stat().st_mtime if p.exists() else 0):
+            if path.is_file() and path.suffix in INBOX_SUFFIXES and not path.name.startswith("."):
+                sizes[path] = path.stat().st_size
+        ready = [p for p, size in sizes.items() if self._sizes.get(p) == size]
+        self._sizes = {p: s for p, s in sizes.items() if p not in ready}
+        yield from ready
+
+    def scan_inbox(self) -> int:
+        """Ingest every settled inbox file, then encode what it added; returns the files taken."""
+        taken = 0
+        for path in self._arrived():
+            try:
+                with self.store.locked():
+                    report = self.store.add_read(read_sources([path]))
+            except DatasetError as exc:
+                self.inbox_rejected += 1
+                self.last_error = f"inbox: {exc}"
+                atomic_write_text(self.inbox / "rejected" / f"{path.name}.error", f"{exc}\n")
+                os.replace(path, self.inbox / "rejected" / path.name)
+                log.warning("daemon.inbox.rejected", file=path.name, reason=str(exc)[:300])
+                continue
+            os.replace(path, self.inbox / "done" / path.name)
+            self.inbox_accepted += 1
+            taken += 1
+            log.info("daemon.inbox.ingested", file=path.name, added=report.added, unchanged=report.unchanged,
+                     split=report.split)
+        if taken:
+            with self._work_lock:
+                self.encode()
+        return taken
+
+    # -- the SuperNode ----------------------------------------------------------------------
+    def _start_supernode(self) -> None:
+        site = self.config
+        node_config = f"site-dir='{self.root.resolve()}' daemon='{admin_address(self.root)}'"
+        argv = [bin_path("flower-supernode"), "--root-certificates", site.ca_cert, "--superlink", site.superlink,
+                "--auth-supernode-private-key", site.auth_key, "--node-config", node_config,
+                "--host", "127.0.0.1", "--port", str(free_port())]
+        self.supernode = spawn(argv, self.supernode_log, flower_env(self.root / "flwr"), cwd=self.root)
+        log.info("daemon.supernode.start", pid=self.supernode.pid, superlink=site.superlink)
+
+    def supervise(self) -> None:
+        """Start the SuperNode, or start it again if it exited."""
+        if not self.config.superlink:
+            return
+        if self.supernode is not None and self.supernode.poll() is not None:
+            self.last_error = f"supernode exited with code {self.supernode.returncode}; restarted"
+            log.warning("daemon.supernode.exited", code=self.supernode.returncode)
+            self.supernode = None
+        if self.supernode is None:
+            self._start_supernode()
+
+    def supernode_connected(self) -> bool:
+        if self.supernode is None or self.supernode.poll() is not None or not self.supernode_log.is_file():
+            return False
+        return CONNECTED in self.supernode_log.read_text(encoding="utf-8", errors="replace")
+
+    # -- status and lifecycle ---------------------------------------------------------------
+    def status(self) -> routing_pb2.SiteStatus:
+        state = self.store.reload_state()
+        served = len(self.router) if self.router is not None else 0
+        return routing_pb2.SiteStatus(
+            site=state.site_id, passages=len(self.store.passages()), encoded=served,
+            pending=len(self.store.passages()) - served, rounds_joined=state.rounds_joined,
+            pool_version=self.router.pool_version if self.router is not None else 0,
+            queries_served=self.counters.queries, last_error=self.last_error,
+            uptime_seconds=time.monotonic() - self.started,
+            routing_address=f"{self.config.routing_address.rpartition(':')[0]}:{self.routing_port}",
+            supernode_connected=self.supernode_connected(), inbox_accepted=self.inbox_accepted,
+            inbox_rejected=self.inbox_rejected, encoding=self.encoding)
+
+    def start(self) -> None:
+        """Serve the released pool, open both services, write ``daemon.json``, start the SuperNode."""
+        self.refresh()
+        tls = ServerTls(Path(self.config.routing_cert), Path(self.config.routing_key))
+        server, self.routing_port = serve_routing(lambda: self.router, self.config.routing_address, tls, self.tokens,
+                                                  self.counters)
+        admin = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        routing_pb2_grpc.add_SiteAdminServicer_to_server(_Admin(self), admin)
+        address = admin_address(self.root)
+        Path(address.removeprefix("unix://")).unlink(missing_ok=True)  # a socket left by a killed daemon
+        admin.add_insecure_port(address)
+        admin.start()
+        self._servers = [server, admin]
+        atomic_write_text(self.root / DAEMON_FILE, json.dumps(
+            {"pid": os.getpid(), "routing_port": self.routing_port, "admin": address}, indent=2))
+        self.supervise()
+        log.info("daemon.started", site=self.store.state.site_id, routing_port=self.routing_port,
+                 passages=len(self.store.passages()), served=len(self.router) if self.router else 0)
+
+    def run(self) -> int:
+        """Run until SIGTERM or SIGINT; returns the exit code."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        self.start()
+        try:
+            while not self.stopping.wait(self.config.poll_seconds):
+                self.supervise()
+                self.scan_inbox()
+        finally:
+            self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        for server in self._servers:
+            server.stop(grace=5).wait()
+        if self.supernode is not None:
+            stop(self.supernode)
+        (self.root / DAEMON_FILE).unlink(missing_ok=True)
+        log.info("daemon.stopped", site=self.store.state.site_id)
+
