@@ -52,6 +52,7 @@ class RoundReport:
     bytes_per_site: dict[str, int] = field(default_factory=dict)
     loss: float | None = None  # the sites' weighted training loss; never recorded with DP on (it is not noised)
     epsilon: float | None = None  # (ε, δ) so far, when differential privacy is on
+    seconds: float | None = None  # the round's wall time at the coordinator: broadcast to publish
 
 
 def registry_dir(federation: FederationSection) -> Path:
@@ -98,6 +99,7 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
                 "home_experts": float(federation.home_experts)}
     for number in range(done + 1, federation.rounds + 1):
         nodes = _wait_for_sites(grid, federation.min_sites, federation.round_timeout)
+        started = time.perf_counter()
         experts = pool_arrays(pool)
         messages = [Message(RoundTask(round=number, pool_version=version, experts=experts,
                                       settings={**settings, "home_block": float(block)}).to_record(),
@@ -127,6 +129,7 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
             log.error("coordinator.round.incomplete", round=number, valid=len(updates), needed=federation.min_sites)
         else:
             pool, version = aggregate_and_publish(registry, strategy, pool, updates, report, poly, dp, len(nodes))
+        report.seconds = time.perf_counter() - started
         registry.record_round(dataclasses.asdict(report))
     release(grid, pool, version, poly, federation)
 

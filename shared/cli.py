@@ -147,15 +147,18 @@ def _cmd_federate(args: argparse.Namespace, config: FedpragConfig) -> int:
 
 
 def _cmd_certs(args: argparse.Namespace, config: FedpragConfig) -> int:
-    from fedprag.cluster.certs import write_node_keys, write_tls
+    from fedprag.cluster.certs import write_node_keys, write_routing_cert, write_tls
 
     tls = write_tls(args.out, hosts=args.host, days=args.days)
     print(f"CA certificate:      {tls.ca_cert}   (flower-supernode --root-certificates)")
     print(f"SuperLink cert/key:  {tls.server_cert}, {tls.server_key}   (flower-superlink --ssl-*)")
     for name in args.node:
         keys = write_node_keys(args.out, name)
-        print(f"SuperNode {name}: {keys.private_key}   (flower-supernode --auth-supernode-private-key); "
+        print(f"SuperNode {name}: {keys.private_key}   (site.auth_key); "
               f"register {keys.public_key} with 'flwr supernode register'")
+    for name in args.routing:
+        routing = write_routing_cert(args.out, name, hosts=args.host, days=args.days)
+        print(f"routing service {name}: {routing.server_cert}, {routing.server_key}   (site.routing_cert, site.routing_key)")
     return 0
 
 
@@ -288,8 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--out", required=True, help="output folder (private keys get mode 0600)")
     certs.add_argument("--node", action="append", default=[], metavar="NAME",
                        help="also write the auth key pair of SuperNode NAME (repeatable)")
+    certs.add_argument("--routing", action="append", default=[], metavar="SITE",
+                       help="also write a site daemon's routing-service certificate, signed by the same CA (repeatable)")
     certs.add_argument("--host", action="append", default=[], metavar="NAME",
-                       help="extra host name or IP for the SuperLink certificate (loopback is always included)")
+                       help="extra host name or IP for the certificates (loopback is always included)")
     certs.add_argument("--days", type=int, default=30, help="validity in days (default 30)")
     certs.set_defaults(handler=_cmd_certs)
 

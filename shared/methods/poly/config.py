@@ -34,30 +34,34 @@ class PolyConfig(MethodConfig):
         "n_experts", "rank", "epochs", "batch_size", "incremental_epochs", "incremental_batch_size", "top_m",
         "alpha", "lr", "routing_lr", "temperature", "incremental_lr", "score_temperature")
 
-    n_experts: int = 20
+    # The default pool takes new passages routing-only (see encodes_new_passages): 256 rank-1
+    # experts on the last layer's FFN output projection, trained on cached answer states.
+    n_experts: int = 256
     rank: int = 1
     alpha: float = 16.0
-    targets: tuple[str, ...] = FFN_TARGETS
+    targets: tuple[str, ...] = ("down_proj",)
     routing: str = "shared"
-    layers: str = "all"
+    layers: str = "last"
     uniform: bool = False
     # Offline encoding: multi-task training of pool and routing over every passage's augmentation.
-    epochs: int = 30
-    batch_size: int = 32
+    epochs: int = 100
+    batch_size: int = 64
     lr: float = 3e-3
     routing_lr: float = 5e-2
     temperature: float = 1.0
     # Incremental encoding ("Poly-z"): routing rows only, pool frozen.
-    incremental_epochs: int = 2
-    incremental_lr: float = 0.1
-    incremental_batch_size: int = 32
+    incremental_epochs: int = 8
+    incremental_lr: float = 0.5
+    incremental_batch_size: int = 4096
     # New rows train under sampled weights, as the pool did, or (False) under the inference-time ones.
-    incremental_sampling: bool = True
+    incremental_sampling: bool = False
     # The harness's incremental variant fits the pool to the initial passages plus this many
-    # synthetic people (names disjoint from the dataset's): a stand-in for a site's existing corpus.
-    incremental_population: int = 0
+    # synthetic people (names disjoint from the dataset's): a stand-in for the corpus a deployed
+    # pool has already seen. A pool fitted to 30 passages alone encodes new ones far worse
+    # (benchmarks/results/poly.md).
+    incremental_population: int = 1000
     # Routed inference: passages' weights combined by softmax(score / score_temperature); top-m kept.
-    top_m: int = 10
+    top_m: int = 256
     score_temperature: float = 0.05
     seed: int = 0
     # Federated rounds: FedProx's proximal weight μ (0 = plain local training), and FFA-LoRA's
