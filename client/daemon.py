@@ -211,8 +211,7 @@ class SiteDaemon:
         taken = 0
         for path in self._arrived():
             try:
-                with self.store.locked():
-                    report = self.store.add_read(read_sources([path]))
+                report = self.store.add_read(read_sources([path]))
             except DatasetError as exc:
                 self.inbox_rejected += 1
                 self.last_error = f"inbox: {exc}"
@@ -268,11 +267,11 @@ class SiteDaemon:
             uptime_seconds=time.monotonic() - self.started,
             routing_address=f"{self.config.routing_address.rpartition(':')[0]}:{self.routing_port}",
             supernode_connected=self.supernode_connected(), inbox_accepted=self.inbox_accepted,
-            inbox_rejected=self.inbox_rejected, encoding=self.encoding)
+            inbox_rejected=self.inbox_rejected, encoding=self.encoding, serving=self.router is not None)
 
     def start(self) -> None:
-        """Serve the released pool, open both services, write ``daemon.json``, start the SuperNode."""
-        self.refresh()
+        """Open both services, write ``daemon.json``, start the SuperNode, then serve the released pool
+        (encoding what is pending; routing calls are refused as unavailable until then)."""
         tls = ServerTls(Path(self.config.routing_cert), Path(self.config.routing_key))
         server, self.routing_port = serve_routing(lambda: self.router, self.config.routing_address, tls, self.tokens,
                                                   self.counters)
@@ -286,6 +285,8 @@ class SiteDaemon:
         atomic_write_text(self.root / DAEMON_FILE, json.dumps(
             {"pid": os.getpid(), "routing_port": self.routing_port, "admin": address}, indent=2))
         self.supervise()
+        with self._work_lock:
+            self.refresh()
         log.info("daemon.started", site=self.store.state.site_id, routing_port=self.routing_port,
                  passages=len(self.store.passages()), served=len(self.router) if self.router else 0)
 

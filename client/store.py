@@ -60,10 +60,13 @@ import torch
 
 from fedprag.shared.data.augment import cloze_augmentation
 from fedprag.shared.data.schema import MAX_PASSAGE_CHARS, Augmentation, DatasetError, Passage, read_dataset
-from fedprag.shared.io import atomic_path, atomic_write_text
+from fedprag.shared.io import atomic_path, atomic_write_text, recover_atomic
+from fedprag.shared.log import get_logger
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable
 from fedprag.shared.methods.poly.serializer import load_pool, load_routing, save_pool, save_routing
+
+log = get_logger(__name__)
 
 PASSAGES = "passages.parquet"
 AUGMENTATIONS = "augmentations.parquet"
@@ -368,6 +371,10 @@ class SiteStore:
         else:
             self.state = SiteState(site_id=site_id or f"site-{hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]}")
             self.save_state()
+        with self.locked():  # no writer is active: finish or undo what a killed one left
+            recovered = recover_atomic(self.root)
+        if recovered:
+            log.warning("store.recovered", site=self.state.site_id, files=recovered)
 
     def save_state(self) -> None:
         atomic_write_text(self.root / STATE, json.dumps(asdict(self.state), indent=2))
@@ -434,7 +441,10 @@ class SiteStore:
     def add_read(self, passages: Iterable[SourcePassage],
                  augmentations: dict[str, Augmentation] | None = None) -> IngestReport:
         """Store passages from :func:`read_sources`; nothing is written unless all of them can be."""
-        passages = list(passages)
+        with self.locked():
+            return self._add_read(list(passages), augmentations)
+
+    def _add_read(self, passages: list[SourcePassage], augmentations: dict[str, Augmentation] | None) -> IngestReport:
         existing = {p.passage_id: p.text for p in self.passages()}
         new: dict[str, str] = {}
         unchanged = 0

@@ -241,7 +241,7 @@ class LocalDeployment:
                 raise DeploymentError(f"the daemon of {name} exited with code {started.process.returncode}:\n"
                                       f"{self._tail(started)}")
             status = self._status(site_dir, started)
-            if status is not None and (status.supernode_connected or not self.rounds):
+            if status is not None and (status.supernode_connected if self.rounds else status.serving):
                 self.daemons[name] = started
                 return started
             if status is not None and "supernode exited" in status.last_error:

@@ -53,6 +53,31 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def recover_atomic(folder: str | os.PathLike) -> list[str]:
+    """Undo what a process killed inside :func:`atomic_path` or :func:`atomic_dir` left in ``folder``.
+
+    A directory moved aside but not yet replaced is moved back; temporary files and directories
+    and moved-aside copies are removed. Call it only while no writer can be active in ``folder``
+    (under the lock its writers hold). Returns the names it acted on.
+    """
+    root = Path(folder)
+    acted = []
+    for old in sorted(root.glob(".*.old-*")):
+        final = root / old.name[1:].rsplit(".old-", 1)[0]
+        if not final.exists():
+            os.replace(old, final)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+        acted.append(old.name)
+    for tmp in root.glob(".*.tmp"):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        acted.append(tmp.name)
+    return acted
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """The sha256 of a file's bytes, read in 1 MiB blocks."""
     h = hashlib.sha256()

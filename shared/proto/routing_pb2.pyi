@@ -102,7 +102,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SiteStatus(_message.Message):
-    __slots__ = ("site", "passages", "encoded", "pending", "rounds_joined", "pool_version", "queries_served", "last_error", "uptime_seconds", "routing_address", "supernode_connected", "inbox_accepted", "inbox_rejected", "encoding")
+    __slots__ = ("site", "passages", "encoded", "pending", "rounds_joined", "pool_version", "queries_served", "last_error", "uptime_seconds", "routing_address", "supernode_connected", "inbox_accepted", "inbox_rejected", "encoding", "serving")
     SITE_FIELD_NUMBER: _ClassVar[int]
     PASSAGES_FIELD_NUMBER: _ClassVar[int]
     ENCODED_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +117,7 @@ class SiteStatus(_message.Message):
     INBOX_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     INBOX_REJECTED_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
     site: str
     passages: int
     encoded: int
@@ -131,4 +132,5 @@ class SiteStatus(_message.Message):
     inbox_accepted: int
     inbox_rejected: int
     encoding: str
-    def __init__(self, site: _Optional[str] = ..., passages: _Optional[int] = ..., encoded: _Optional[int] = ..., pending: _Optional[int] = ..., rounds_joined: _Optional[_Iterable[int]] = ..., pool_version: _Optional[int] = ..., queries_served: _Optional[int] = ..., last_error: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., routing_address: _Optional[str] = ..., supernode_connected: _Optional[bool] = ..., inbox_accepted: _Optional[int] = ..., inbox_rejected: _Optional[int] = ..., encoding: _Optional[str] = ...) -> None: ...
+    serving: bool
+    def __init__(self, site: _Optional[str] = ..., passages: _Optional[int] = ..., encoded: _Optional[int] = ..., pending: _Optional[int] = ..., rounds_joined: _Optional[_Iterable[int]] = ..., pool_version: _Optional[int] = ..., queries_served: _Optional[int] = ..., last_error: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., routing_address: _Optional[str] = ..., supernode_connected: _Optional[bool] = ..., inbox_accepted: _Optional[int] = ..., inbox_rejected: _Optional[int] = ..., encoding: _Optional[str] = ..., serving: _Optional[bool] = ...) -> None: ...

@@ -1,6 +1,7 @@
 """The site store: ingestion from three formats, idempotent, conflict-checked and crash-safe."""
 
 import json
+import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -70,7 +71,7 @@ def test_a_crash_mid_ingest_keeps_the_previous_store_whole(tmp_path, sources, mo
         store.ingest(sources[1:])
     monkeypatch.undo()
     assert (tmp_path / "site" / "passages.parquet").read_bytes() == before
-    assert sorted(p.name for p in (tmp_path / "site").iterdir()) == ["passages.parquet", "state.json"]
+    assert sorted(p.name for p in (tmp_path / "site").iterdir()) == [".lock", "passages.parquet", "state.json"]
     assert store.ingest(sources).added == 2  # and ingestion picks up where it stopped
 
 
@@ -97,3 +98,16 @@ def test_stored_routing_rows_are_kept_and_rows_for_another_pool_shape_are_refuse
         store.routing(pool(8), "d" * 64)
     with pytest.raises(EncodingMismatch, match="made for base model"):
         store.routing(pool(6), "e" * 64)
+
+
+def test_opening_a_store_undoes_what_a_killed_write_left(tmp_path, sources):
+    store = SiteStore(tmp_path / "site")
+    store.ingest(sources[:1])
+    routing = tmp_path / "site" / "routing"
+    routing.mkdir()
+    (routing / "manifest.json").write_text("{}")
+    os.replace(routing, tmp_path / "site" / ".routing.old-123")  # killed between atomic_dir's two renames
+    (tmp_path / "site" / ".passages.parquet.abc.tmp").write_bytes(b"PAR1 partial")
+    SiteStore(tmp_path / "site")
+    assert (routing / "manifest.json").read_text() == "{}"
+    assert sorted(p.name for p in (tmp_path / "site").iterdir()) == [".lock", "passages.parquet", "routing", "state.json"]
