@@ -40,7 +40,7 @@ import grpc
 import psutil
 import torch
 
-from fedprag.client.routing_service import RoutingCounters, ServerTls, SiteRouter, serve_routing
+from fedprag.client.routing_service import RoutingCounters, RoutingLimits, ServerTls, SiteRouter, serve_routing
 from fedprag.client.store import SiteStore, read_sources
 from fedprag.client.train import CannotEncode, encode_pending, site_work
 from fedprag.shared.config import ConfigError, FedpragConfig
@@ -273,8 +273,9 @@ class SiteDaemon:
         """Open both services, write ``daemon.json``, start the SuperNode, then serve the released pool
         (encoding what is pending; routing calls are refused as unavailable until then)."""
         tls = ServerTls(Path(self.config.routing_cert), Path(self.config.routing_key))
+        limits = RoutingLimits(self.config.rate_limit_qps, self.config.rate_limit_burst, self.config.reply_noise)
         server, self.routing_port = serve_routing(lambda: self.router, self.config.routing_address, tls, self.tokens,
-                                                  self.counters)
+                                                  self.counters, limits)
         admin = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         routing_pb2_grpc.add_SiteAdminServicer_to_server(_Admin(self), admin)
         address = admin_address(self.root)

@@ -9,11 +9,15 @@ a pending passage (no routing row yet) is not searched.
 The scores are keyed by ids fresh for every query: an HMAC-SHA256, under the site's secret key
 (which never leaves the site), of a random per-query nonce and the passage id. The same passage
 gets unrelated ids in two replies, so a caller can neither link replies by id nor test whether a
-site holds a passage it can name.
+site holds a passage it can name. With ``site.reply_noise`` = σ > 0, Gaussian noise of scale σ
+(seeded from the OS for every reply) is added to every score and mixture weight, the mixture
+clipped at zero and renormalised: a caller who embeds a candidate text no longer reads back its
+exact similarity, at the cost of noisier routing.
 
 :func:`serve_routing` puts a :class:`SiteRouter` behind gRPC (``SiteRouting.Route`` in
 ``shared/proto/routing.proto``): TLS with a certificate from the federation's CA, a bearer token
-per caller, a deadline on every call, and bounds on ``k`` and the batch.
+per caller, a deadline on every call, bounds on ``k`` and the batch, and a per-caller rate limit
+(a token bucket of ``site.rate_limit_burst`` queries, refilled at ``site.rate_limit_qps``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import hashlib
 import hmac
 import os
 import threading
+import time
 from collections.abc import Callable, Collection
 from concurrent import futures
 from dataclasses import dataclass
@@ -98,9 +103,11 @@ class SiteRouter:
         """The id passage ``row`` goes by in one reply: ``x`` + 16 hex digits of HMAC(secret, nonce ‖ id)."""
         return "x" + hmac.new(self._secret, nonce + self._ids[row], hashlib.sha256).hexdigest()[:16]
 
-    def route(self, query_embeddings: np.ndarray, k: int, score_temperature: float) -> list[RoutingReply]:
+    def route(self, query_embeddings: np.ndarray, k: int, score_temperature: float,
+              noise: float = 0.0) -> list[RoutingReply]:
         """Per query, one wire reply: the top-``k`` passages' scores under fresh ids, and their routing
-        rows blended by softmax(score / ``score_temperature``) into one mixture."""
+        rows blended by softmax(score / ``score_temperature``) into one mixture (with ``noise``, both
+        perturbed as the module docstring says)."""
         with self._lock:
             scores, rows = self.index.search(query_embeddings, k)
             weights = self.weights
@@ -114,11 +121,24 @@ class SiteRouter:
                 mixture = (blend[:, None, None] * weights[hit_rows]).sum(0) / blend.sum()
             else:
                 mixture = np.zeros(weights.shape[1:], dtype=np.float32)
+            if noise > 0:
+                hit_scores, mixture = _noised(hit_scores, mixture, noise)
             replies.append(RoutingReply(site=self.store.state.site_id, pool_version=self.pool_version,
                                         scores={self.reply_id(nonce, int(r)): float(s)
                                                 for s, r in zip(hit_scores, hit_rows)},
                                         mixture={MIXTURE: mixture.astype(np.float32)}))
         return replies
+
+
+def _noised(scores: np.ndarray, mixture: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and mixture plus Gaussian noise of scale ``sigma`` from an OS-seeded generator; the
+    mixture is clipped at zero and each group's row renormalised (uniform where nothing is left)."""
+    rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+    scores = scores + rng.normal(0.0, sigma, scores.shape)
+    mixture = np.clip(mixture + rng.normal(0.0, sigma, mixture.shape), 0.0, None)
+    totals = mixture.sum(-1, keepdims=True)
+    mixture = np.where(totals > 0, mixture / np.where(totals > 0, totals, 1.0), 1.0 / mixture.shape[-1])
+    return scores, mixture
 
 
 def _ids_digest(passage_ids: list[str]) -> str:
@@ -133,6 +153,34 @@ class RoutingCounters:
     refused: int = 0
 
 
+@dataclass(frozen=True)
+class RoutingLimits:
+    """What one caller may ask, and how much noise every reply carries."""
+
+    queries_per_second: float = 500.0
+    burst: int = 2000
+    reply_noise: float = 0.0
+
+
+class RateLimiter:
+    """A token bucket per caller: ``burst`` queries at once, refilled at ``queries_per_second``."""
+
+    def __init__(self, limits: RoutingLimits, clock: Callable[[], float] = time.monotonic):
+        self.limits, self.clock = limits, clock
+        self._buckets: dict[bytes, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, caller: bytes, queries: int) -> bool:
+        """Take ``queries`` from ``caller``'s bucket if it holds that many."""
+        with self._lock:
+            now = self.clock()
+            level, then = self._buckets.get(caller, (float(self.limits.burst), now))
+            level = min(float(self.limits.burst), level + (now - then) * self.limits.queries_per_second)
+            allowed = level >= queries
+            self._buckets[caller] = (level - queries if allowed else level, now)
+            return allowed
+
+
 def _bearer(context: grpc.ServicerContext) -> str:
     for key, value in context.invocation_metadata():
         if key == "authorization" and value.startswith("Bearer "):
@@ -143,9 +191,11 @@ def _bearer(context: grpc.ServicerContext) -> str:
 class RoutingServicer(routing_pb2_grpc.SiteRoutingServicer):
     """``SiteRouting.Route``: authenticate, check the deadline and the request, route, reply."""
 
-    def __init__(self, router: Callable[[], SiteRouter | None], tokens: Collection[str], counters: RoutingCounters):
-        self.router, self.counters = router, counters
+    def __init__(self, router: Callable[[], SiteRouter | None], tokens: Collection[str], counters: RoutingCounters,
+                 limits: RoutingLimits = RoutingLimits()):
+        self.router, self.counters, self.limits = router, counters, limits
         self._tokens = [t.encode() for t in tokens]
+        self._rate = RateLimiter(limits)
 
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, reason: str) -> None:
         self.counters.refused += 1
@@ -168,6 +218,9 @@ class RoutingServicer(routing_pb2_grpc.SiteRoutingServicer):
         if embeddings is None or embeddings.ndim != 2 or not 0 < len(embeddings) <= MAX_QUERIES:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
                          f"queries.{EMBEDDINGS} must be [Q, D] with 1 ≤ Q ≤ {MAX_QUERIES}")
+        if not self._rate.allow(token, len(embeddings)):
+            self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"rate limit: {self.limits.queries_per_second:g} queries per second per caller")
         if not 1 <= routing.k <= MAX_K or routing.score_temperature <= 0:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
                          f"k must be in 1..{MAX_K} and score_temperature positive")
@@ -177,7 +230,7 @@ class RoutingServicer(routing_pb2_grpc.SiteRoutingServicer):
         if embeddings.shape[1] != router.index.index.d:
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
                          f"query embeddings have {embeddings.shape[1]} dimensions, the site's index {router.index.index.d}")
-        replies = router.route(embeddings, routing.k, routing.score_temperature)
+        replies = router.route(embeddings, routing.k, routing.score_temperature, self.limits.reply_noise)
         self.counters.queries += len(replies)
         return routing_pb2.RouteReplies(replies=[r.to_proto() for r in replies])
 
@@ -191,13 +244,14 @@ class ServerTls:
 
 
 def serve_routing(router: Callable[[], SiteRouter | None], address: str, tls: ServerTls, tokens: Collection[str],
-                  counters: RoutingCounters, workers: int = 4) -> tuple[grpc.Server, int]:
+                  counters: RoutingCounters, limits: RoutingLimits = RoutingLimits(),
+                  workers: int = 4) -> tuple[grpc.Server, int]:
     """Start the routing service on ``address`` (``host:port``; port 0 picks one); returns it and its port."""
     if not tokens:
         raise ValueError("site.tokens_file: the routing service needs at least one caller token")
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
-    routing_pb2_grpc.add_SiteRoutingServicer_to_server(RoutingServicer(router, tokens, counters), server)
+    routing_pb2_grpc.add_SiteRoutingServicer_to_server(RoutingServicer(router, tokens, counters, limits), server)
     credentials = grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())])
     port = server.add_secure_port(address, credentials)
     if port == 0:

@@ -50,6 +50,7 @@ from fedprag.shared.config import FedpragConfig, SiteSection, config_to_toml
 from fedprag.shared.io import atomic_write_text
 from fedprag.shared.log import get_logger
 from fedprag.shared.processes import bin_path, flower_env, free_port, spawn, stop
+from fedprag.shared.proto import routing_pb2
 
 log = get_logger(__name__)
 
@@ -168,11 +169,14 @@ class LocalDeployment:
         self.token = tokens.read_text().splitlines()[-1].strip()
         if self.rounds:
             self._start_superlink()
-        for name, path in self.sites:
+        starting = []
+        for name, path in self.sites:  # every daemon loads its model at the same time
             keys = self.node_keys(name)
             if self.rounds:
                 self.register(keys)
-            self.start_daemon(name, path, keys)
+            starting.append((name, path, self._spawn_daemon(name, path, keys)))
+        for name, path, started in starting:
+            self._await_daemon(name, path, started)
         self.remember_descendants()
 
     def _start_superlink(self) -> None:
@@ -232,9 +236,14 @@ class LocalDeployment:
 
     def start_daemon(self, name: str, site_dir: Path, keys: NodeKeys) -> Started:
         """Start one site's daemon and wait until it serves (and, with rounds, its SuperNode is connected)."""
+        return self._await_daemon(name, site_dir, self._spawn_daemon(name, site_dir, keys))
+
+    def _spawn_daemon(self, name: str, site_dir: Path, keys: NodeKeys) -> Started:
         (site_dir / DAEMON_FILE).unlink(missing_ok=True)
-        started = self._spawn(f"daemon-{name}", [bin_path("fedprag"), "--quiet", "client", "run", "--config",
-                                                 str(self.site_config(name, site_dir, keys))], self.work / "flwr" / name)
+        return self._spawn(f"daemon-{name}", [bin_path("fedprag"), "--quiet", "client", "run", "--config",
+                                              str(self.site_config(name, site_dir, keys))], self.work / "flwr" / name)
+
+    def _await_daemon(self, name: str, site_dir: Path, started: Started) -> Started:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if started.process.poll() is not None:
@@ -252,7 +261,7 @@ class LocalDeployment:
                               f"within {self.startup_timeout:.0f} s; see {started.log}")
 
     @staticmethod
-    def _status(site_dir: Path, started: Started):
+    def _status(site_dir: Path, started: Started) -> routing_pb2.SiteStatus | None:
         """The daemon's status once it wrote ``daemon.json`` and answers; else ``None``."""
         try:
             if json.loads((site_dir / DAEMON_FILE).read_text())["pid"] != started.process.pid:

@@ -138,6 +138,11 @@ class SiteSection:
     """Bearer tokens accepted from callers of the routing service, one per line (``#`` comments)."""
     inbox: str = ""
     """Folder watched for new documents (default ``<data_dir>/inbox``)."""
+    rate_limit_qps: float = 500.0
+    rate_limit_burst: int = 2000
+    """Queries each caller token may ask the routing service: this many at once, refilled at rate_limit_qps."""
+    reply_noise: float = 0.0
+    """Gaussian noise σ on every routing reply's scores and mixture (0 = exact replies)."""
     poll_seconds: float = 1.0
     threads: int = 1
     """torch threads for the site's training and encoding."""
@@ -147,6 +152,10 @@ class SiteSection:
             raise ValueError("site.poll_seconds: must be positive")
         if self.threads < 1:
             raise ValueError("site.threads: must be a positive integer")
+        if self.rate_limit_qps <= 0 or self.rate_limit_burst < 1:
+            raise ValueError("site.rate_limit_qps must be positive and site.rate_limit_burst at least 1")
+        if self.reply_noise < 0:
+            raise ValueError("site.reply_noise: must be zero or positive")
         host, _, port = self.routing_address.rpartition(":")
         if not host or not port.isdigit() or int(port) > 65535:
             raise ValueError(f"site.routing_address: expected host:port, got '{self.routing_address}'")

@@ -33,12 +33,12 @@ def _site_with_released_pool(site, spec):
     store = SiteStore(site, site_id="site-crash")
     store.add_passages([(f"a{i}", f"Person a{i} was born in {1800 + i}. They live in Town{i}.") for i in range(20)])
     store.save_pool(pool, config, 1, base.digest)
-    return store, base, pool
+    return base, pool
 
 
 def test_sigkill_mid_inbox_loses_nothing_and_a_restart_completes(small_model_spec, tmp_path):
     site = tmp_path / "site"
-    store, base, pool = _site_with_released_pool(site, small_model_spec)
+    base, pool = _site_with_released_pool(site, small_model_spec)
     staged = tmp_path / "big.jsonl"
     filler = " ".join(f"Clause {j} of the town record." for j in range(60))  # makes the write take a while
     staged.write_text("".join(json.dumps({"id": f"b{i}", "text": f"Person b{i} was born in {1700 + i % 300}. {filler}",

@@ -180,6 +180,16 @@ def test_client_status_asks_the_running_daemon(federation):
     assert status["queries_served"] > 0 and status["encoding"].startswith("routing-only")
 
 
+def test_a_caller_that_asks_too_fast_is_slowed_down(federation):
+    site = federation["deployment"].routing_sites()[1]
+    batch = np.ones((256, 384), dtype=np.float32) / 384 ** 0.5
+    with pytest.raises(SiteUnavailable, match="RESOURCE_EXHAUSTED: rate limit"):
+        for _ in range(40):  # 10,240 queries at once, against a burst of 2,000 refilled at 500 per second
+            site.route(batch, 3, 0.05)
+    time.sleep(4.5)  # the bucket refills
+    assert len(site.route(batch[:1], 3, 0.05)) == 1
+
+
 def test_sigterm_stops_every_daemon_cleanly(federation):
     deployment = federation["deployment"]
     daemons = dict(deployment.daemons)
