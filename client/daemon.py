@@ -7,7 +7,9 @@ It holds the base model, the retrieval encoder and the site store warm, and:
   SuperNode starts for each message hands the work to this daemon over its local socket
   (``SiteAdmin.Work``), so a round does not load the model again.
 * **serves routing over gRPC** (:mod:`fedprag.client.routing_service`), with the pool the
-  coordinator released; only passages with a routing row are searched.
+  coordinator released; only passages with a routing row are searched. When a released version
+  no longer fits the site's rows (another number of experts or groups), the rows are fitted again,
+  routing-only, against it.
 * **watches its inbox.** A file that lands in ``<inbox>`` (``.jsonl``, ``.parquet`` or ``.txt``;
   move it in atomically, or it is taken once its size held for one poll) is ingested whole or not
   at all, then moved to ``inbox/done/``; a bad one goes to ``inbox/rejected/`` beside a
@@ -47,6 +49,7 @@ from fedprag.shared.config import ConfigError, FedpragConfig
 from fedprag.shared.data.schema import DatasetError
 from fedprag.shared.io import atomic_write_text
 from fedprag.shared.log import get_logger
+from fedprag.shared.lora.store import EncodingMismatch
 from fedprag.shared.models.loading import load_causal_lm
 from fedprag.shared.processes import bin_path, flower_env, free_port, spawn, stop
 from fedprag.shared.proto import routing_pb2, routing_pb2_grpc
@@ -161,7 +164,17 @@ class SiteDaemon:
         if released is None:
             return
         pool, config, version = released
-        self.router = SiteRouter(self.store, self.encoder, self.base.digest, pool, version)
+        try:
+            self.router = SiteRouter(self.store, self.encoder, self.base.digest, pool, version)
+        except EncodingMismatch as exc:  # the released pool has another shape: the rows must be fitted again
+            if not config.encodes_new_passages:
+                self.router = None
+                self.last_error = f"routing rows do not fit pool version {version} ({exc}); they wait for the next round"
+                return
+            log.warning("daemon.refit", pool_version=version, reason=str(exc)[:200])
+            with self.store.locked():
+                self.store.clear_routing()
+            self.router = SiteRouter(self.store, self.encoder, self.base.digest, pool, version)
         self.encoding = "routing-only against the released pool" if config.encodes_new_passages else \
             f"waits for rounds (poly.layers = '{config.layers}' cannot encode new passages)"
         self.encode()

@@ -48,8 +48,10 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import os
 import re
 import secrets
+import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -508,6 +510,14 @@ class SiteStore:
     def save_routing(self, routing: RoutingTable, pool: ExpertPool, pool_version: int, base_digest: str) -> None:
         """Keep the rows trained in a round against ``pool`` (version ``pool_version``)."""
         save_routing(self.root / ROUTING, routing, pool, base_digest, pool_version)
+
+    def clear_routing(self) -> None:
+        """Drop every routing row (they do not fit a released pool): every passage becomes pending."""
+        path = self.root / ROUTING
+        if path.exists():
+            aside = self.root / f".{ROUTING}.cleared.tmp"  # a killed clear is finished on the next open
+            os.replace(path, aside)
+            shutil.rmtree(aside)
 
     def encoded(self, pool: ExpertPool, base_digest: str) -> RoutingTable:
         """The stored routing rows of the passages that have one, in passage order."""

@@ -111,3 +111,24 @@ def test_opening_a_store_undoes_what_a_killed_write_left(tmp_path, sources):
     SiteStore(tmp_path / "site")
     assert (routing / "manifest.json").read_text() == "{}"
     assert sorted(p.name for p in (tmp_path / "site").iterdir()) == [".lock", "passages.parquet", "routing", "state.json"]
+
+
+def test_rows_that_do_not_fit_a_released_pool_are_refused_until_cleared_then_all_are_pending(tmp_path, sources):
+    import torch
+
+    from fedprag.shared.lora.store import EncodingMismatch
+    from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable
+
+    def pool(experts):
+        return ExpertPool({"layers.0.mlp.down_proj": (torch.zeros(experts, 1, 6), torch.zeros(experts, 5, 1))}, 1.0)
+
+    store = SiteStore(tmp_path / "site")
+    store.ingest(sources)
+    ids = [p.passage_id for p in store.passages()]
+    store.save_routing(RoutingTable(ids, torch.zeros(len(ids), 1, 4)), pool(4), 1, "d" * 64)
+    assert store.pending(pool(4), "d" * 64) == []
+    with pytest.raises(EncodingMismatch, match="re-encode them against this pool"):
+        store.encoded(pool(8), "d" * 64)
+    store.clear_routing()
+    assert [p.passage_id for p in store.pending(pool(8), "d" * 64)] == ids
+    assert sorted(p.name for p in (tmp_path / "site").glob(".*")) == [".lock"]  # nothing set aside is left
