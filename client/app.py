@@ -65,7 +65,8 @@ def audit(root: Path, site: str, record: RecordDict) -> None:
 
 def forward(address: str, request: WireMessage) -> WireMessage:
     """Hand ``request`` to the site daemon on its local socket; returns its reply."""
-    with grpc.insecure_channel(address) as channel:  # a Unix socket in a 0700 folder, on site
+    with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", -1),
+                                                 ("grpc.max_send_message_length", -1)]) as channel:  # a Unix socket, on site
         try:
             reply = routing_pb2_grpc.SiteAdminStub(channel).Work(request.to_proto(), timeout=WORK_DEADLINE)
         except grpc.RpcError as exc:  # the daemon's details name the failure's kind only

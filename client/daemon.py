@@ -44,14 +44,14 @@ import torch
 
 from fedprag.client.routing_service import RoutingCounters, RoutingLimits, ServerTls, SiteRouter, serve_routing
 from fedprag.client.store import SiteStore, read_sources
-from fedprag.client.train import CannotEncode, encode_pending, site_work
+from fedprag.client.train import CannotEncode, encode_pending, keep_release, release_ack, site_work
 from fedprag.shared.config import ConfigError, FedpragConfig
 from fedprag.shared.data.schema import DatasetError
 from fedprag.shared.io import atomic_write_text
 from fedprag.shared.log import get_logger
 from fedprag.shared.lora.store import EncodingMismatch
 from fedprag.shared.models.loading import load_causal_lm
-from fedprag.shared.processes import bin_path, flower_env, free_port, spawn, stop
+from fedprag.shared.processes import bin_path, flower_env, free_port, signal_group, spawn, stop
 from fedprag.shared.proto import routing_pb2, routing_pb2_grpc
 from fedprag.shared.retrieval.encoder import SentenceEncoder
 from fedprag.shared.wire import PoolRelease, RoundTask, WireError, WireMessage
@@ -93,6 +93,10 @@ def daemon_status(data_dir: str | Path, timeout: float = 5.0) -> routing_pb2.Sit
     """Ask the running daemon of ``data_dir`` for its status (``grpc.RpcError`` if it does not answer)."""
     with grpc.insecure_channel(admin_address(data_dir)) as channel:
         return routing_pb2_grpc.SiteAdminStub(channel).Status(routing_pb2.StatusRequest(), timeout=timeout)
+
+
+ADMIN_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+"""The local socket carries whole pools (a round task, a site update): no message size limit."""
 
 
 def status_fields(status: routing_pb2.SiteStatus) -> dict[str, object]:
@@ -187,7 +191,7 @@ class SiteDaemon:
         pool, config, _ = released
         try:
             rows = encode_pending(self.store, self.base, pool, config)
-        except CannotEncode as exc:
+        except (CannotEncode, EncodingMismatch) as exc:
             self.last_error = str(exc)
             log.warning("daemon.encode.refused", reason=self.last_error)
             return
@@ -199,14 +203,14 @@ class SiteDaemon:
         """A round task or a pool release, handed over by this site's ClientApp."""
         with self._work_lock:
             try:
-                reply = site_work(self.store, self.base, request)
+                if isinstance(request, PoolRelease):  # keep it, serve it (re-fitting rows if needed), then ack
+                    keep_release(self.store, self.base, request)
+                    self.refresh()
+                    return release_ack(self.store, self.base, request.pool_version)
+                return site_work(self.store, self.base, request)
             except Exception as exc:
                 self.last_error = f"{request.KIND}: {type(exc).__name__}"
                 raise
-            self.store.reload_state()
-            if isinstance(request, PoolRelease):
-                self.refresh()
-            return reply
 
     # -- the inbox --------------------------------------------------------------------------
     def _arrived(self) -> Iterator[Path]:
@@ -243,6 +247,24 @@ class SiteDaemon:
         return taken
 
     # -- the SuperNode ----------------------------------------------------------------------
+    def _stop_orphan(self) -> None:
+        """Stop the SuperNode a killed daemon left running (recorded in ``daemon.json``, checked by start time)."""
+        try:
+            record = json.loads((self.root / DAEMON_FILE).read_text())
+            orphan = psutil.Process(record["supernode"])
+            if abs(orphan.create_time() - record["supernode_started"]) < 1e-3:
+                log.warning("daemon.supernode.orphan", pid=orphan.pid)
+                signal_group(orphan.pid, signal.SIGKILL)
+        except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+            return
+
+    def _write_record(self) -> None:
+        supernode = self.supernode.pid if self.supernode is not None else None
+        started = psutil.Process(supernode).create_time() if supernode is not None else None
+        atomic_write_text(self.root / DAEMON_FILE, json.dumps(
+            {"pid": os.getpid(), "routing_port": self.routing_port, "admin": admin_address(self.root),
+             "supernode": supernode, "supernode_started": started}, indent=2))
+
     def _start_supernode(self) -> None:
         site = self.config
         node_config = f"site-dir='{self.root.resolve()}' daemon='{admin_address(self.root)}'"
@@ -250,6 +272,7 @@ class SiteDaemon:
                 "--auth-supernode-private-key", site.auth_key, "--node-config", node_config,
                 "--host", "127.0.0.1", "--port", str(free_port())]
         self.supernode = spawn(argv, self.supernode_log, flower_env(self.root / "flwr"), cwd=self.root)
+        self._write_record()
         log.info("daemon.supernode.start", pid=self.supernode.pid, superlink=site.superlink)
 
     def supervise(self) -> None:
@@ -270,7 +293,7 @@ class SiteDaemon:
 
     # -- status and lifecycle ---------------------------------------------------------------
     def status(self) -> routing_pb2.SiteStatus:
-        state = self.store.reload_state()
+        state = self.store.read_state()  # a copy: a round in another thread may be changing the store's
         served = len(self.router) if self.router is not None else 0
         return routing_pb2.SiteStatus(
             site=state.site_id, passages=len(self.store.passages()), encoded=served,
@@ -289,15 +312,15 @@ class SiteDaemon:
         limits = RoutingLimits(self.config.rate_limit_qps, self.config.rate_limit_burst, self.config.reply_noise)
         server, self.routing_port = serve_routing(lambda: self.router, self.config.routing_address, tls, self.tokens,
                                                   self.counters, limits)
-        admin = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        admin = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=ADMIN_OPTIONS)
         routing_pb2_grpc.add_SiteAdminServicer_to_server(_Admin(self), admin)
         address = admin_address(self.root)
         Path(address.removeprefix("unix://")).unlink(missing_ok=True)  # a socket left by a killed daemon
         admin.add_insecure_port(address)
         admin.start()
         self._servers = [server, admin]
-        atomic_write_text(self.root / DAEMON_FILE, json.dumps(
-            {"pid": os.getpid(), "routing_port": self.routing_port, "admin": address}, indent=2))
+        self._stop_orphan()
+        self._write_record()
         self.supervise()
         with self._work_lock:
             self.refresh()
@@ -308,8 +331,8 @@ class SiteDaemon:
         """Run until SIGTERM or SIGINT; returns the exit code."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
-        self.start()
         try:
+            self.start()
             while not self.stopping.wait(self.config.poll_seconds):
                 self.supervise()
                 self.scan_inbox()

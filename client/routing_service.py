@@ -12,7 +12,8 @@ gets unrelated ids in two replies, so a caller can neither link replies by id no
 site holds a passage it can name. With ``site.reply_noise`` = σ > 0, Gaussian noise of scale σ
 (seeded from the OS for every reply) is added to every score and mixture weight, the mixture
 clipped at zero and renormalised: a caller who embeds a candidate text no longer reads back its
-exact similarity, at the cost of noisier routing.
+exact similarity, at the cost of noisier routing. Noise averages out over repeated queries; the
+per-caller rate limit bounds how many a caller gets.
 
 :func:`serve_routing` puts a :class:`SiteRouter` behind gRPC (``SiteRouting.Route`` in
 ``shared/proto/routing.proto``): TLS with a certificate from the federation's CA, a bearer token
@@ -29,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -151,6 +152,13 @@ class RoutingCounters:
 
     queries: int = 0
     refused: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, queries: int = 0, refused: int = 0) -> None:
+        """Add to the counters (the service's worker threads call this concurrently)."""
+        with self._lock:
+            self.queries += queries
+            self.refused += refused
 
 
 @dataclass(frozen=True)
@@ -198,7 +206,7 @@ class RoutingServicer(routing_pb2_grpc.SiteRoutingServicer):
         self._rate = RateLimiter(limits)
 
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, reason: str) -> None:
-        self.counters.refused += 1
+        self.counters.count(refused=1)
         log.warning("routing.refused", code=code.name, reason=reason, peer=context.peer())
         context.abort(code, reason)
 
@@ -231,7 +239,7 @@ class RoutingServicer(routing_pb2_grpc.SiteRoutingServicer):
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
                          f"query embeddings have {embeddings.shape[1]} dimensions, the site's index {router.index.index.d}")
         replies = router.route(embeddings, routing.k, routing.score_temperature, self.limits.reply_noise)
-        self.counters.queries += len(replies)
+        self.counters.count(queries=len(replies))
         return routing_pb2.RouteReplies(replies=[r.to_proto() for r in replies])
 
 

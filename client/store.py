@@ -318,13 +318,15 @@ def _read_folder(path: Path) -> list[SourcePassage]:
 
 
 def _read_sources(path: Path) -> list[SourcePassage]:
-    """Checked passages from a JSONL file, a Parquet file or a folder of ``.txt`` files (not split)."""
+    """Checked passages from a JSONL, Parquet or ``.txt`` file, or a folder of ``.txt`` files (not split)."""
     if path.is_dir():
         return _read_folder(path)
-    if path.suffix not in (".jsonl", ".parquet"):
-        raise DatasetError(path, "ingest takes .jsonl, .parquet or a folder of .txt files")
+    if path.suffix not in (".jsonl", ".parquet", ".txt"):
+        raise DatasetError(path, "ingest takes .jsonl, .parquet, .txt or a folder of .txt files")
     if not path.exists():
         raise DatasetError(path, "no such file")
+    if path.suffix == ".txt":
+        return [_checked(path.stem, _decode(_read_bytes(path), path, line=False), path, None)]
     return _read_jsonl(path) if path.suffix == ".jsonl" else _read_parquet(path)
 
 
@@ -381,10 +383,9 @@ class SiteStore:
     def save_state(self) -> None:
         atomic_write_text(self.root / STATE, json.dumps(asdict(self.state), indent=2))
 
-    def reload_state(self) -> SiteState:
-        """Re-read ``state.json`` (another process, a round's ClientApp, may have written it)."""
-        self.state = SiteState(**json.loads((self.root / STATE).read_text()))
-        return self.state
+    def read_state(self) -> SiteState:
+        """A fresh copy of ``state.json`` as written last (this object's ``state`` is left alone)."""
+        return SiteState(**json.loads((self.root / STATE).read_text()))
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

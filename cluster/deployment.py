@@ -239,7 +239,6 @@ class LocalDeployment:
         return self._await_daemon(name, site_dir, self._spawn_daemon(name, site_dir, keys))
 
     def _spawn_daemon(self, name: str, site_dir: Path, keys: NodeKeys) -> Started:
-        (site_dir / DAEMON_FILE).unlink(missing_ok=True)
         return self._spawn(f"daemon-{name}", [bin_path("fedprag"), "--quiet", "client", "run", "--config",
                                               str(self.site_config(name, site_dir, keys))], self.work / "flwr" / name)
 

@@ -84,6 +84,8 @@ class RemoteSite:
             raise SiteUnavailable(f"malformed reply: {exc}") from None
         if len(replies) != len(query_embeddings):
             raise SiteUnavailable(f"{len(replies)} replies for {len(query_embeddings)} queries")
+        if any(MIXTURE not in r.mixture or r.mixture[MIXTURE].ndim != 2 for r in replies):
+            raise SiteUnavailable(f"a reply without a [G, K] '{MIXTURE}'")
         return replies
 
     def close(self) -> None:
@@ -122,8 +124,13 @@ class FanOut:
                 trace.failed[site.name] = str(exc)[:200]
                 log.warning("fanout.site.failed", site=site.name, reason=trace.failed[site.name])
                 continue
+            shape = replies[0].mixture[MIXTURE].shape
+            if answers and shape != answers[0][0].mixture[MIXTURE].shape:
+                trace.failed[site.name] = f"mixtures of shape {list(shape)}, not the other sites' (another pool?)"
+                log.warning("fanout.site.failed", site=site.name, reason=trace.failed[site.name])
+                continue
             trace.answered.append(site.name)
-            trace.pool_versions[site.name] = replies[0].pool_version if replies else 0
+            trace.pool_versions[site.name] = replies[0].pool_version
             answers.append(replies)
         if not answers:
             raise SiteUnavailable(f"no site answered: {trace.failed}")

@@ -79,13 +79,17 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
     base = load_causal_lm(model_spec)
     registry = PoolRegistry(registry_dir(federation), base.digest)
     latest = registry.latest()
+    modules = placed(attach_lora(base.model), poly.layers, poly.targets)
     if latest is None:
-        modules = placed(attach_lora(base.model), poly.layers, poly.targets)
         pool = ExpertPool.initialised(modules, poly.n_experts, poly.rank, poly.scale, poly.routing, poly.seed)
         version = registry.publish(pool, poly, 0, {})
         done = 0
     else:
         pool, manifest = latest
+        if sorted(pool.names) != sorted(modules) or (pool.n_experts, pool.rank) != (poly.n_experts, poly.rank):
+            raise ValueError(f"poly: the pool in {registry.root} ({pool.n_experts} experts of rank {pool.rank} on "
+                             f"{len(pool.names)} modules) is not the one poly configures ({poly.n_experts} of rank "
+                             f"{poly.rank} on {len(modules)}); start a new federation.work_dir")
         version, done = manifest["version"], manifest["round"]
         log.info("coordinator.resume", version=version, completed_round=done)
     strategy = strategy_named(federation.strategy)

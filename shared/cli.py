@@ -311,9 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "<id>#1, <id>#2, ... (deterministic, so re-ingesting stays idempotent).")
     ingest.add_argument("data_dir", help="the site's data directory")
     ingest.add_argument("sources", nargs="+",
-                        help=".jsonl ({'id', 'text'}; id a string or integer, optional), .parquet (text[, passage_id "
-                             f"or id]) or a folder of .txt files (UTF-8); passages over {MAX_PASSAGE_CHARS:,} "
-                             "characters become <id>#1, <id>#2, ...")
+                        help=".jsonl ({'id', 'text'[, 'qa', 'rewrite']}; id a string or integer, optional), .parquet "
+                             "(text[, passage_id or id]), a .txt file or a folder of .txt files (UTF-8); passages "
+                             f"over {MAX_PASSAGE_CHARS:,} characters become <id>#1, <id>#2, ...")
     ingest.add_argument("--site-id", help="the site's opaque id (first ingest only)")
     ingest.set_defaults(handler=_cmd_client_ingest)
     status = client.add_parser("status", parents=[common],

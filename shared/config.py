@@ -152,8 +152,9 @@ class SiteSection:
             raise ValueError("site.poll_seconds: must be positive")
         if self.threads < 1:
             raise ValueError("site.threads: must be a positive integer")
-        if self.rate_limit_qps <= 0 or self.rate_limit_burst < 1:
-            raise ValueError("site.rate_limit_qps must be positive and site.rate_limit_burst at least 1")
+        if self.rate_limit_qps <= 0 or self.rate_limit_burst < 256:
+            raise ValueError("site.rate_limit_qps must be positive and site.rate_limit_burst at least 256 "
+                             "(the most queries one routing request may carry)")
         if self.reply_noise < 0:
             raise ValueError("site.reply_noise: must be zero or positive")
         host, _, port = self.routing_address.rpartition(":")

@@ -17,14 +17,19 @@ TEXTS = ["Kara Lovel came into the world in 1873.", "Lo Fenwick plays the harp."
          "Ze Garsk draws a salary from Brandor Mills."]
 
 
-def test_reply_ids_are_fresh_per_query_and_no_text_or_secret_is_in_the_reply(tmp_path):
+def _encoded_site(tmp_path):
+    """A store whose passages all have routing rows for a 4-expert pool; its router and encoder."""
     store = SiteStore(tmp_path / "site", site_id="site-a")
     store.add_passages([(f"own-passage-{i}", t) for i, t in enumerate(TEXTS)])
     pool = ExpertPool({"layers.0.mlp.down_proj": (torch.zeros(4, 1, 6), torch.zeros(4, 5, 1))}, scale=1.0)
     ids = [p.passage_id for p in store.passages()]
     store.save_routing(RoutingTable(ids, torch.randn(len(ids), 1, 4)), pool, 1, "d" * 64)
     encoder = SentenceEncoder()
-    router = SiteRouter(store, encoder, "d" * 64, pool)
+    return store, pool, encoder, SiteRouter(store, encoder, "d" * 64, pool)
+
+
+def test_reply_ids_are_fresh_per_query_and_no_text_or_secret_is_in_the_reply(tmp_path):
+    store, pool, encoder, router = _encoded_site(tmp_path)
     query = encoder.embed(["Who plays the harp?"])
     first, second = router.route(np.concatenate([query, query]), k=3, score_temperature=0.05)
     assert list(first.scores.values()) == list(second.scores.values())  # same hits, same order
@@ -50,13 +55,7 @@ def test_a_caller_gets_its_burst_then_the_refill_rate_and_callers_do_not_share_a
 
 
 def test_reply_noise_hides_exact_scores_and_keeps_a_mixture(tmp_path):
-    store = SiteStore(tmp_path / "site", site_id="site-a")
-    store.add_passages([(f"p{i}", t) for i, t in enumerate(TEXTS)])
-    pool = ExpertPool({"layers.0.mlp.down_proj": (torch.zeros(4, 1, 6), torch.zeros(4, 5, 1))}, scale=1.0)
-    ids = [p.passage_id for p in store.passages()]
-    store.save_routing(RoutingTable(ids, torch.randn(len(ids), 1, 4)), pool, 1, "d" * 64)
-    encoder = SentenceEncoder()
-    router = SiteRouter(store, encoder, "d" * 64, pool)
+    _, _, encoder, router = _encoded_site(tmp_path)
     query = encoder.embed([TEXTS[1]])
     (exact,) = router.route(query, 2, 0.05)
     noisy = [router.route(query, 2, 0.05, noise=0.05)[0] for _ in range(2)]

@@ -52,8 +52,11 @@ def test_bad_sources_name_the_problem(tmp_path):
     bad.write_text('{"id": "x"}\n')
     with pytest.raises(DatasetError, match="bad.jsonl:1: needs a string field 'text'"):
         store.ingest([bad])
-    with pytest.raises(DatasetError, match="takes .jsonl, .parquet or a folder"):
+    with pytest.raises(DatasetError, match="takes .jsonl, .parquet, .txt or a folder"):
         store.ingest([tmp_path / "x.csv"])
+    note = tmp_path / "note-7.txt"
+    note.write_text("Kara Lovel came into the world in 1873.")
+    assert store.ingest([note]).added == 1 and store.passages()[-1].passage_id == "note-7"  # one .txt file
 
 
 def test_a_crash_mid_ingest_keeps_the_previous_store_whole(tmp_path, sources, monkeypatch):
