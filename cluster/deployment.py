@@ -220,13 +220,17 @@ class LocalDeployment:
             raise DeploymentError(f"registering {keys.public_key.name} failed: {(result.stdout + result.stderr)[-500:]}")
         return int(reply["node-id"])
 
+    def superlink_address(self) -> str:
+        """The address the sites' SuperNodes dial: the SuperLink on loopback."""
+        return f"127.0.0.1:{self.port}"
+
     def site_config(self, name: str, site_dir: Path, keys: NodeKeys) -> Path:
         """Write the site's daemon configuration (``<work_dir>/sites-config/<name>.toml``); returns its path."""
         routing = self.certs / "routing" / f"{name}.pem"
         tls = (TlsFiles(self.tls.ca_cert, routing, routing.with_suffix(".key")) if routing.is_file()
                else write_routing_cert(self.certs, name))
         site = SiteSection(data_dir=str(site_dir), site_id="", routing_address="127.0.0.1:0",
-                           superlink=f"127.0.0.1:{self.port}" if self.rounds else "", ca_cert=str(self.tls.ca_cert),
+                           superlink=self.superlink_address() if self.rounds else "", ca_cert=str(self.tls.ca_cert),
                            auth_key=str(keys.private_key), routing_cert=str(tls.server_cert),
                            routing_key=str(tls.server_key), tokens_file=str(self.certs / "routing-tokens"))
         path = self.work / "sites-config" / f"{name}.toml"
