@@ -12,6 +12,7 @@ is the median of those per-round ratios over rounds 2 and later, where the simul
 have loaded the model too (round 1 is reported apart).
 
     .venv/bin/python benchmarks/rounds.py       # writes benchmarks/results/rounds.{json,md}
+    .venv/bin/python benchmarks/rounds.py --config benchmarks/poly_all_layers.toml --stem rounds_all_layers
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def round_seconds(config, work: Path, runtime: str) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     args, config = setup(__doc__, "runs/bench-rounds", argv, extra={
         "--repeats": {"type": int, "default": 2, "help": "alternating runs of each runtime"},
-        "--rounds": {"type": int, "default": 3, "help": "rounds per run"}})
+        "--rounds": {"type": int, "default": 3, "help": "rounds per run"},
+        "--stem": {"default": "rounds", "help": "results file name (without .json/.md)"}})
     config = dataclasses.replace(config, federation=dataclasses.replace(config.federation, rounds=args.rounds))
     runs: dict[str, list[list[float]]] = {name: [] for name in RUNTIMES}
     for repeat in range(args.repeats):
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "deployment_vs_simulation_round_1": statistics.median(first),
     }
     out = Path(args.out)
-    atomic_write_text(out / "rounds.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / f"{args.stem}.json", json.dumps(summary, indent=2))
     machine = ", ".join(f"{k} {v}" for k, v in summary["machine"].items())
     lines = [
         (f"Round time, deployment runtime (SuperLink + {config.benchmark.sites} site daemons as processes, TLS, "
@@ -81,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
              f"load the model: {summary['deployment_vs_simulation_round_1']:.2f}×)."), "",
         f"Machine: {machine}.",
     ]
-    atomic_write_text(out / "rounds.md", "\n".join(lines) + "\n")
-    print((out / "rounds.md").read_text())
+    atomic_write_text(out / f"{args.stem}.md", "\n".join(lines) + "\n")
+    print((out / f"{args.stem}.md").read_text())
     return 0
 
 
