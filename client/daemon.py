@@ -144,7 +144,6 @@ class SiteDaemon:
             folder.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(site.threads)
         self.base = load_causal_lm(config.model.path, show_progress=False)
-        self.model_spec = config.model.path
         self.encoder = SentenceEncoder()
         self.tokens = read_tokens(site.tokens_file)
         self.counters = RoutingCounters()
@@ -261,9 +260,10 @@ class SiteDaemon:
     def _write_record(self) -> None:
         supernode = self.supernode.pid if self.supernode is not None else None
         started = psutil.Process(supernode).create_time() if supernode is not None else None
-        atomic_write_text(self.root / DAEMON_FILE, json.dumps(
-            {"pid": os.getpid(), "routing_port": self.routing_port, "admin": admin_address(self.root),
-             "supernode": supernode, "supernode_started": started}, indent=2))
+        with self.store.locked():  # opening the store elsewhere clears temp files, so write under its lock
+            atomic_write_text(self.root / DAEMON_FILE, json.dumps(
+                {"pid": os.getpid(), "routing_port": self.routing_port, "admin": admin_address(self.root),
+                 "supernode": supernode, "supernode_started": started}, indent=2))
 
     def _start_supernode(self) -> None:
         site = self.config
@@ -295,9 +295,9 @@ class SiteDaemon:
     def status(self) -> routing_pb2.SiteStatus:
         state = self.store.read_state()  # a copy: a round in another thread may be changing the store's
         served = len(self.router) if self.router is not None else 0
+        passages = len(self.store.passages())
         return routing_pb2.SiteStatus(
-            site=state.site_id, passages=len(self.store.passages()), encoded=served,
-            pending=len(self.store.passages()) - served, rounds_joined=state.rounds_joined,
+            site=state.site_id, passages=passages, encoded=served, pending=passages - served, rounds_joined=state.rounds_joined,
             pool_version=self.router.pool_version if self.router is not None else 0,
             queries_served=self.counters.queries, last_error=self.last_error,
             uptime_seconds=time.monotonic() - self.started,

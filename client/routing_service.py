@@ -62,8 +62,10 @@ class SiteRouter:
                  pool_version: int = 0):
         self.store, self.encoder, self.pool_version = store, encoder, pool_version
         table = store.encoded(pool, base_digest)
-        self.index = self._load_index(table.passage_ids) or self._embedded(table.passage_ids, 0)
-        self._save_index(table.passage_ids)
+        self.index = self._load_index(table.passage_ids)
+        if self.index is None:
+            self.index = self._embedded(table.passage_ids, 0)
+            self._save_index(table.passage_ids)
         self.weights = routing_weights(table.logits).numpy()
         self._ids = [pid.encode() for pid in table.passage_ids]
         self._secret = store.secret()
@@ -77,8 +79,9 @@ class SiteRouter:
         return None
 
     def _save_index(self, passage_ids: list[str]) -> None:
-        self.index.save(self.store.root / INDEX_FILE)
-        atomic_write_text(self.store.root / INDEX_IDS, _ids_digest(passage_ids))
+        with self.store.locked():  # opening the store elsewhere clears temp files, so write under its lock
+            self.index.save(self.store.root / INDEX_FILE)
+            atomic_write_text(self.store.root / INDEX_IDS, _ids_digest(passage_ids))
 
     def _embedded(self, passage_ids: list[str], first_row: int, index: PassageIndex | None = None) -> PassageIndex:
         texts = {p.passage_id: p.text for p in self.store.passages()}
@@ -151,14 +154,12 @@ class RoutingCounters:
     """What the routing service has done since the daemon started (for ``fedprag client status``)."""
 
     queries: int = 0
-    refused: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def count(self, queries: int = 0, refused: int = 0) -> None:
-        """Add to the counters (the service's worker threads call this concurrently)."""
+    def count(self, queries: int) -> None:
+        """Add served queries (the service's worker threads call this concurrently)."""
         with self._lock:
             self.queries += queries
-            self.refused += refused
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,6 @@ class RoutingServicer(routing_pb2_grpc.SiteRoutingServicer):
         self._rate = RateLimiter(limits)
 
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, reason: str) -> None:
-        self.counters.count(refused=1)
         log.warning("routing.refused", code=code.name, reason=reason, peer=context.peer())
         context.abort(code, reason)
 
@@ -239,7 +239,7 @@ class RoutingServicer(routing_pb2_grpc.SiteRoutingServicer):
             self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT,
                          f"query embeddings have {embeddings.shape[1]} dimensions, the site's index {router.index.index.d}")
         replies = router.route(embeddings, routing.k, routing.score_temperature, self.limits.reply_noise)
-        self.counters.count(queries=len(replies))
+        self.counters.count(len(replies))
         return routing_pb2.RouteReplies(replies=[r.to_proto() for r in replies])
 
 

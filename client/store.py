@@ -401,7 +401,7 @@ class SiteStore:
         """The site's private key for reply ids, created on first use; it never leaves the site."""
         path = self.root / SECRET
         if not path.is_file():
-            with atomic_path(path) as tmp:
+            with self.locked(), atomic_path(path) as tmp:
                 tmp.write_bytes(secrets.token_bytes(32))
                 tmp.chmod(0o600)
         return path.read_bytes()

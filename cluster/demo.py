@@ -84,7 +84,10 @@ def running_federation(config: FedpragConfig, show_progress: bool = True) -> Ite
         pool, manifest = latest
         pool_bytes = dir_bytes(registry.path(manifest["version"]))
         fanout = FanOut(deployment.routing_sites(), config.harness.top_k, config.poly)
-        yield Federation(dataset, base, pool, pool_bytes, fanout, reports)
+        try:
+            yield Federation(dataset, base, pool, pool_bytes, fanout, reports)
+        finally:
+            fanout.close()
 
 
 def write_results(report: Report, rounds: list[RoundReport], work_dir: str | Path) -> Path:

@@ -41,7 +41,7 @@ from typing import Self
 import grpc
 import psutil
 
-from fedprag.client.daemon import DAEMON_FILE, daemon_status
+from fedprag.client.daemon import DAEMON_FILE, daemon_status, read_tokens
 from fedprag.cluster.certs import NodeKeys, TlsFiles, write_node_keys, write_routing_cert, write_tls
 from fedprag.cluster.fanout import RemoteSite
 from fedprag.cluster.simulation import simulate
@@ -166,7 +166,7 @@ class LocalDeployment:
         if not tokens.is_file():
             atomic_write_text(tokens, f"# the query API's token\n{secrets.token_urlsafe(32)}\n")
             tokens.chmod(0o600)
-        self.token = tokens.read_text().splitlines()[-1].strip()
+        self.token = read_tokens(tokens)[-1]
         if self.rounds:
             self._start_superlink()
         starting = []

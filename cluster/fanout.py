@@ -110,6 +110,13 @@ class FanOut:
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.sites)), thread_name_prefix="fanout")
         self.last_trace = FanOutTrace()
 
+    def close(self) -> None:
+        """Shut the worker threads down and close every site's channel."""
+        self._pool.shutdown()
+        for site in self.sites:
+            if isinstance(site, RemoteSite):
+                site.close()
+
     def routings(self, query_embeddings: np.ndarray) -> list[Routing]:
         """One blended expert mixture ``[G, K]`` per query, from the replies of the sites that answered."""
         started = time.perf_counter()

@@ -62,7 +62,7 @@ def test_sigkill_mid_inbox_loses_nothing_and_a_restart_completes(small_model_spe
             after = SiteStore(site)  # the store opens whole (what a killed write left is undone)
             now = {p.passage_id: p.text for p in after.passages()}
             assert all(now.get(pid) == text for pid, text in accepted.items())  # nothing lost or altered
-            assert after.encoded(pool, base.digest)  # the routing rows load
+            assert set(after.encoded(pool, base.digest).passage_ids) <= set(now)  # the routing rows load, for stored passages
             accepted = now
             deployment.start_daemon("site", site, deployment.node_keys("site"))
         deadline = time.monotonic() + 600
