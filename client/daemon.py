@@ -47,7 +47,7 @@ from fedprag.client.store import SiteStore, read_sources
 from fedprag.client.train import CannotEncode, encode_pending, keep_release, release_ack, site_work
 from fedprag.shared.config import ConfigError, FedpragConfig
 from fedprag.shared.data.schema import DatasetError
-from fedprag.shared.io import atomic_write_text
+from fedprag.shared.io import atomic_write_text, read_tokens
 from fedprag.shared.log import get_logger
 from fedprag.shared.lora.store import EncodingMismatch
 from fedprag.shared.models.loading import load_causal_lm
@@ -70,12 +70,6 @@ def admin_address(data_dir: str | Path) -> str:
     folder.chmod(0o700)
     name = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:16]
     return f"unix://{folder / name}.sock"
-
-
-def read_tokens(path: str | Path) -> list[str]:
-    """Caller tokens, one per line; blank lines and ``#`` comments are skipped."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def running_daemon(data_dir: str | Path) -> dict | None:
@@ -205,7 +199,7 @@ class SiteDaemon:
                 if isinstance(request, PoolRelease):  # keep it, serve it (re-fitting rows if needed), then ack
                     keep_release(self.store, self.base, request)
                     self.refresh()
-                    return release_ack(self.store, self.base, request.pool_version)
+                    return release_ack(self.store, self.base, request.pool_version, self.encoder.embed)
                 return site_work(self.store, self.base, request)
             except Exception as exc:
                 self.last_error = f"{request.KIND}: {type(exc).__name__}"

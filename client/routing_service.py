@@ -27,7 +27,6 @@ import hashlib
 import hmac
 import os
 import threading
-import time
 from collections.abc import Callable, Collection
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ import numpy as np
 
 from fedprag.client.store import SiteStore
 from fedprag.shared.io import atomic_write_text
+from fedprag.shared.limits import RateLimiter
 from fedprag.shared.log import get_logger
 from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable, routing_weights
 from fedprag.shared.proto import routing_pb2, routing_pb2_grpc
@@ -171,25 +171,6 @@ class RoutingLimits:
     reply_noise: float = 0.0
 
 
-class RateLimiter:
-    """A token bucket per caller: ``burst`` queries at once, refilled at ``queries_per_second``."""
-
-    def __init__(self, limits: RoutingLimits, clock: Callable[[], float] = time.monotonic):
-        self.limits, self.clock = limits, clock
-        self._buckets: dict[bytes, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, caller: bytes, queries: int) -> bool:
-        """Take ``queries`` from ``caller``'s bucket if it holds that many."""
-        with self._lock:
-            now = self.clock()
-            level, then = self._buckets.get(caller, (float(self.limits.burst), now))
-            level = min(float(self.limits.burst), level + (now - then) * self.limits.queries_per_second)
-            allowed = level >= queries
-            self._buckets[caller] = (level - queries if allowed else level, now)
-            return allowed
-
-
 def _bearer(context: grpc.ServicerContext) -> str:
     for key, value in context.invocation_metadata():
         if key == "authorization" and value.startswith("Bearer "):
@@ -204,7 +185,7 @@ class RoutingServicer(routing_pb2_grpc.SiteRoutingServicer):
                  limits: RoutingLimits = RoutingLimits()):
         self.router, self.counters, self.limits = router, counters, limits
         self._tokens = [t.encode() for t in tokens]
-        self._rate = RateLimiter(limits)
+        self._rate = RateLimiter(limits.queries_per_second, limits.burst)
 
     def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, reason: str) -> None:
         log.warning("routing.refused", code=code.name, reason=reason, peer=context.peer())

@@ -10,8 +10,10 @@ frozen: the site's other rows and the pool stay as they are. Passage text stays 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fedprag.client.store import SiteStore
@@ -20,11 +22,14 @@ from fedprag.shared.lora.layers import attach_lora
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable, routing_weights
 from fedprag.shared.methods.poly.serializer import pool_arrays, pool_from_arrays
-from fedprag.shared.methods.poly.trainer import encode_incremental, train_pool
+from fedprag.shared.methods.poly.trainer import encode_incremental, train_pool, train_query_router
 from fedprag.shared.models.loading import BaseModel, load_causal_lm
+from fedprag.shared.retrieval.encoder import SentenceEncoder
 from fedprag.shared.wire import PoolRelease, ReleaseAck, RoundTask, SiteUpdate, WireMessage
 
 log = get_logger(__name__)
+
+Embed = Callable[[list[str]], np.ndarray]
 
 
 class CannotEncode(RuntimeError):
@@ -87,12 +92,20 @@ def encode_pending(store: SiteStore, base: BaseModel, pool: ExpertPool, config: 
     return rows
 
 
-def release_ack(store: SiteStore, base: BaseModel, pool_version: int) -> ReleaseAck:
-    """What a site answers a release with: the version kept, and its encoded and pending passages."""
+def release_ack(store: SiteStore, base: BaseModel, pool_version: int, embed: Embed) -> ReleaseAck:
+    """What a site answers a release with: the version kept, its encoded and pending passages, and
+    its share of the learned query router, trained on its own questions (the owner's QA pairs)
+    from the coordinator's seed (the pool version) against its rows for the released pool."""
     pool = store.pool(base.digest)[0]
-    encoded = len(store.encoded(pool, base.digest).passage_ids)
-    return ReleaseAck(site=store.state.site_id, pool_version=pool_version, encoded=encoded,
-                      pending=len(store.passages()) - encoded)
+    rows = store.encoded(pool, base.digest)
+    augmentations = store.augmentations()
+    router, questions = {}, 0
+    if rows.passage_ids:
+        trained = train_query_router(embed, rows, augmentations, seed=pool_version)
+        router = {name: tensor.numpy().astype(np.float32) for name, tensor in trained.state_dict().items()}
+        questions = sum(len(augmentations[p].qa) for p in rows.passage_ids)
+    return ReleaseAck(site=store.state.site_id, pool_version=pool_version, encoded=len(rows.passage_ids),
+                      pending=len(store.passages()) - len(rows.passage_ids), questions=questions, router=router)
 
 
 def site_work(store: SiteStore, base: BaseModel, request: WireMessage) -> WireMessage:
@@ -101,8 +114,13 @@ def site_work(store: SiteStore, base: BaseModel, request: WireMessage) -> WireMe
         return local_round(store, base, request)
     if isinstance(request, PoolRelease):
         keep_release(store, base, request)
-        return release_ack(store, base, request.pool_version)
+        return release_ack(store, base, request.pool_version, _encoder().embed)
     raise TypeError(f"a site does not answer {request.KIND} messages")
+
+
+@functools.lru_cache(maxsize=1)
+def _encoder() -> SentenceEncoder:
+    return SentenceEncoder()
 
 
 @functools.lru_cache(maxsize=2)

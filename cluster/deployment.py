@@ -41,13 +41,13 @@ from typing import Self
 import grpc
 import psutil
 
-from fedprag.client.daemon import DAEMON_FILE, daemon_status, read_tokens
+from fedprag.client.daemon import DAEMON_FILE, daemon_status
 from fedprag.cluster.certs import NodeKeys, TlsFiles, write_node_keys, write_routing_cert, write_tls
 from fedprag.cluster.fanout import RemoteSite
 from fedprag.cluster.simulation import simulate
 from fedprag.coordinator.app import RoundReport, recorded_rounds, registry_dir
 from fedprag.shared.config import FedpragConfig, SiteSection, config_to_toml
-from fedprag.shared.io import atomic_write_text
+from fedprag.shared.io import atomic_write_text, read_tokens
 from fedprag.shared.log import get_logger
 from fedprag.shared.processes import bin_path, flower_env, free_port, spawn, stop
 from fedprag.shared.proto import routing_pb2
@@ -280,6 +280,12 @@ class LocalDeployment:
             port = json.loads((path / DAEMON_FILE).read_text())["routing_port"]
             sites.append(RemoteSite(name, f"127.0.0.1:{port}", self.tls.ca_cert, self.token, deadline))
         return sites
+
+    def serve_settings(self) -> dict[str, object]:
+        """The ``[serve]`` fields that point a query API at these daemons (sites, CA, token file)."""
+        sites = [f"{site.name}={site.address}" for site in self.routing_sites()]
+        return {"serve.sites": ",".join(sites), "serve.ca_cert": str(self.tls.ca_cert),
+                "serve.site_token_file": str(self.certs / "routing-tokens")}
 
     def run(self, config: FedpragConfig) -> list[RoundReport]:
         """Run the federation's remaining rounds through ``flwr run``; returns every recorded round.

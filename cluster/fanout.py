@@ -8,7 +8,7 @@ temperature) mass of its passages among them, and keeps the top-m experts: one m
 handed to the query engine as :attr:`Routing.weights <fedprag.shared.methods.base.Routing>`.
 
 Every site is asked at once, with a deadline. A site that is down, late or refuses is skipped;
-:attr:`FanOut.last_trace` names it.
+:class:`FanOutTrace` names it.
 """
 
 from __future__ import annotations
@@ -94,16 +94,23 @@ class RemoteSite:
 
 @dataclass
 class FanOutTrace:
-    """One fan-out: which sites answered, which did not and why, and how long it took."""
+    """One fan-out: which sites answered, which did not and why, the pool version routed with, and how long it took."""
 
+    asked: list[str] = field(default_factory=list)
     answered: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
-    pool_versions: dict[str, int] = field(default_factory=dict)
+    pool_version: int = 0
     seconds: float = 0.0
 
 
 class FanOut:
-    """Routing for queries from a set of sites' routing services, asked in parallel."""
+    """Routing for queries from a set of sites' routing services, asked in parallel.
+
+    Sites route with the pool the coordinator last released to them. While a new release reaches
+    them one by one, replies come from two versions; the fan-out blends only the newest version's
+    replies (never one older than ``min_version``, or another than a pinned ``version``) and names
+    the other sites in the trace, so a query is never answered with a mixture of two pools.
+    """
 
     def __init__(self, sites: Sequence[RoutingSite], k: int, config: PolyConfig):
         self.sites, self.k, self.config = list(sites), k, config
@@ -119,29 +126,41 @@ class FanOut:
 
     def routings(self, query_embeddings: np.ndarray) -> list[Routing]:
         """One blended expert mixture ``[G, K]`` per query, from the replies of the sites that answered."""
+        routings, self.last_trace = self.route(query_embeddings)
+        return routings
+
+    def route(self, query_embeddings: np.ndarray, k: int | None = None, version: int | None = None,
+              min_version: int = 0) -> tuple[list[Routing], FanOutTrace]:
+        """Ask every site at once; each query's blended mixture and the trace. Raises
+        :class:`SiteUnavailable` when no site answers with a usable pool version."""
+        k = k or self.k
         started = time.perf_counter()
-        trace = FanOutTrace()
-        calls = [self._pool.submit(site.route, query_embeddings, self.k, self.config.score_temperature)
+        trace = FanOutTrace(asked=[site.name for site in self.sites])
+        calls = [self._pool.submit(site.route, query_embeddings, k, self.config.score_temperature)
                  for site in self.sites]
-        answers = []
+        answers: dict[str, list[RoutingReply]] = {}
         for site, call in zip(self.sites, calls):
             try:
-                replies = call.result()
+                answers[site.name] = call.result()
             except SiteUnavailable as exc:
                 trace.failed[site.name] = str(exc)[:200]
-                log.warning("fanout.site.failed", site=site.name, reason=trace.failed[site.name])
-                continue
-            shape = replies[0].mixture[MIXTURE].shape
-            if answers and shape != answers[0][0].mixture[MIXTURE].shape:
-                trace.failed[site.name] = f"mixtures of shape {list(shape)}, not the other sites' (another pool?)"
-                log.warning("fanout.site.failed", site=site.name, reason=trace.failed[site.name])
-                continue
-            trace.answered.append(site.name)
-            trace.pool_versions[site.name] = replies[0].pool_version
-            answers.append(replies)
+        wanted = version if version is not None else max((r[0].pool_version for r in answers.values()), default=0)
+        for name, replies in list(answers.items()):
+            if replies[0].pool_version != wanted or wanted < min_version:
+                trace.failed[name] = f"routes with pool version {replies[0].pool_version}, not {wanted}"
+                del answers[name]
+        shapes = {r[0].mixture[MIXTURE].shape for r in answers.values()}
+        if len(shapes) > 1:  # one pool version, two shapes: a site misconfigured; keep the commonest
+            common = max(shapes, key=lambda s: sum(r[0].mixture[MIXTURE].shape == s for r in answers.values()))
+            for name, replies in list(answers.items()):
+                if replies[0].mixture[MIXTURE].shape != common:
+                    trace.failed[name] = f"mixtures of shape {list(replies[0].mixture[MIXTURE].shape)}, not {list(common)}"
+                    del answers[name]
+        for name, reason in trace.failed.items():
+            log.warning("fanout.site.failed", site=name, reason=reason)
         if not answers:
-            raise SiteUnavailable(f"no site answered: {trace.failed}")
+            raise SiteUnavailable(f"no site answered with a usable pool: {trace.failed}")
+        trace.answered, trace.pool_version = list(answers), wanted
         trace.seconds = time.perf_counter() - started
-        self.last_trace = trace
-        return [blend_replies([site[q] for site in answers], self.k, self.config)
-                for q in range(len(query_embeddings))]
+        replies = list(answers.values())
+        return [blend_replies([site[q] for site in replies], k, self.config) for q in range(len(query_embeddings))], trace

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from flwr.app import Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
 
@@ -33,9 +34,10 @@ from fedprag.shared.log import configure as configure_logging
 from fedprag.shared.log import get_logger
 from fedprag.shared.lora.layers import attach_lora
 from fedprag.shared.methods.poly.config import PolyConfig
-from fedprag.shared.methods.poly.layers import ExpertPool, placed
+from fedprag.shared.methods.poly.layers import ExpertPool, QueryRouter, placed
 from fedprag.shared.methods.poly.serializer import pool_arrays
 from fedprag.shared.models.loading import load_causal_lm
+from fedprag.shared.retrieval.encoder import EMBEDDING_DIM
 from fedprag.shared.wire import PoolRelease, ReleaseAck, RoundTask, SiteUpdate, WireError, record_bytes
 
 log = get_logger(__name__)
@@ -135,19 +137,36 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
             pool, version = aggregate_and_publish(registry, strategy, pool, updates, report, poly, dp, len(nodes))
         report.seconds = time.perf_counter() - started
         registry.record_round(dataclasses.asdict(report))
-    release(grid, pool, version, poly, federation)
+    release(grid, registry, pool, version, poly, federation)
 
 
 RELEASE = f"{MessageType.QUERY}.release"
 
 
-def release(grid: Grid, pool: ExpertPool, version: int, poly: PolyConfig, federation: FederationSection) -> None:
-    """Send pool ``version`` to every connected site; log which sites kept it."""
+def federated_router(acks: list[ReleaseAck], pool: ExpertPool) -> QueryRouter | None:
+    """The learned query router for ``pool``: the sites' routers (each trained from the same seed on
+    the site's own questions) averaged, weighted by their question counts; ``None`` if no site sent
+    one. A router of another shape is left out."""
+    reference = QueryRouter(EMBEDDING_DIM, pool.n_groups, pool.n_experts)
+    shapes = {name: tuple(t.shape) for name, t in reference.state_dict().items()}
+    shares = [a for a in acks if a.questions and {n: a.router[n].shape for n in a.router} == shapes]
+    if not shares:
+        return None
+    total = sum(a.questions for a in shares)
+    reference.load_state_dict({n: torch.from_numpy(sum(a.router[n] * (a.questions / total) for a in shares))
+                               for n in shapes})
+    return reference.eval().requires_grad_(False)
+
+
+def release(grid: Grid, registry: PoolRegistry, pool: ExpertPool, version: int, poly: PolyConfig,
+            federation: FederationSection) -> None:
+    """Send pool ``version`` to every connected site; log which sites kept it; publish the learned
+    query router averaged from the routers the sites trained on their own questions."""
     nodes = _wait_for_sites(grid, federation.min_sites, federation.round_timeout)
     record = PoolRelease(pool_version=version, experts=pool_arrays(pool), settings=poly.to_numbers()).to_record()
     replies = grid.send_and_receive([Message(record, dst_node_id=node, message_type=RELEASE) for node in nodes],
                                     timeout=federation.round_timeout)
-    kept = []
+    kept, acks = [], []
     for reply in replies:
         try:
             ack = ReleaseAck.from_record(reply.content) if not reply.has_error() else None
@@ -157,9 +176,14 @@ def release(grid: Grid, pool: ExpertPool, version: int, poly: PolyConfig, federa
             log.warning("coordinator.release.failed", node=str(reply.metadata.src_node_id))
             continue
         kept.append(ack.site)
+        acks.append(ack)
         log.info("coordinator.release.kept", site=ack.site, pool_version=ack.pool_version, encoded=ack.encoded,
                  pending=ack.pending)
-    log.info("coordinator.release.done", pool_version=version, sites=len(kept), asked=len(nodes))
+    router = federated_router(acks, pool)
+    if router is not None:
+        registry.save_router(version, router)
+    log.info("coordinator.release.done", pool_version=version, sites=len(kept), asked=len(nodes),
+             router_questions=sum(a.questions for a in acks) if router is not None else 0)
 
 
 def aggregate_and_publish(registry: PoolRegistry, strategy: PoolStrategy, pool: ExpertPool,

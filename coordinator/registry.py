@@ -13,11 +13,13 @@ import json
 import re
 from pathlib import Path
 
+from fedprag.shared.lora.store import EncodingMismatch
 from fedprag.shared.methods.poly.config import PolyConfig
-from fedprag.shared.methods.poly.layers import ExpertPool
-from fedprag.shared.methods.poly.serializer import load_pool, save_pool
+from fedprag.shared.methods.poly.layers import ExpertPool, QueryRouter
+from fedprag.shared.methods.poly.serializer import load_pool, load_router, save_pool, save_router
 
 _VERSION = re.compile(r"^v(\d{6})$")
+ROUTER_DIR = "router"
 
 
 class PoolRegistry:
@@ -29,7 +31,15 @@ class PoolRegistry:
         self.base_digest = base_digest
 
     def versions(self) -> list[int]:
-        return sorted(int(m.group(1)) for p in self.root.iterdir() if (m := _VERSION.match(p.name)))
+        return self.versions_at(self.root)
+
+    @staticmethod
+    def versions_at(root: str | Path) -> list[int]:
+        """The complete versions under ``root``, oldest first (none if there is no registry yet)."""
+        root = Path(root)
+        if not root.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in root.iterdir() if (m := _VERSION.match(p.name)))
 
     def path(self, version: int) -> Path:
         return self.root / f"v{version:06d}"
@@ -46,6 +56,23 @@ class PoolRegistry:
         save_pool(self.path(version), pool, config, self.base_digest, version,
                   extra={"round": round_number, "metrics": metrics})
         return version
+
+    def save_router(self, version: int, router: QueryRouter) -> None:
+        """Publish the learned query router trained for pool ``version`` (beside it, atomically)."""
+        pool, _ = load_pool(self.path(version), self.base_digest)
+        save_router(self.path(version) / ROUTER_DIR, router, pool, self.base_digest)
+
+    def versions_with_router(self) -> list[int]:
+        """Versions whose learned query router is published, oldest first."""
+        return [v for v in self.versions() if (self.path(v) / ROUTER_DIR).is_dir()]
+
+    def router(self, version: int) -> QueryRouter:
+        """Pool ``version``'s learned query router (refused if it routes for another pool)."""
+        pool, _ = load_pool(self.path(version), self.base_digest)
+        router, pool_digest = load_router(self.path(version) / ROUTER_DIR, self.base_digest)
+        if pool_digest != pool.digest():
+            raise EncodingMismatch(f"{self.path(version)}: the router routes for pool {pool_digest}, not this one")
+        return router
 
     def record_round(self, summary: dict) -> None:
         """Append one round's summary (JSON-serialisable) to ``rounds.jsonl``."""

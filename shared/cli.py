@@ -8,6 +8,8 @@
     fedprag federate             run or resume federated rounds over existing site stores
     fedprag certs                TLS and SuperNode keys for a federation on this machine
     fedprag client ingest|status a data owner's site store
+    fedprag client run           the data owner's daemon
+    fedprag serve                the query API and the serving actor group (Ray Serve)
 
 Every command reads the one typed configuration (``--config FILE``, ``FEDPRAG__SECTION__FIELD``
 environment variables, ``--set section.field=value``); command flags are shorthands for fields.
@@ -183,6 +185,27 @@ def _cmd_client_run(args: argparse.Namespace, config: FedpragConfig) -> int:
     return SiteDaemon(config).run()
 
 
+def _cmd_serve(args: argparse.Namespace, config: FedpragConfig) -> int:
+    import signal
+    import threading
+
+    from fedprag.cluster.serving.app import start, stop
+
+    try:
+        config.serve.check_files()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    endpoints = start(config, address=args.address)
+    print(f"query API: {endpoints.http}/v1/query (OpenAI-compatible: {endpoints.http}/v1, docs: {endpoints.http}/docs)"
+          + (f"; gRPC: {endpoints.grpc}" if endpoints.grpc else ""), flush=True)
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    stopped.wait()
+    stop()
+    return 0
+
+
 def _cmd_client_status(args: argparse.Namespace, config: FedpragConfig) -> int:
     import grpc
 
@@ -333,6 +356,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--routing-address", dest="site.routing_address", help="host:port the routing service listens on")
     _model_option(run)
     run.set_defaults(handler=_cmd_client_run)
+
+    serve = groups.add_parser(
+        "serve", parents=[common], help="the query API and the serving actor group on Ray Serve (HTTP and gRPC)",
+        description="Start the query API (POST /v1/query, OpenAI-compatible /v1/chat/completions, /v1/completions, "
+                    "/v1/models; /healthz, /metrics, /docs; gRPC FedpragQuery.Ask) and the generator replicas on Ray "
+                    "Serve, and serve until SIGTERM. Questions are routed by fanning out to the site daemons "
+                    "(serve.sites, with serve.ca_cert and serve.site_token_file) or by the federation's learned "
+                    "router; answers come from the newest pool in the registry (serve.registry). API keys: "
+                    "FEDPRAG__SERVE__API_KEYS=key1,key2. Configure it in the [serve] section of --config.")
+    serve.add_argument("--address", default=None,
+                       help="an existing Ray cluster (ray://host:10001 or host:6379); default: start a local Ray")
+    serve.add_argument("--port", dest="serve.port", help="HTTP port (default 8000)")
+    serve.add_argument("--grpc-port", dest="serve.grpc_port", help="gRPC port (default 9000; 0 = no gRPC)")
+    serve.add_argument("--registry", dest="serve.registry", help="the coordinator's pool registry directory")
+    serve.add_argument("--replicas", dest="serve.replicas", help="generator replicas (default 1)")
+    _model_option(serve)
+    serve.set_defaults(handler=_cmd_serve)
     return parser
 
 

@@ -178,6 +178,105 @@ class SiteSection:
 
 
 @dataclass(frozen=True)
+class ServeSection:
+    """The query API and the serving actor group (``fedprag serve``).
+
+    Example ``serve.toml``::
+
+        [serve]
+        registry = "/srv/fedprag/registry"
+        sites = ["site-a=site-a.example.org:7070", "site-b=site-b.example.org:7070"]
+        ca_cert = "/srv/fedprag/certs/ca.crt"
+        site_token_file = "/srv/fedprag/query-api-token"
+        replicas = 2
+        # API keys come from FEDPRAG__SERVE__API_KEYS="key1,key2" rather than a file in version control.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    """The HTTP port of the query API (Ray Serve's proxy)."""
+    grpc_port: int = 9000
+    """The gRPC port of the query service (0 = no gRPC)."""
+    registry: str = ""
+    """The coordinator's pool registry (default ``<federation.work_dir>/registry``)."""
+    sites: tuple[str, ...] = ()
+    """The site daemons' routing services, each ``name=host:port``."""
+    ca_cert: str = ""
+    """The federation's CA certificate, which signed the sites' routing certificates."""
+    site_token_file: str = ""
+    """The bearer token the query API presents to the sites (first line of the file)."""
+    site_deadline: float = 2.0
+    """Seconds a site may take to answer a routing request before it is skipped."""
+    routing: str = "fanout"
+    """Default routing: ``fanout`` (ask every site) or ``router`` (the learned central router)."""
+    top_k: int = 3
+    replicas: int = 1
+    """Generator replicas; with ``max_replicas`` above it, Ray Serve autoscales between ``min_replicas`` and that."""
+    min_replicas: int = 1
+    max_replicas: int = 0
+    """0 = a fixed number of replicas (``replicas``)."""
+    replica_cpus: float = 1.0
+    """CPUs Ray reserves for each generator replica."""
+    max_batch_size: int = 32
+    batch_wait_ms: float = 10.0
+    """How long a replica waits to fill a batch before one forward pass."""
+    max_new_tokens: int = 12
+    api_keys: tuple[str, ...] = ()
+    """Bearer tokens accepted by the query API. Required."""
+    rate_limit_qps: float = 50.0
+    rate_limit_burst: int = 100
+    """Requests each API key may make: this many at once, refilled at rate_limit_qps."""
+    key_rate_limits: tuple[str, ...] = ()
+    """Keys with a rate of their own, each ``<key>=<requests per second>`` (burst: twice the rate)."""
+
+    def validate(self) -> None:
+        for name in ("port", "top_k", "replicas", "min_replicas", "max_batch_size", "max_new_tokens", "rate_limit_burst"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"serve.{name}: must be a positive integer")
+        if not 0 <= self.grpc_port <= 65535 or self.port > 65535:
+            raise ValueError("serve.port and serve.grpc_port: must be ports (grpc_port 0 = no gRPC)")
+        if self.routing not in ("fanout", "router"):
+            raise ValueError(f"serve.routing: must be 'fanout' or 'router', not '{self.routing}'")
+        if self.max_replicas and not self.min_replicas <= self.replicas <= self.max_replicas:
+            raise ValueError("serve.replicas: must lie between serve.min_replicas and serve.max_replicas")
+        for name in ("site_deadline", "replica_cpus", "batch_wait_ms", "rate_limit_qps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"serve.{name}: must be positive")
+        for key, rate in self.key_rates().items():
+            if key not in self.api_keys or not rate > 0:
+                raise ValueError("serve.key_rate_limits: each entry is <one of serve.api_keys>=<positive rate>")
+        for entry in self.sites:
+            name, sep, address = entry.partition("=")
+            if not sep or not name or not address.rpartition(":")[2].isdigit():
+                raise ValueError(f"serve.sites: expected name=host:port, got '{entry}'")
+
+    def key_rates(self) -> dict[str, float]:
+        """``{API key: requests per second}`` for keys with a rate of their own."""
+        rates = {}
+        for entry in self.key_rate_limits:
+            key, _, rate = entry.rpartition("=")
+            try:
+                rates[key] = float(rate)
+            except ValueError:
+                rates[key] = 0.0
+        return rates
+
+    def site_addresses(self) -> dict[str, str]:
+        """``{site name: host:port}``."""
+        return dict(entry.split("=", 1) for entry in self.sites)
+
+    def check_files(self) -> None:
+        """What ``fedprag serve`` needs before it starts; each missing piece is named."""
+        if not self.api_keys:
+            raise ValueError("serve.api_keys: at least one API key is required (FEDPRAG__SERVE__API_KEYS=key1,key2)")
+        if self.sites:
+            for name in ("ca_cert", "site_token_file"):
+                value = getattr(self, name)
+                if not value or not Path(value).is_file():
+                    raise ValueError(f"serve.{name}: required with serve.sites, and must be a file (got '{value}')")
+
+
+@dataclass(frozen=True)
 class FedpragConfig:
     model: ModelSection = field(default_factory=ModelSection)
     benchmark: BenchmarkSpec = field(default_factory=BenchmarkSpec)
@@ -188,6 +287,7 @@ class FedpragConfig:
     harness: HarnessConfig = field(default_factory=HarnessConfig)
     federation: FederationSection = field(default_factory=FederationSection)
     site: SiteSection = field(default_factory=SiteSection)
+    serve: ServeSection = field(default_factory=ServeSection)
 
     def method_configs(self) -> dict[str, MethodConfig]:
         """Every registered method's configuration section, by method name."""
@@ -202,6 +302,7 @@ class FedpragConfig:
             self.harness.validate()
             self.federation.validate()
             self.site.validate()
+            self.serve.validate()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 

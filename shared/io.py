@@ -90,3 +90,9 @@ def file_sha256(path: str | os.PathLike) -> str:
 def dir_bytes(path: str | os.PathLike) -> int:
     """Bytes on disk of the files directly in a directory (a stored encoding or pool version)."""
     return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+
+
+def read_tokens(path: str | Path) -> list[str]:
+    """Bearer tokens, one per line; blank lines and ``#`` comments are skipped."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]

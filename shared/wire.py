@@ -292,13 +292,17 @@ class PoolRelease(WireMessage):
 
 @dataclass(frozen=True)
 class ReleaseAck(WireMessage):
-    """Site → coordinator: the release was kept; how many of the site's passages are encoded and pending."""
+    """Site → coordinator: the release was kept; how many of the site's passages are encoded and
+    pending; and the site's share of the learned query router (``router``: the router's parameters
+    after training, from the coordinator's seed, on ``questions`` of the site's own questions)."""
 
     KIND: ClassVar[str] = "release_ack"
     site: str = opaque_id()
     pool_version: int = count()
     encoded: int = count()
     pending: int = count()
+    questions: int = count()
+    router: Mapping[str, np.ndarray] = tensors()
 
 
 @dataclass(frozen=True)

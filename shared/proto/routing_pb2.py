@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fedprag/shared/proto/routing.proto\x12\nfedprag.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"~\n\tTensorMap\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .fedprag.v1.TensorMap.ItemsEntry\x1a@\n\nItemsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.fedprag.v1.Tensor:\x02\x38\x01\"h\n\x08ScoreMap\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.fedprag.v1.ScoreMap.ItemsEntry\x1a,\n\nItemsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xba\x04\n\nWireRecord\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x32\n\x06\x63ounts\x18\x02 \x03(\x0b\x32\".fedprag.v1.WireRecord.CountsEntry\x12\x32\n\x06scores\x18\x03 \x03(\x0b\x32\".fedprag.v1.WireRecord.ScoresEntry\x12,\n\x03ids\x18\x04 \x03(\x0b\x32\x1f.fedprag.v1.WireRecord.IdsEntry\x12\x34\n\x07tensors\x18\x05 \x03(\x0b\x32#.fedprag.v1.WireRecord.TensorsEntry\x12\x39\n\nscore_maps\x18\x06 \x03(\x0b\x32%.fedprag.v1.WireRecord.ScoreMapsEntry\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a*\n\x08IdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x45\n\x0cTensorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.fedprag.v1.TensorMap:\x02\x38\x01\x1a\x46\n\x0eScoreMapsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.fedprag.v1.ScoreMap:\x02\x38\x01\"7\n\x0cRouteReplies\x12\'\n\x07replies\x18\x01 \x03(\x0b\x32\x16.fedprag.v1.WireRecord\"\x0f\n\rStatusRequest\"\xc8\x02\n\nSiteStatus\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x10\n\x08passages\x18\x02 \x01(\x04\x12\x0f\n\x07\x65ncoded\x18\x03 \x01(\x04\x12\x0f\n\x07pending\x18\x04 \x01(\x04\x12\x15\n\rrounds_joined\x18\x05 \x03(\x04\x12\x14\n\x0cpool_version\x18\x06 \x01(\x04\x12\x16\n\x0equeries_served\x18\x07 \x01(\x04\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x16\n\x0euptime_seconds\x18\t \x01(\x01\x12\x17\n\x0frouting_address\x18\n \x01(\t\x12\x1b\n\x13supernode_connected\x18\x0b \x01(\x08\x12\x16\n\x0einbox_accepted\x18\x0c \x01(\x04\x12\x16\n\x0einbox_rejected\x18\r \x01(\x04\x12\x10\n\x08\x65ncoding\x18\x0e \x01(\t\x12\x0f\n\x07serving\x18\x0f \x01(\x08\x32H\n\x0bSiteRouting\x12\x39\n\x05Route\x12\x16.fedprag.v1.WireRecord\x1a\x18.fedprag.v1.RouteReplies2\x80\x01\n\tSiteAdmin\x12;\n\x06Status\x12\x19.fedprag.v1.StatusRequest\x1a\x16.fedprag.v1.SiteStatus\x12\x36\n\x04Work\x12\x16.fedprag.v1.WireRecord\x1a\x16.fedprag.v1.WireRecordb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fedprag/shared/proto/routing.proto\x12\nfedprag.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"~\n\tTensorMap\x12/\n\x05items\x18\x01 \x03(\x0b\x32 .fedprag.v1.TensorMap.ItemsEntry\x1a@\n\nItemsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.fedprag.v1.Tensor:\x02\x38\x01\"h\n\x08ScoreMap\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.fedprag.v1.ScoreMap.ItemsEntry\x1a,\n\nItemsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xba\x04\n\nWireRecord\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x32\n\x06\x63ounts\x18\x02 \x03(\x0b\x32\".fedprag.v1.WireRecord.CountsEntry\x12\x32\n\x06scores\x18\x03 \x03(\x0b\x32\".fedprag.v1.WireRecord.ScoresEntry\x12,\n\x03ids\x18\x04 \x03(\x0b\x32\x1f.fedprag.v1.WireRecord.IdsEntry\x12\x34\n\x07tensors\x18\x05 \x03(\x0b\x32#.fedprag.v1.WireRecord.TensorsEntry\x12\x39\n\nscore_maps\x18\x06 \x03(\x0b\x32%.fedprag.v1.WireRecord.ScoreMapsEntry\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a*\n\x08IdsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x45\n\x0cTensorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.fedprag.v1.TensorMap:\x02\x38\x01\x1a\x46\n\x0eScoreMapsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.fedprag.v1.ScoreMap:\x02\x38\x01\"7\n\x0cRouteReplies\x12\'\n\x07replies\x18\x01 \x03(\x0b\x32\x16.fedprag.v1.WireRecord\"\x0f\n\rStatusRequest\"\xc8\x02\n\nSiteStatus\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x10\n\x08passages\x18\x02 \x01(\x04\x12\x0f\n\x07\x65ncoded\x18\x03 \x01(\x04\x12\x0f\n\x07pending\x18\x04 \x01(\x04\x12\x15\n\rrounds_joined\x18\x05 \x03(\x04\x12\x14\n\x0cpool_version\x18\x06 \x01(\x04\x12\x16\n\x0equeries_served\x18\x07 \x01(\x04\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x16\n\x0euptime_seconds\x18\t \x01(\x01\x12\x17\n\x0frouting_address\x18\n \x01(\t\x12\x1b\n\x13supernode_connected\x18\x0b \x01(\x08\x12\x16\n\x0einbox_accepted\x18\x0c \x01(\x04\x12\x16\n\x0einbox_rejected\x18\r \x01(\x04\x12\x10\n\x08\x65ncoding\x18\x0e \x01(\t\x12\x0f\n\x07serving\x18\x0f \x01(\x08\"c\n\x0cQueryRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x0f\n\x07routing\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nmax_tokens\x18\x05 \x01(\r\"=\n\x0c\x45xpertWeight\x12\r\n\x05group\x18\x01 \x01(\r\x12\x0e\n\x06\x65xpert\x18\x02 \x01(\r\x12\x0e\n\x06weight\x18\x03 \x01(\x01\"\x8d\x03\n\nQueryReply\x12\x0e\n\x06\x61nswer\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x14\n\x0cpool_version\x18\x03 \x01(\x04\x12\x13\n\x0bsites_asked\x18\x04 \x03(\t\x12\x16\n\x0esites_answered\x18\x05 \x03(\t\x12=\n\x0csites_failed\x18\x06 \x03(\x0b\x32\'.fedprag.v1.QueryReply.SitesFailedEntry\x12)\n\x07\x65xperts\x18\x07 \x03(\x0b\x32\x18.fedprag.v1.ExpertWeight\x12\x39\n\ntimings_ms\x18\x08 \x03(\x0b\x32%.fedprag.v1.QueryReply.TimingsMsEntry\x12\x12\n\nbatch_size\x18\t \x01(\x04\x1a\x32\n\x10SitesFailedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32H\n\x0bSiteRouting\x12\x39\n\x05Route\x12\x16.fedprag.v1.WireRecord\x1a\x18.fedprag.v1.RouteReplies2\x80\x01\n\tSiteAdmin\x12;\n\x06Status\x12\x19.fedprag.v1.StatusRequest\x1a\x16.fedprag.v1.SiteStatus\x12\x36\n\x04Work\x12\x16.fedprag.v1.WireRecord\x1a\x16.fedprag.v1.WireRecord2G\n\x0c\x46\x65\x64pragQuery\x12\x37\n\x03\x41sk\x12\x18.fedprag.v1.QueryRequest\x1a\x16.fedprag.v1.QueryReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,6 +45,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WIRERECORD_TENSORSENTRY']._serialized_options = b'8\001'
   _globals['_WIRERECORD_SCOREMAPSENTRY']._loaded_options = None
   _globals['_WIRERECORD_SCOREMAPSENTRY']._serialized_options = b'8\001'
+  _globals['_QUERYREPLY_SITESFAILEDENTRY']._loaded_options = None
+  _globals['_QUERYREPLY_SITESFAILEDENTRY']._serialized_options = b'8\001'
+  _globals['_QUERYREPLY_TIMINGSMSENTRY']._loaded_options = None
+  _globals['_QUERYREPLY_TIMINGSMSENTRY']._serialized_options = b'8\001'
   _globals['_TENSOR']._serialized_start=50
   _globals['_TENSOR']._serialized_end=87
   _globals['_TENSORMAP']._serialized_start=89
@@ -73,8 +77,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_end=968
   _globals['_SITESTATUS']._serialized_start=971
   _globals['_SITESTATUS']._serialized_end=1299
-  _globals['_SITEROUTING']._serialized_start=1301
-  _globals['_SITEROUTING']._serialized_end=1373
-  _globals['_SITEADMIN']._serialized_start=1376
-  _globals['_SITEADMIN']._serialized_end=1504
+  _globals['_QUERYREQUEST']._serialized_start=1301
+  _globals['_QUERYREQUEST']._serialized_end=1400
+  _globals['_EXPERTWEIGHT']._serialized_start=1402
+  _globals['_EXPERTWEIGHT']._serialized_end=1463
+  _globals['_QUERYREPLY']._serialized_start=1466
+  _globals['_QUERYREPLY']._serialized_end=1863
+  _globals['_QUERYREPLY_SITESFAILEDENTRY']._serialized_start=1763
+  _globals['_QUERYREPLY_SITESFAILEDENTRY']._serialized_end=1813
+  _globals['_QUERYREPLY_TIMINGSMSENTRY']._serialized_start=1815
+  _globals['_QUERYREPLY_TIMINGSMSENTRY']._serialized_end=1863
+  _globals['_SITEROUTING']._serialized_start=1865
+  _globals['_SITEROUTING']._serialized_end=1937
+  _globals['_SITEADMIN']._serialized_start=1940
+  _globals['_SITEADMIN']._serialized_end=2068
+  _globals['_FEDPRAGQUERY']._serialized_start=2070
+  _globals['_FEDPRAGQUERY']._serialized_end=2141
 # @@protoc_insertion_point(module_scope)

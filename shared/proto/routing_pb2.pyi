@@ -134,3 +134,63 @@ class SiteStatus(_message.Message):
     encoding: str
     serving: bool
     def __init__(self, site: _Optional[str] = ..., passages: _Optional[int] = ..., encoded: _Optional[int] = ..., pending: _Optional[int] = ..., rounds_joined: _Optional[_Iterable[int]] = ..., pool_version: _Optional[int] = ..., queries_served: _Optional[int] = ..., last_error: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., routing_address: _Optional[str] = ..., supernode_connected: _Optional[bool] = ..., inbox_accepted: _Optional[int] = ..., inbox_rejected: _Optional[int] = ..., encoding: _Optional[str] = ..., serving: _Optional[bool] = ...) -> None: ...
+
+class QueryRequest(_message.Message):
+    __slots__ = ("question", "top_k", "routing", "model", "max_tokens")
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    question: str
+    top_k: int
+    routing: str
+    model: str
+    max_tokens: int
+    def __init__(self, question: _Optional[str] = ..., top_k: _Optional[int] = ..., routing: _Optional[str] = ..., model: _Optional[str] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+
+class ExpertWeight(_message.Message):
+    __slots__ = ("group", "expert", "weight")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    EXPERT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    group: int
+    expert: int
+    weight: float
+    def __init__(self, group: _Optional[int] = ..., expert: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class QueryReply(_message.Message):
+    __slots__ = ("answer", "model", "pool_version", "sites_asked", "sites_answered", "sites_failed", "experts", "timings_ms", "batch_size")
+    class SitesFailedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class TimingsMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    POOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SITES_ASKED_FIELD_NUMBER: _ClassVar[int]
+    SITES_ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    SITES_FAILED_FIELD_NUMBER: _ClassVar[int]
+    EXPERTS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    answer: str
+    model: str
+    pool_version: int
+    sites_asked: _containers.RepeatedScalarFieldContainer[str]
+    sites_answered: _containers.RepeatedScalarFieldContainer[str]
+    sites_failed: _containers.ScalarMap[str, str]
+    experts: _containers.RepeatedCompositeFieldContainer[ExpertWeight]
+    timings_ms: _containers.ScalarMap[str, float]
+    batch_size: int
+    def __init__(self, answer: _Optional[str] = ..., model: _Optional[str] = ..., pool_version: _Optional[int] = ..., sites_asked: _Optional[_Iterable[str]] = ..., sites_answered: _Optional[_Iterable[str]] = ..., sites_failed: _Optional[_Mapping[str, str]] = ..., experts: _Optional[_Iterable[_Union[ExpertWeight, _Mapping]]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., batch_size: _Optional[int] = ...) -> None: ...

@@ -217,3 +217,78 @@ class SiteAdmin:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class FedpragQueryStub:
+    """Authenticated by metadata "authorization: Bearer <API key>".
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Ask = channel.unary_unary(
+                '/fedprag.v1.FedpragQuery/Ask',
+                request_serializer=fedprag_dot_shared_dot_proto_dot_routing__pb2.QueryRequest.SerializeToString,
+                response_deserializer=fedprag_dot_shared_dot_proto_dot_routing__pb2.QueryReply.FromString,
+                _registered_method=True)
+
+
+class FedpragQueryServicer:
+    """Authenticated by metadata "authorization: Bearer <API key>".
+    """
+
+    def Ask(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_FedpragQueryServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Ask': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ask,
+                    request_deserializer=fedprag_dot_shared_dot_proto_dot_routing__pb2.QueryRequest.FromString,
+                    response_serializer=fedprag_dot_shared_dot_proto_dot_routing__pb2.QueryReply.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedprag.v1.FedpragQuery', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedprag.v1.FedpragQuery', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class FedpragQuery:
+    """Authenticated by metadata "authorization: Bearer <API key>".
+    """
+
+    @staticmethod
+    def Ask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprag.v1.FedpragQuery/Ask',
+            fedprag_dot_shared_dot_proto_dot_routing__pb2.QueryRequest.SerializeToString,
+            fedprag_dot_shared_dot_proto_dot_routing__pb2.QueryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

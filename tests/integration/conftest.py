@@ -11,3 +11,14 @@ def small_model_spec():
     load_causal_lm("tiny:small")
     return "tiny:small"
 
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The test session's one Ray (2 CPUs, no dashboard), shut down at the end."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -21,15 +21,15 @@ CONFIG = PolyConfig(n_experts=K, top_m=K, score_temperature=0.1)
 class _Site:
     """A site with fixed hits, blending them as a SiteRouter does."""
 
-    def __init__(self, name, hits):
-        self.name, self.hits = name, sorted(hits, key=lambda h: -h[0])  # (score, routing row [1, K])
+    def __init__(self, name, hits, version=1):
+        self.name, self.hits, self.version = name, sorted(hits, key=lambda h: -h[0]), version  # (score, row [1, K])
 
     def route(self, query_embeddings, k, score_temperature):
         best = self.hits[:k]
         scores = np.array([s for s, _ in best])
         blend = np.exp((scores - scores.max()) / score_temperature)
         mixture = sum(b * w for b, (_, w) in zip(blend, best)) / blend.sum()
-        return [RoutingReply(site=self.name, pool_version=1, scores={f"x{i}": s for i, (s, _) in enumerate(best)},
+        return [RoutingReply(site=self.name, pool_version=self.version, scores={f"x{i}": s for i, (s, _) in enumerate(best)},
                              mixture={MIXTURE: mixture.astype(np.float32)}) for _ in query_embeddings]
 
     def exact(self, k, config):
@@ -70,6 +70,18 @@ def test_a_site_that_does_not_answer_is_skipped_and_named():
     assert routing.scores == pytest.approx((0.9, 0.7, 0.6, 0.2))
     with pytest.raises(SiteUnavailable, match="no site answered"):
         FanOut([_Down()], k=4, config=CONFIG).routings(np.zeros((1, 8), dtype=np.float32))
+
+
+def test_while_a_release_spreads_only_the_newest_pool_versions_replies_are_blended():
+    query = np.zeros((1, 8), dtype=np.float32)
+    upgraded = _Site("site-b", SITES[1].hits, version=2)
+    (routing,), trace = FanOut([SITES[0], upgraded], k=4, config=CONFIG).route(query)
+    assert trace.pool_version == 2 and trace.answered == ["site-b"] and "pool version 1" in trace.failed["site-a"]
+    assert routing.scores == pytest.approx((0.7, 0.6))
+    (_,), pinned = FanOut([SITES[0], upgraded], k=4, config=CONFIG).route(query, version=1)
+    assert pinned.answered == ["site-a"] and pinned.pool_version == 1
+    with pytest.raises(SiteUnavailable, match="usable pool"):  # never back to a version older than one served
+        FanOut([SITES[0]], k=4, config=CONFIG).route(query, min_version=2)
 
 
 def test_a_sites_mixture_counts_by_its_share_of_the_global_top_k():

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedprag.client.routing_service import RateLimiter, RoutingLimits, SiteRouter
+from fedprag.client.routing_service import SiteRouter
 from fedprag.client.store import SECRET, SiteStore
+from fedprag.shared.limits import RateLimiter
 from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable
 from fedprag.shared.retrieval.encoder import SentenceEncoder
 from fedprag.shared.wire import MIXTURE, record_blobs
@@ -46,7 +47,7 @@ def test_reply_ids_are_fresh_per_query_and_no_text_or_secret_is_in_the_reply(tmp
 
 def test_a_caller_gets_its_burst_then_the_refill_rate_and_callers_do_not_share_a_bucket():
     now = [0.0]
-    limiter = RateLimiter(RoutingLimits(queries_per_second=10.0, burst=20), clock=lambda: now[0])
+    limiter = RateLimiter(per_second=10.0, burst=20, clock=lambda: now[0])
     assert limiter.allow(b"a", 15) and not limiter.allow(b"a", 10) and limiter.allow(b"b", 20)
     now[0] = 0.5  # 5 more for a
     assert limiter.allow(b"a", 10) and not limiter.allow(b"a", 1)

@@ -4,6 +4,8 @@
   targets, routing mode, the base model's digest, the pool's own digest and its version.
 * The **routing rows**: their own file, whose manifest names the pool digest they were trained
   against. Loading rows for any other pool (another version, another base model) is refused.
+* The **learned query router** the federation trained for a pool version: its MLP's tensors, with
+  a manifest naming the pool digest it routes for.
 * A **PEFT export** of one mixture (a passage's or a query's) as a standard LoRA adapter that
   ``peft.PeftModel.from_pretrained`` loads: rank ``K·r``, ``A`` rows scaled by the weights.
 """
@@ -23,10 +25,11 @@ from torch import Tensor
 from fedprag.shared.io import atomic_dir
 from fedprag.shared.lora.store import EncodingMismatch, load_encoding, save_encoding
 from fedprag.shared.methods.poly.config import PolyConfig
-from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable
+from fedprag.shared.methods.poly.layers import ExpertPool, QueryRouter, RoutingTable
 
 POOL_METHOD = "poly_pool"
 ROUTING_METHOD = "poly_routing"
+ROUTER_METHOD = "poly_query_router"
 FORMAT_VERSION = 1
 ROUTING_FORMAT_VERSION = 2  # 2: one format for sites and offline encodings
 
@@ -108,6 +111,23 @@ def load_routing(directory: str | Path, pool: ExpertPool, base_digest: str, same
         raise EncodingMismatch(f"{directory}: routing rows belong to pool {manifest['pool_digest']}, "
                                f"not to the loaded pool {pool.digest()}; re-encode them against this pool")
     return RoutingTable(manifest["passage_ids"], logits)
+
+
+def save_router(directory: str | Path, router: QueryRouter, pool: ExpertPool, base_digest: str) -> int:
+    """Write a learned query router for ``pool``; returns bytes on disk."""
+    first = router.net[0]
+    manifest = {"method": ROUTER_METHOD, "base_model_digest": base_digest, "pool_digest": pool.digest(),
+                "embedding_dim": first.in_features, "hidden": first.out_features,
+                "n_groups": router.n_groups, "n_experts": router.n_experts}
+    return save_encoding(directory, dict(router.state_dict()), manifest)
+
+
+def load_router(directory: str | Path, base_digest: str) -> tuple[QueryRouter, str]:
+    """Read a learned query router; returns it and the digest of the pool it routes for."""
+    tensors, manifest = load_encoding(directory, ROUTER_METHOD, base_digest)
+    router = QueryRouter(manifest["embedding_dim"], manifest["n_groups"], manifest["n_experts"], manifest["hidden"])
+    router.load_state_dict(tensors)
+    return router.eval().requires_grad_(False), manifest["pool_digest"]
 
 
 def export_peft(directory: str | Path, pool: ExpertPool, weights: Tensor, base_model_path: str) -> Path:

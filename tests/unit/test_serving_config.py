@@ -1,0 +1,45 @@
+"""The query API's configuration and request bodies refuse bad values with the field named (no Ray needed)."""
+
+import pytest
+from pydantic import ValidationError
+
+from fedprag.cluster.serving.schema import ChatCompletionRequest, QueryRequest, pinned_version
+from fedprag.shared.cli import main
+from fedprag.shared.config import ConfigError, load_config
+
+
+def test_serve_settings_are_validated_with_the_field_named():
+    with pytest.raises(ConfigError, match="serve.sites"):
+        load_config(None, {"serve.sites": "site-a"})
+    with pytest.raises(ConfigError, match="serve.routing"):
+        load_config(None, {"serve.routing": "random"})
+    with pytest.raises(ConfigError, match="serve.key_rate_limits"):
+        load_config(None, {"serve.api_keys": "a", "serve.key_rate_limits": "b=5"})
+    config = load_config(None, {"serve.sites": "a=127.0.0.1:7070,b=10.0.0.2:7071", "serve.api_keys": "k1,k2",
+                                "serve.key_rate_limits": "k2=2.5"})
+    assert config.serve.site_addresses() == {"a": "127.0.0.1:7070", "b": "10.0.0.2:7071"}
+    assert config.serve.key_rates() == {"k2": 2.5}
+    with pytest.raises(ValueError, match="serve.ca_cert"):
+        config.serve.check_files()
+
+
+def test_fedprag_serve_without_an_api_key_exits_2_naming_the_field(capsys):
+    assert main(["serve", "--registry", "/nonexistent"]) == 2
+    assert "serve.api_keys" in capsys.readouterr().err
+
+
+def test_model_names_pin_a_pool_version_or_are_refused():
+    assert pinned_version("fedprag") is None and pinned_version("fedprag@12") == 12
+    for bad in ("gpt-4", "fedprag@", "fedprag@-1", "fedprag@01", "fedprag@1x"):
+        with pytest.raises(ValidationError, match="model"):
+            QueryRequest(question="Who?", model=bad)
+
+
+def test_a_chat_request_needs_a_user_message_and_asks_the_last_one():
+    with pytest.raises(ValidationError, match="user message"):
+        ChatCompletionRequest(messages=[{"role": "system", "content": "Be brief."}])
+    request = ChatCompletionRequest(messages=[{"role": "user", "content": "first"}, {"role": "assistant", "content": "x"},
+                                              {"role": "user", "content": "second"}])
+    assert request.question() == "second"
+    with pytest.raises(ValidationError, match="stream"):
+        ChatCompletionRequest(messages=[{"role": "user", "content": "q"}], stream=True)
