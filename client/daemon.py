@@ -199,8 +199,8 @@ class SiteDaemon:
                 if isinstance(request, PoolRelease):  # keep it, serve it (re-fitting rows if needed), then ack
                     keep_release(self.store, self.base, request)
                     self.refresh()
-                    return release_ack(self.store, self.base, request.pool_version, self.encoder.embed)
-                return site_work(self.store, self.base, request)
+                    return release_ack(self.store, self.base, request, self.encoder.embed)
+                return site_work(self.store, self.base, request, self.encoder.embed)
             except Exception as exc:
                 self.last_error = f"{request.KIND}: {type(exc).__name__}"
                 raise

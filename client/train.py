@@ -10,21 +10,22 @@ frozen: the site's other rows and the pool stay as they are. Passage text stays 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fedprag.client.store import SiteStore
+from fedprag.shared.data.schema import Augmentation
 from fedprag.shared.log import get_logger
 from fedprag.shared.lora.layers import attach_lora
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable, routing_weights
-from fedprag.shared.methods.poly.serializer import pool_arrays, pool_from_arrays
+from fedprag.shared.methods.poly.serializer import pool_arrays, pool_from_arrays, router_arrays, router_from_arrays
 from fedprag.shared.methods.poly.trainer import encode_incremental, train_pool, train_query_router
 from fedprag.shared.models.loading import BaseModel, load_causal_lm
-from fedprag.shared.retrieval.encoder import SentenceEncoder
+from fedprag.shared.retrieval.encoder import EMBEDDING_DIM, SentenceEncoder
 from fedprag.shared.wire import PoolRelease, ReleaseAck, RoundTask, SiteUpdate, WireMessage
 
 log = get_logger(__name__)
@@ -36,7 +37,20 @@ class CannotEncode(RuntimeError):
     """New passages cannot be encoded against this pool; they stay pending and are not served."""
 
 
-def local_round(store: SiteStore, base: BaseModel, task: RoundTask) -> SiteUpdate:
+def router_steps(rows: RoutingTable, augmentations: Mapping[str, Augmentation], pool: ExpertPool,
+                 start: Mapping[str, np.ndarray], config: PolyConfig, embed: Embed) -> tuple[dict[str, np.ndarray], int]:
+    """The site's steps on the learned query router, continued from the coordinator's ``start`` on
+    the site's own questions (its passages' QA pairs) against its rows; the parameters and the
+    question count (none without a router or encoded passages)."""
+    if not start or not rows.passage_ids:
+        return {}, 0
+    router = router_from_arrays(start, pool, EMBEDDING_DIM)
+    trained = train_query_router(embed, rows, augmentations, epochs=config.router_epochs, lr=config.router_lr,
+                                 start=router)
+    return router_arrays(trained), sum(len(augmentations[p].qa) for p in rows.passage_ids)
+
+
+def local_round(store: SiteStore, base: BaseModel, task: RoundTask, embed: Embed) -> SiteUpdate:
     """Train this site's share of round ``task.round``; persists the site's routing rows."""
     config = PolyConfig.from_numbers(task.settings)
     pool = pool_from_arrays(task.experts, config.scale, config.routing)
@@ -55,12 +69,14 @@ def local_round(store: SiteStore, base: BaseModel, task: RoundTask) -> SiteUpdat
         store.state.rounds_joined.append(task.round)
         store.state.pool_version = task.pool_version
         store.save_state()
+    router, questions = router_steps(trained.routing, augmentations, trained.pool, task.router, config, embed)
     mass = routing_weights(trained.routing.logits).sum(0)
     log.info("client.round.done", site=store.state.site_id, round=task.round, passages=len(passages),
              loss=round(trained.loss, 4))
     return SiteUpdate(site=store.state.site_id, round=task.round, pool_version=task.pool_version,
                       passages=len(passages), sequences=trained.sequences, loss=trained.loss,
-                      experts=pool_arrays(trained.pool), mass={"routing_mass": mass.numpy()})
+                      experts=pool_arrays(trained.pool), mass={"routing_mass": mass.numpy()}, questions=questions,
+                      router=router)
 
 
 def keep_release(store: SiteStore, base: BaseModel, release: PoolRelease) -> None:
@@ -92,29 +108,24 @@ def encode_pending(store: SiteStore, base: BaseModel, pool: ExpertPool, config: 
     return rows
 
 
-def release_ack(store: SiteStore, base: BaseModel, pool_version: int, embed: Embed) -> ReleaseAck:
+def release_ack(store: SiteStore, base: BaseModel, release: PoolRelease, embed: Embed) -> ReleaseAck:
     """What a site answers a release with: the version kept, its encoded and pending passages, and
-    its share of the learned query router, trained on its own questions (the owner's QA pairs)
-    from the coordinator's seed (the pool version) against its rows for the released pool."""
+    its last steps on the learned query router, against its rows for the released pool."""
     pool = store.pool(base.digest)[0]
     rows = store.encoded(pool, base.digest)
-    augmentations = store.augmentations()
-    router, questions = {}, 0
-    if rows.passage_ids:
-        trained = train_query_router(embed, rows, augmentations, seed=pool_version)
-        router = {name: tensor.numpy().astype(np.float32) for name, tensor in trained.state_dict().items()}
-        questions = sum(len(augmentations[p].qa) for p in rows.passage_ids)
-    return ReleaseAck(site=store.state.site_id, pool_version=pool_version, encoded=len(rows.passage_ids),
+    router, questions = router_steps(rows, store.augmentations(), pool, release.router,
+                                     PolyConfig.from_numbers(release.settings), embed)
+    return ReleaseAck(site=store.state.site_id, pool_version=release.pool_version, encoded=len(rows.passage_ids),
                       pending=len(store.passages()) - len(rows.passage_ids), questions=questions, router=router)
 
 
-def site_work(store: SiteStore, base: BaseModel, request: WireMessage) -> WireMessage:
+def site_work(store: SiteStore, base: BaseModel, request: WireMessage, embed: Embed) -> WireMessage:
     """Answer a coordinator's message: a round task with a site update, a release with an ack."""
     if isinstance(request, RoundTask):
-        return local_round(store, base, request)
+        return local_round(store, base, request, embed)
     if isinstance(request, PoolRelease):
         keep_release(store, base, request)
-        return release_ack(store, base, request.pool_version, _encoder().embed)
+        return release_ack(store, base, request, embed)
     raise TypeError(f"a site does not answer {request.KIND} messages")
 
 
@@ -131,4 +142,4 @@ def _base(spec: str) -> BaseModel:
 def run_locally(root: Path, model_spec: str, request: WireMessage, threads: int = 1) -> WireMessage:
     """:func:`site_work` in this process, for a ClientApp with no site daemon (simulation, a bare SuperNode)."""
     torch.set_num_threads(threads)
-    return site_work(SiteStore(root), _base(model_spec), request)
+    return site_work(SiteStore(root), _base(model_spec), request, _encoder().embed)

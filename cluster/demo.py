@@ -6,25 +6,30 @@
    ServerApp) and the daemons' SuperNodes as separate processes over TLS with node authentication
    (or, with ``federation.runtime = "simulation"``, every site as a Ray actor, then the daemons).
    The coordinator releases the last pool to every site.
-4. Connect the query API's fan-out to every daemon's routing service over gRPC. No process but a
-   site's own daemon opens that site's store from here on.
+4. Start the query API on Ray Serve (``fedprag serve``), pointed at every daemon's routing service
+   over gRPC, with a key made for this run. No process but a site's own daemon opens that site's
+   store from here on.
 
-:func:`fedprag.shared.eval.federated.evaluate_federation` then answers every test question through
-that fan-out and puts federated Poly-PRAG beside the centralised methods; :func:`write_results`
-adds the bytes each site sent.
+:func:`fedprag.shared.eval.federated.evaluate_federation` then asks every test question over HTTP
+and puts federated Poly-PRAG beside the centralised methods; :func:`write_results` adds the bytes
+each site sent. (Without ``serving``, as in the federation benchmark, the questions go through an
+in-process fan-out to the same daemons instead.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import statistics
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fedprag.cluster.deployment import LocalDeployment
 from fedprag.cluster.fanout import FanOut
+from fedprag.cluster.serving import app as serving_app
+from fedprag.cluster.serving.client import QueryClient
 from fedprag.cluster.simulation import prepare_sites, simulate
 from fedprag.coordinator.app import RoundReport, recorded_rounds, registry_dir
 from fedprag.coordinator.registry import PoolRegistry
@@ -36,13 +41,15 @@ from fedprag.shared.io import atomic_write_text, dir_bytes
 from fedprag.shared.log import get_logger
 from fedprag.shared.methods.poly.layers import ExpertPool
 from fedprag.shared.models.loading import BaseModel, load_causal_lm
+from fedprag.shared.processes import free_port
 
 log = get_logger(__name__)
 
 
 @dataclass
 class Federation:
-    """A finished federation: its data, base model, latest pool, the sites' fan-out and its rounds."""
+    """A finished federation: its data, base model, latest pool, the sites' fan-out, its rounds, and
+    the query API serving it (when started)."""
 
     dataset: Dataset
     base: BaseModel
@@ -50,6 +57,7 @@ class Federation:
     pool_bytes: int
     fanout: FanOut
     rounds: list[RoundReport]
+    api: QueryClient | None = None
 
 
 def traffic_table(reports: list[RoundReport]) -> str:
@@ -63,8 +71,9 @@ def traffic_table(reports: list[RoundReport]) -> str:
 
 
 @contextlib.contextmanager
-def running_federation(config: FedpragConfig, show_progress: bool = True) -> Iterator[Federation]:
-    """Steps 1–4 of the module docstring; the site daemons (and the SuperLink) stop on exit."""
+def running_federation(config: FedpragConfig, show_progress: bool = True, serving: bool = False) -> Iterator[Federation]:
+    """Steps 1–4 of the module docstring (step 4 with ``serving``); the query API, the site daemons
+    and the SuperLink stop on exit."""
     federation = config.federation
     work = Path(federation.work_dir)
     base = load_causal_lm(config.model.path, show_progress=show_progress)
@@ -84,10 +93,27 @@ def running_federation(config: FedpragConfig, show_progress: bool = True) -> Ite
         pool, manifest = latest
         pool_bytes = dir_bytes(registry.path(manifest["version"]))
         fanout = FanOut(deployment.routing_sites(), config.harness.top_k, config.poly)
+        api = _start_serving(config, deployment) if serving else None
         try:
-            yield Federation(dataset, base, pool, pool_bytes, fanout, reports)
+            yield Federation(dataset, base, pool, pool_bytes, fanout, reports, api)
         finally:
             fanout.close()
+            if api is not None:
+                api.close()
+                serving_app.stop()
+
+
+def _start_serving(config: FedpragConfig, deployment: LocalDeployment) -> QueryClient:
+    """The query API on a local Ray, over the deployment's daemons, with a key made for this run."""
+    key = secrets.token_urlsafe(24)
+    settings = replace(config.serve, **deployment.serve_settings(), api_keys=(key,), port=free_port(), grpc_port=0,
+                       top_k=config.harness.top_k, max_new_tokens=config.harness.max_new_tokens,
+                       rate_limit_qps=10_000.0, rate_limit_burst=10_000)
+    settings.validate()
+    served = replace(config, serve=settings)
+    endpoints = serving_app.start(served)
+    log.info("demo.serving", url=endpoints.http)
+    return QueryClient(endpoints.http, key)
 
 
 def write_results(report: Report, rounds: list[RoundReport], work_dir: str | Path) -> Path:

@@ -124,6 +124,7 @@ class LocalDeployment:
         self.tls: TlsFiles | None = None
         self.token = ""
         self.daemons: dict[str, Started] = {}
+        self.superlink: Started | None = None
 
     # -- processes -------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], home: Path) -> Started:
@@ -168,6 +169,7 @@ class LocalDeployment:
             tokens.chmod(0o600)
         self.token = read_tokens(tokens)[-1]
         if self.rounds:
+            (self.work / "flwr" / "superlink.db").unlink(missing_ok=True)  # a new deployment starts a new SuperLink state
             self._start_superlink()
         starting = []
         for name, path in self.sites:  # every daemon loads its model at the same time
@@ -180,14 +182,16 @@ class LocalDeployment:
         self.remember_descendants()
 
     def _start_superlink(self) -> None:
-        self.port = free_port()
+        """The SuperLink, its state (registered SuperNodes, runs) in a database file so that it survives a restart."""
+        self.port = self.port or free_port()
         superlink = self._spawn("superlink", [
             bin_path("flower-superlink"), "--ssl-ca-certfile", str(self.tls.ca_cert),
             "--ssl-certfile", str(self.tls.server_cert), "--ssl-keyfile", str(self.tls.server_key),
             "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(self.port),
-            "--disable-runtime-dependency-installation",
+            "--database", str(self.work / "flwr" / "superlink.db"), "--disable-runtime-dependency-installation",
         ], self.work / "flwr" / "superlink")
         self._wait_listening(superlink)
+        self.superlink = superlink
         atomic_write_text(self.work / "flwr" / "cli" / "config.toml",
                           "[superlink]\ndefault = \"local\"\n\n[superlink.local]\n"
                           f"address = \"127.0.0.1:{self.port}\"\nroot-certificates = \"{self.tls.ca_cert}\"\n")
@@ -201,6 +205,15 @@ class LocalDeployment:
                 return
             time.sleep(0.2)
         raise DeploymentError(f"{started.name} did not listen on port {self.port} within {self.startup_timeout:.0f} s")
+
+    def restart_superlink(self) -> None:
+        """Stop the coordinator's SuperLink (by its PID) and start it again on the same port and state,
+        as an operator's restart would; the sites' daemons reconnect their SuperNodes on their own."""
+        self.remember_descendants()
+        code = stop(self.superlink.process)
+        self.processes.remove(self.superlink)
+        log.info("deployment.superlink.restart", pid=self.superlink.process.pid, code=code)
+        self._start_superlink()
 
     def node_keys(self, name: str) -> NodeKeys:
         """The site's authentication key pair, created on first use."""
@@ -283,9 +296,12 @@ class LocalDeployment:
 
     def serve_settings(self) -> dict[str, object]:
         """The ``[serve]`` fields that point a query API at these daemons (sites, CA, token file)."""
-        sites = [f"{site.name}={site.address}" for site in self.routing_sites()]
-        return {"serve.sites": ",".join(sites), "serve.ca_cert": str(self.tls.ca_cert),
-                "serve.site_token_file": str(self.certs / "routing-tokens")}
+        sites = []
+        for site in self.routing_sites():
+            sites.append(f"{site.name}={site.address}")
+            site.close()
+        return {"sites": tuple(sites), "ca_cert": str(self.tls.ca_cert),
+                "site_token_file": str(self.certs / "routing-tokens")}
 
     def run(self, config: FedpragConfig) -> list[RoundReport]:
         """Run the federation's remaining rounds through ``flwr run``; returns every recorded round.

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +34,10 @@ from fedprag.shared.config import FederationSection, load_config
 from fedprag.shared.log import configure as configure_logging
 from fedprag.shared.log import get_logger
 from fedprag.shared.lora.layers import attach_lora
+from fedprag.shared.lora.store import EncodingMismatch
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool, QueryRouter, placed
-from fedprag.shared.methods.poly.serializer import pool_arrays
+from fedprag.shared.methods.poly.serializer import pool_arrays, router_arrays, router_from_arrays
 from fedprag.shared.models.loading import load_causal_lm
 from fedprag.shared.retrieval.encoder import EMBEDDING_DIM
 from fedprag.shared.wire import PoolRelease, ReleaseAck, RoundTask, SiteUpdate, WireError, record_bytes
@@ -103,11 +105,12 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
                          "so ε over all rounds is not what DP on would report; start a new work_dir")
     settings = {**poly.to_numbers(), "epochs": float(federation.local_epochs),
                 "home_experts": float(federation.home_experts)}
+    router = starting_router(registry, pool, version, poly)
     for number in range(done + 1, federation.rounds + 1):
         nodes = _wait_for_sites(grid, federation.min_sites, federation.round_timeout)
         started = time.perf_counter()
-        experts = pool_arrays(pool)
-        messages = [Message(RoundTask(round=number, pool_version=version, experts=experts,
+        experts, router_now = pool_arrays(pool), router_arrays(router)
+        messages = [Message(RoundTask(round=number, pool_version=version, experts=experts, router=router_now,
                                       settings={**settings, "home_block": float(block)}).to_record(),
                             dst_node_id=node, message_type=MessageType.TRAIN)
                     for block, node in enumerate(sorted(nodes))]
@@ -135,35 +138,51 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
             log.error("coordinator.round.incomplete", round=number, valid=len(updates), needed=federation.min_sites)
         else:
             pool, version = aggregate_and_publish(registry, strategy, pool, updates, report, poly, dp, len(nodes))
+            router = federated_router(updates, pool) or router
+            registry.save_router(version, router)
         report.seconds = time.perf_counter() - started
         registry.record_round(dataclasses.asdict(report))
-    release(grid, registry, pool, version, poly, federation)
+    release(grid, registry, pool, router, version, poly, federation)
 
 
 RELEASE = f"{MessageType.QUERY}.release"
 
 
-def federated_router(acks: list[ReleaseAck], pool: ExpertPool) -> QueryRouter | None:
-    """The learned query router for ``pool``: the sites' routers (each trained from the same seed on
-    the site's own questions) averaged, weighted by their question counts; ``None`` if no site sent
-    one. A router of another shape is left out."""
-    reference = QueryRouter(EMBEDDING_DIM, pool.n_groups, pool.n_experts)
-    shapes = {name: tuple(t.shape) for name, t in reference.state_dict().items()}
-    shares = [a for a in acks if a.questions and {n: a.router[n].shape for n in a.router} == shapes]
-    if not shares:
+def starting_router(registry: PoolRegistry, pool: ExpertPool, version: int, poly: PolyConfig) -> QueryRouter:
+    """The learned query router the rounds continue: the one published with ``version`` (a resumed
+    federation), else a new one seeded by ``poly.seed``."""
+    if version in registry.versions_with_router():
+        return registry.router(version)
+    torch.manual_seed(poly.seed)
+    return QueryRouter(EMBEDDING_DIM, pool.n_groups, pool.n_experts).eval().requires_grad_(False)
+
+
+def federated_router(shares: Sequence[SiteUpdate | ReleaseAck], pool: ExpertPool) -> QueryRouter | None:
+    """FedAvg of the sites' steps on the learned query router, weighted by their question counts;
+    ``None`` if no site sent one. A router of another shape is left out."""
+    routers = []
+    for share in shares:
+        if share.questions and share.router:
+            try:
+                routers.append((router_from_arrays(share.router, pool, EMBEDDING_DIM), share.questions))
+            except EncodingMismatch:
+                log.warning("coordinator.router.rejected", site=share.site)
+    if not routers:
         return None
-    total = sum(a.questions for a in shares)
-    reference.load_state_dict({n: torch.from_numpy(sum(a.router[n] * (a.questions / total) for a in shares))
-                               for n in shapes})
-    return reference.eval().requires_grad_(False)
+    total = sum(n for _, n in routers)
+    merged = QueryRouter(EMBEDDING_DIM, pool.n_groups, pool.n_experts)
+    merged.load_state_dict({name: sum(r.state_dict()[name] * (n / total) for r, n in routers)
+                            for name in merged.state_dict()})
+    return merged.eval().requires_grad_(False)
 
 
-def release(grid: Grid, registry: PoolRegistry, pool: ExpertPool, version: int, poly: PolyConfig,
-            federation: FederationSection) -> None:
-    """Send pool ``version`` to every connected site; log which sites kept it; publish the learned
-    query router averaged from the routers the sites trained on their own questions."""
+def release(grid: Grid, registry: PoolRegistry, pool: ExpertPool, router: QueryRouter, version: int,
+            poly: PolyConfig, federation: FederationSection) -> None:
+    """Send pool ``version`` and the learned query router to every connected site; log which sites
+    kept it; publish the router after the sites' last steps on it, against their final rows."""
     nodes = _wait_for_sites(grid, federation.min_sites, federation.round_timeout)
-    record = PoolRelease(pool_version=version, experts=pool_arrays(pool), settings=poly.to_numbers()).to_record()
+    record = PoolRelease(pool_version=version, experts=pool_arrays(pool), settings=poly.to_numbers(),
+                         router=router_arrays(router)).to_record()
     replies = grid.send_and_receive([Message(record, dst_node_id=node, message_type=RELEASE) for node in nodes],
                                     timeout=federation.round_timeout)
     kept, acks = [], []
@@ -179,11 +198,10 @@ def release(grid: Grid, registry: PoolRegistry, pool: ExpertPool, version: int, 
         acks.append(ack)
         log.info("coordinator.release.kept", site=ack.site, pool_version=ack.pool_version, encoded=ack.encoded,
                  pending=ack.pending)
-    router = federated_router(acks, pool)
-    if router is not None:
-        registry.save_router(version, router)
+    final = federated_router(acks, pool)
+    registry.save_router(version, final or router)
     log.info("coordinator.release.done", pool_version=version, sites=len(kept), asked=len(nodes),
-             router_questions=sum(a.questions for a in acks) if router is not None else 0)
+             router_questions=sum(a.questions for a in acks))
 
 
 def aggregate_and_publish(registry: PoolRegistry, strategy: PoolStrategy, pool: ExpertPool,

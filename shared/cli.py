@@ -125,10 +125,13 @@ def _cmd_demo(args: argparse.Namespace, config: FedpragConfig) -> int:
     from fedprag.cluster.demo import running_federation, traffic_table, write_results
     from fedprag.shared.eval.federated import evaluate_federation
 
-    with running_federation(config, show_progress=not args.quiet) as federation:
+    with running_federation(config, show_progress=not args.quiet, serving=True) as federation:
         report = evaluate_federation(federation, config, show_progress=not args.quiet)
     md_path = write_results(report, federation.rounds, config.federation.work_dir)
     print(report.to_markdown())
+    served = next(r for r in report.results if r.method == "poly_federated")
+    print(f"Serving: poly_federated was asked over HTTP through the query API (Ray Serve); one question at a time "
+          f"it took p50 {served.latency_ms_p50:.0f} ms, p95 {served.latency_ms_p95:.0f} ms.\n")
     print("Federated rounds (bytes each site sent):\n")
     print(traffic_table(federation.rounds))
     print(f"\nresults: {md_path}")

@@ -93,8 +93,9 @@ def _kind(name: str) -> dict[str, str]:
     return {"wire": name}
 
 
-def count() -> object:
-    return field(metadata=_kind("count"))
+def count(default: int | None = None) -> object:
+    """A count field; with ``default``, one a sender may leave out (an empty learned router, say)."""
+    return field(metadata=_kind("count")) if default is None else field(default=default, metadata=_kind("count"))
 
 
 def score() -> object:
@@ -105,8 +106,9 @@ def opaque_id() -> object:
     return field(metadata=_kind("id"))
 
 
-def tensors() -> object:
-    return field(metadata=_kind("tensors"))
+def tensors(optional: bool = False) -> object:
+    """A tensors field (id → tensor); ``optional`` ones default to none."""
+    return field(default_factory=dict, metadata=_kind("tensors")) if optional else field(metadata=_kind("tensors"))
 
 
 def scores() -> object:
@@ -252,13 +254,14 @@ def _tensor(item: routing_pb2.Tensor, where: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RoundTask(WireMessage):
-    """Coordinator → site: the current expert pool and the round's numeric settings."""
+    """Coordinator → site: the current expert pool, the learned query router, and the round's numeric settings."""
 
     KIND: ClassVar[str] = "round_task"
     round: int = count()
     pool_version: int = count()
     experts: Mapping[str, np.ndarray] = tensors()
     settings: Mapping[str, float] = scores()
+    router: Mapping[str, np.ndarray] = tensors(optional=True)
 
 
 @dataclass(frozen=True)
@@ -266,7 +269,8 @@ class SiteUpdate(WireMessage):
     """Site → coordinator: the trained experts, the site's routing mass on each, and counts.
 
     ``mass`` holds one tensor, ``routing_mass`` ``[G, K]``: ``m_sk = Σ_p w_pk`` over the site's
-    passages. Routing rows themselves never leave the site.
+    passages. Routing rows themselves never leave the site. ``router`` is the learned query router
+    after the site's steps on ``questions`` of its own questions.
     """
 
     KIND: ClassVar[str] = "site_update"
@@ -278,6 +282,8 @@ class SiteUpdate(WireMessage):
     loss: float = score()
     experts: Mapping[str, np.ndarray] = tensors()
     mass: Mapping[str, np.ndarray] = tensors()
+    questions: int = count(default=0)
+    router: Mapping[str, np.ndarray] = tensors(optional=True)
 
 
 @dataclass(frozen=True)
@@ -288,21 +294,22 @@ class PoolRelease(WireMessage):
     pool_version: int = count()
     experts: Mapping[str, np.ndarray] = tensors()
     settings: Mapping[str, float] = scores()
+    router: Mapping[str, np.ndarray] = tensors(optional=True)
 
 
 @dataclass(frozen=True)
 class ReleaseAck(WireMessage):
     """Site → coordinator: the release was kept; how many of the site's passages are encoded and
-    pending; and the site's share of the learned query router (``router``: the router's parameters
-    after training, from the coordinator's seed, on ``questions`` of the site's own questions)."""
+    pending; and the site's last steps on the learned query router (``router``, continued from the
+    released one on ``questions`` of the site's own questions)."""
 
     KIND: ClassVar[str] = "release_ack"
     site: str = opaque_id()
     pool_version: int = count()
     encoded: int = count()
     pending: int = count()
-    questions: int = count()
-    router: Mapping[str, np.ndarray] = tensors()
+    questions: int = count(default=0)
+    router: Mapping[str, np.ndarray] = tensors(optional=True)
 
 
 @dataclass(frozen=True)

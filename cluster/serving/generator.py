@@ -2,7 +2,7 @@
 
 Each replica holds the base model with LoRA layers attached and the pool versions it has been asked
 for (the newest three, loaded from the coordinator's registry on first use). Concurrent requests
-are collected by ``@serve.batch``; a batch is split only by pool version and answer length, and
+are collected by ``@serve.batch``; a batch is split only by method, pool version and answer length, and
 each part is one :meth:`QueryEngine.answer <fedprag.shared.query.QueryEngine.answer>`: one forward
 per token, every request under its own expert mixture, nothing merged and nothing reloaded.
 A request names its pool version, so one in flight finishes on the version it started with while
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -38,13 +39,16 @@ POOLS_KEPT = 3
 
 @dataclass(frozen=True)
 class GenerateItem:
-    """One question to answer: under an expert mixture of pool ``version``, or closed-book when
-    ``weights`` is ``None``."""
+    """One question to answer with ``method``: ``poly`` (under the expert mixture ``weights`` of
+    pool ``version``), ``closed_book``, or a method the replica was given (``routing`` then holds
+    what it reads: retrieved passage ids and scores, and for standard RAG their text)."""
 
     question: str
-    weights: torch.Tensor | None
-    version: int | None
     max_new_tokens: int
+    method: str = "poly"
+    weights: torch.Tensor | None = None
+    version: int | None = None
+    routing: Routing | None = None
 
 
 @dataclass(frozen=True)
@@ -62,14 +66,14 @@ class Generator:
     """A serving replica (a Ray Serve deployment; see :func:`generator_deployment`)."""
 
     def __init__(self, model_spec: str, registry: str, poly: PolyConfig, threads: int = 1,
-                 max_batch_size: int = 32, batch_wait_s: float = 0.01):
+                 max_batch_size: int = 32, batch_wait_s: float = 0.01, extra: Mapping[str, MethodModel] | None = None):
         torch.set_num_threads(threads)
         self.base = load_causal_lm(model_spec, show_progress=False)
         self.engine = QueryEngine(self.base)
         self.registry = PoolRegistry(registry, self.base.digest)
         self.poly = poly
         self.pools: OrderedDict[int, PolyModel] = OrderedDict()
-        self.closed_book = ClosedBookModel()
+        self.models: dict[str, MethodModel] = {"closed_book": ClosedBookModel(), **(extra or {})}
         self.context = self.base.model.config.max_position_embeddings
         self._loading = threading.Lock()
         self.generate.set_max_batch_size(max_batch_size)
@@ -87,8 +91,19 @@ class Generator:
                 log.info("serve.generator.pool_loaded", version=version)
             return self.pools[version]
 
+    def _model(self, item: GenerateItem) -> MethodModel:
+        if item.method == "poly":
+            return self._pool(item.version)
+        if item.method not in self.models:
+            raise ValueError(f"method '{item.method}' is not served here (served: poly, {', '.join(self.models)})")
+        return self.models[item.method]
+
+    @staticmethod
+    def _routing(item: GenerateItem) -> Routing:
+        return Routing(weights=item.weights) if item.method == "poly" else item.routing or Routing()
+
     def _too_long(self, model: MethodModel, item: GenerateItem) -> str:
-        (prompt,) = model.prompts([item.question], [Routing()])
+        (prompt,) = model.prompts([item.question], [self._routing(item)])
         tokens = len(self.base.tokenizer(prompt).input_ids)
         if tokens + item.max_new_tokens > self.context:
             return (f"question: {tokens} prompt tokens plus {item.max_new_tokens} to generate is over this model's "
@@ -96,9 +111,9 @@ class Generator:
         return ""
 
     def _answer_group(self, items: list[GenerateItem], batch_size: int) -> list[Generated]:
-        """One batched generate for items of one pool version and answer length."""
+        """One batched generate for items of one method, pool version and answer length."""
         first = items[0]
-        model = self.closed_book if first.weights is None else self._pool(first.version)
+        model = self._model(first)
         out: list[Generated | None] = [None] * len(items)
         runnable = []
         for i, item in enumerate(items):
@@ -107,7 +122,7 @@ class Generator:
             else:
                 runnable.append(i)
         if runnable:
-            routings = [Routing(weights=items[i].weights) for i in runnable]
+            routings = [self._routing(items[i]) for i in runnable]
             questions = [items[i].question for i in runnable]
             answers = self.engine.answer(model, questions, routings, first.max_new_tokens)
             prompts = model.prompts(questions, routings)
@@ -119,7 +134,7 @@ class Generator:
     def _answer_batch(self, items: list[GenerateItem]) -> list[Generated]:
         def key(i: int) -> tuple:
             item = items[i]
-            return (-1 if item.weights is None else item.version, item.max_new_tokens)
+            return (item.method, -1 if item.version is None else item.version, item.max_new_tokens)
 
         out: list[Generated | None] = [None] * len(items)
         for _, group in groupby(sorted(range(len(items)), key=key), key=key):

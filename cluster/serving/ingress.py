@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedprag.cluster.serving import metrics
 from fedprag.cluster.serving.generator import Generated, GenerateItem
-from fedprag.cluster.serving.router import Routed, RouteRequest
+from fedprag.cluster.serving.router import RouteRequest, RouteResult
 from fedprag.cluster.serving.schema import (
     ERRORS,
     MAX_BODY_BYTES,
@@ -184,7 +184,9 @@ def _usage(generated: Generated) -> Usage:
 
 
 def _heaviest(weights: object, count: int = 16) -> list[ExpertWeight]:
-    """The ``count`` heaviest experts of a ``[G, K]`` mixture."""
+    """The ``count`` heaviest experts of a ``[G, K]`` mixture (none without one)."""
+    if weights is None:
+        return []
     flat = weights.flatten()
     top = flat.topk(min(count, flat.numel()))
     experts = weights.shape[-1]
@@ -231,12 +233,17 @@ class Ingress:
             log.warning("serve.replica.retry", error=type(exc).__name__)
             return await self.generator.generate.remote(item), 1
 
+    async def _route(self, question: str, top_k: int | None, mode: str, model: str, method: str) -> RouteResult:
+        if method == "closed_book":  # nothing to route; the reply names the newest pool for the record
+            return RouteResult(version=await self.router.newest_version.remote())
+        return await self.router.route.remote(RouteRequest(question, top_k or self.settings.top_k, mode,
+                                                           pinned_version(model)))
+
     async def _ask(self, question: str, top_k: int | None, routing: str | None, model: str,
-                   max_tokens: int | None) -> tuple[Generated, Trace]:
+                   max_tokens: int | None, method: str = "poly") -> tuple[Generated, Trace]:
         started = time.perf_counter()
         mode = routing or self.settings.routing
-        routed: Routed = await self.router.route.remote(
-            RouteRequest(question, top_k or self.settings.top_k, mode, pinned_version(model)))
+        routed = await self._route(question, top_k, mode, model, method)
         for site in routed.trace.failed:
             metrics.SITE_ERRORS.labels(site).inc()
         if routed.error == "not_found":
@@ -245,8 +252,8 @@ class Ingress:
             raise ApiError(503, routed.reason, "routing_unavailable")
         metrics.STAGE.labels("route").observe(routed.seconds)
         routed_at = time.perf_counter()
-        generated, retries = await self._generate(GenerateItem(question, routed.weights, routed.version,
-                                                               max_tokens or self.settings.max_new_tokens))
+        generated, retries = await self._generate(GenerateItem(
+            question, max_tokens or self.settings.max_new_tokens, method, routed.weights, routed.version))
         if generated.error.startswith("question:"):
             raise _validation_error("question", generated.error)
         if generated.error:
@@ -256,7 +263,7 @@ class Ingress:
         metrics.BATCH.observe(generated.batch_size)
         metrics.POOL_VERSION.set(routed.version)
         return generated, Trace(
-            routing=mode, sites_asked=routed.trace.asked, sites_answered=routed.trace.answered,
+            routing=mode if method == "poly" else "none", sites_asked=routed.trace.asked, sites_answered=routed.trace.answered,
             sites_failed=routed.trace.failed, experts=_heaviest(routed.weights), pool_version=routed.version,
             batch_size=generated.batch_size, replica_retries=retries,
             timings_ms={"route": round((routed_at - started) * 1e3, 2),
@@ -268,7 +275,8 @@ class Ingress:
     async def query(self, body: QueryRequest,
                     credentials: Credentials) -> QueryReply:
         self._admit(credentials)
-        generated, trace = await self._ask(body.question, body.top_k, body.routing, body.model, body.max_tokens)
+        generated, trace = await self._ask(body.question, body.top_k, body.routing, body.model, body.max_tokens,
+                                           body.method)
         return QueryReply(answer=generated.answer, model=_versioned(trace.pool_version), pool_version=trace.pool_version,
                           trace=trace)
 

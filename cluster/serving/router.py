@@ -47,7 +47,7 @@ class RouteRequest:
 
 
 @dataclass
-class Routed:
+class RouteResult:
     """A question's expert mixture ``[G, K]`` and how it was found; ``error`` says why there is none
     (``unavailable``: no site or router could route it; ``not_found``: the pinned version is not there)."""
 
@@ -79,30 +79,30 @@ class Router:
             if not pinned:
                 self.newest = max(self.newest, version)
 
-    def _fanout(self, embeddings: np.ndarray, k: int, version: int | None) -> list[Routed]:
+    def _fanout(self, embeddings: np.ndarray, k: int, version: int | None) -> list[RouteResult]:
         started = time.perf_counter()
         if self.fanout is None:
-            return [Routed(error="unavailable", reason="no sites are configured (serve.sites)")] * len(embeddings)
+            return [RouteResult(error="unavailable", reason="no sites are configured (serve.sites)")] * len(embeddings)
         try:
             routings, trace = self.fanout.route(embeddings, k, version, min_version=self.newest if version is None else 0)
         except SiteUnavailable as exc:
             error = "unavailable" if version is None else "not_found"  # a pinned version no site routes with
-            return [Routed(error=error, reason=str(exc)[:300])] * len(embeddings)
+            return [RouteResult(error=error, reason=str(exc)[:300])] * len(embeddings)
         self._served(trace.pool_version, version is not None)
         seconds = time.perf_counter() - started
-        return [Routed(r.weights, trace.pool_version, trace, seconds) for r in routings]
+        return [RouteResult(r.weights, trace.pool_version, trace, seconds) for r in routings]
 
-    def _central(self, embeddings: np.ndarray, version: int | None) -> list[Routed]:
+    def _central(self, embeddings: np.ndarray, version: int | None) -> list[RouteResult]:
         started = time.perf_counter()
         available = self.registry.versions_with_router()
         if version is None:
             usable = [v for v in available if v >= self.newest]
             if not usable:
-                return [Routed(error="unavailable", reason="no learned router is published with the newest pool "
+                return [RouteResult(error="unavailable", reason="no learned router is published with the newest pool "
                                "(the federation trains one when it releases a pool)")] * len(embeddings)
             version = usable[-1]
         elif version not in available:
-            return [Routed(error="not_found", reason=f"pool version {version} has no learned router")] * len(embeddings)
+            return [RouteResult(error="not_found", reason=f"pool version {version} has no learned router")] * len(embeddings)
         if version not in self.routers:
             self.routers[version] = self.registry.router(version)
         self._served(version, pinned=False)
@@ -110,16 +110,16 @@ class Router:
             logits = self.routers[version](torch.from_numpy(embeddings).float())
         weights = keep_top_m(routing_weights(logits), self.poly.top_m)
         trace = FanOutTrace(pool_version=version, seconds=time.perf_counter() - started)
-        return [Routed(w, version, trace, trace.seconds) for w in weights]
+        return [RouteResult(w, version, trace, trace.seconds) for w in weights]
 
-    def _route_batch(self, requests: list[RouteRequest]) -> list[Routed]:
+    def _route_batch(self, requests: list[RouteRequest]) -> list[RouteResult]:
         embeddings = self.encoder.embed([r.question for r in requests])
 
         def key(i: int) -> tuple:
             r = requests[i]
             return (r.mode, r.top_k, -1 if r.version is None else r.version)
 
-        out: list[Routed | None] = [None] * len(requests)
+        out: list[RouteResult | None] = [None] * len(requests)
         for (mode, k, _), group in groupby(sorted(range(len(requests)), key=key), key=key):
             rows = list(group)
             version = requests[rows[0]].version
@@ -130,7 +130,7 @@ class Router:
         return out  # type: ignore[return-value]
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
-    async def route(self, requests: list[RouteRequest]) -> list[Routed]:
+    async def route(self, requests: list[RouteRequest]) -> list[RouteResult]:
         """Route every question collected in this batch: one embedding pass, one call per site."""
         return await asyncio.to_thread(self._route_batch, requests)
 

@@ -43,6 +43,9 @@ class QueryRequest(BaseModel):
     top_k: int = Field(3, ge=1, le=64, description="Passages each site scores, and the global top-k blended.")
     routing: Literal["fanout", "router"] | None = Field(
         None, description="fanout: ask every site daemon; router: the learned central router. Default: the server's.")
+    method: Literal["poly", "closed_book"] = Field(
+        "poly", description="poly: the federation's parametric knowledge; closed_book: the bare base model "
+                            "(no routing; for comparison).")
     model: str = Field(MODEL, description="fedprag (the latest pool) or fedprag@<version>.")
     max_tokens: int | None = Field(None, ge=1, le=64)
 
@@ -60,7 +63,7 @@ class ExpertWeight(BaseModel):
 class Trace(BaseModel):
     """How one answer came about: who routed it, with which experts, on which pool, and how long each stage took."""
 
-    routing: Literal["fanout", "router"]
+    routing: Literal["fanout", "router", "none"]
     sites_asked: list[str]
     sites_answered: list[str]
     sites_failed: dict[str, str] = Field(description="Site → why it was skipped (down, late, another pool version).")

@@ -14,7 +14,7 @@ import numpy as np
 from fedprag.shared.config import FedpragConfig
 from fedprag.shared.data.schema import Dataset
 from fedprag.shared.eval.harness import evaluate
-from fedprag.shared.eval.methods import Routed, build_methods
+from fedprag.shared.eval.methods import EvalMethod, Routed, Served, build_methods
 from fedprag.shared.eval.report import Report
 from fedprag.shared.methods.base import Routing
 from fedprag.shared.methods.poly.layers import ExpertPool
@@ -31,6 +31,12 @@ class FanOutLike(Protocol):
     def routings(self, query_embeddings: np.ndarray) -> list[Routing]: ...
 
 
+class ServedLike(Protocol):
+    """The query API's client (:class:`fedprag.cluster.serving.client.QueryClient`)."""
+
+    def answers(self, questions: list[str]) -> list[str]: ...
+
+
 class FederationLike(Protocol):
     """A finished federation (:class:`fedprag.cluster.demo.Federation`)."""
 
@@ -39,15 +45,20 @@ class FederationLike(Protocol):
     pool: ExpertPool
     pool_bytes: int
     fanout: FanOutLike
+    api: ServedLike | None
 
 
 def evaluate_federation(federation: FederationLike, config: FedpragConfig, show_progress: bool = True,
                         baselines: tuple[str, ...] = CENTRALISED) -> Report:
     """The results table: ``baselines`` trained centrally on the union of the data, and the
     federation's latest pool, ``poly_federated``, routed by fan-out to its site daemons over gRPC
-    with the mixtures the sites send."""
-    federated = Routed(PolyModel(federation.pool, config.poly, name="poly_federated"), federation.fanout.routings,
-                       federation.pool_bytes)
+    with the mixtures the sites send: asked over HTTP through the query API when the federation
+    serves one, else through an in-process fan-out."""
+    if federation.api is not None:
+        federated: EvalMethod = Served("poly_federated", federation.api.answers, federation.pool_bytes)
+    else:
+        federated = Routed(PolyModel(federation.pool, config.poly, name="poly_federated"), federation.fanout.routings,
+                           federation.pool_bytes)
     methods = [*build_methods(baselines, config.method_configs()), federated]
     return evaluate(federation.dataset, federation.base, methods, config.harness,
                     Path(config.federation.work_dir) / "eval", show_progress)

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fedprag.shared.data.schema import Dataset
-from fedprag.shared.eval.methods import EvalContext, EvalMethod, Hits
+from fedprag.shared.eval.methods import EvalContext, EvalMethod, Hits, Served
 from fedprag.shared.eval.report import KindScore, MethodResult, Report
 from fedprag.shared.eval.resources import PeakMemory, machine_description
 from fedprag.shared.log import get_logger
@@ -111,6 +111,8 @@ def _score(dataset: Dataset, predictions: list[str]) -> dict[str, KindScore]:
 
 def _answer(ctx: EvalContext, engine: QueryEngine, method: EvalMethod, rows: list[int], hits: Hits,
             max_new_tokens: int) -> list[str]:
+    if isinstance(method, Served):
+        return method.answers(ctx.question_texts(rows))
     return engine.answer(method.model(ctx), ctx.question_texts(rows), method.routings(ctx, rows, hits), max_new_tokens)
 
 

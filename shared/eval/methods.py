@@ -3,7 +3,8 @@
 An evaluated method is a :class:`~fedprag.shared.methods.base.MethodModel` plus where each
 question's :class:`~fedprag.shared.methods.base.Routing` comes from: the harness's own retrieval
 (the baselines and every registered method), or a routing function such as a federation's fan-out
-(:class:`Routed`). The harness answers them all the same way, through the query engine.
+(:class:`Routed`). The harness answers them all the same way, through the query engine, except a
+method answered by a service (:class:`Served`, the query API over HTTP).
 """
 
 from __future__ import annotations
@@ -150,6 +151,20 @@ class Routed(EvalMethod):
     def routings(self, ctx: EvalContext, question_rows: list[int], hits: Hits) -> list[Routing]:
         embeddings = hits.embeddings if hits.embeddings is not None else ctx.embed(ctx.question_texts(question_rows))
         return self.route(embeddings)
+
+
+class Served(EvalMethod):
+    """A method answered by a service, not by this process's query engine: the query API, asked
+    over HTTP (``ask`` maps question texts to answers). The harness scores and times it the same way."""
+
+    def __init__(self, name: str, ask: Callable[[list[str]], list[str]], stored_bytes: int = 0):
+        self.name, self.ask, self.stored_bytes = name, ask, stored_bytes
+
+    def encode(self, ctx: EvalContext) -> EncodingCost:
+        return EncodingCost(0.0, self.stored_bytes)
+
+    def answers(self, questions: list[str]) -> list[str]:
+        return self.ask(questions)
 
 
 def _elsewhere(ctx: EvalContext, position: dict[str, int], question_row: int, found: list[int]) -> list[int]:

@@ -1,6 +1,7 @@
 """What the federation tests share: sites with planted canaries, the CLI call, and log parsing."""
 
 import json
+import secrets
 import subprocess
 import sys
 
@@ -21,6 +22,14 @@ def canary_sites(work):
     stores = prepare_sites(Dataset(planted, dataset.questions, dataset.augmentations), work / "sites")
     SiteStore(work / "sites" / f"site-{len(stores)}", site_id="site-broken")
     return stores
+
+
+def with_unique_canaries(dataset):
+    """The dataset with a canary of its own planted in every passage; returns it and the canaries."""
+    canaries = [f"CANARY{secrets.token_hex(6).upper()}" for _ in dataset.passages]
+    planted = [Passage(p.passage_id, p.site, f"{p.text} Its archive code is {c}.")
+               for p, c in zip(dataset.passages, canaries)]
+    return Dataset(planted, dataset.questions, dataset.augmentations), canaries
 
 
 def federate_command(work, spec, rounds, runtime):

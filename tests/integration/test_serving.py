@@ -34,13 +34,13 @@ from fedprag.coordinator.app import registry_dir
 from fedprag.coordinator.registry import PoolRegistry
 from fedprag.shared.config import load_config
 from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
-from fedprag.shared.data.schema import Dataset, Passage
-from fedprag.shared.methods.poly.serializer import pool_arrays
+from fedprag.shared.methods.poly.serializer import pool_arrays, router_arrays
 from fedprag.shared.metrics import exact_match
 from fedprag.shared.models.loading import load_causal_lm
 from fedprag.shared.processes import free_port
 from fedprag.shared.proto import routing_pb2, routing_pb2_grpc
 from fedprag.shared.wire import PoolRelease
+from tests.integration.federation_support import with_unique_canaries
 from tests.integration.wire_recorder import RecordingProxy
 
 pytestmark = pytest.mark.integration
@@ -53,10 +53,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 def federation(tmp_path_factory):
     work = tmp_path_factory.mktemp("serving")
     dataset = make_benchmark(BenchmarkSpec(people=60, sites=3, alpha=100.0, seed=3))
-    canaries = [f"CANARY{secrets.token_hex(6).upper()}" for _ in dataset.passages]
-    planted = [Passage(p.passage_id, p.site, f"{p.text} Its archive code is {c}.")
-               for p, c in zip(dataset.passages, canaries)]
-    stores = prepare_sites(Dataset(planted, dataset.questions, dataset.augmentations), work / "sites")
+    planted, canaries = with_unique_canaries(dataset)
+    stores = prepare_sites(planted, work / "sites")
     config = load_config("benchmarks/poly_last_layer.toml", {
         "federation.rounds": 2, "federation.local_epochs": 40, "federation.min_sites": 3,
         "federation.work_dir": str(work), "federation.home_experts": 0})
@@ -64,7 +62,7 @@ def federation(tmp_path_factory):
     with LocalDeployment(work, [(s.root.name, s.root) for s in stores], "tiny") as deployment:
         deployment.run(config)
         yield {"work": work, "deployment": deployment, "stores": stores, "config": config, "dataset": dataset,
-               "canaries": canaries, "texts": [p.text for p in planted]}
+               "canaries": canaries, "texts": [p.text for p in planted.passages]}
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +75,8 @@ def api(federation, ray_session):
                                certs / f"{site.name}.key", deployment.tls.ca_cert).__enter__()
         proxies.append((site.name, proxy))
         site.close()
-    settings = deployment.serve_settings()
-    settings["serve.sites"] = ",".join(f"{name}=127.0.0.1:{proxy.port}" for name, proxy in proxies)
+    settings = {f"serve.{field}": value for field, value in deployment.serve_settings().items()}
+    settings["serve.sites"] = [f"{name}=127.0.0.1:{proxy.port}" for name, proxy in proxies]  # through the recorders
     config = load_config("benchmarks/poly_last_layer.toml", {
         **settings, "federation.work_dir": str(federation["work"]), "serve.api_keys": f"{KEY},{OTHER_KEY}",
         "serve.port": free_port(), "serve.grpc_port": free_port(), "serve.replicas": 2, "serve.replica_cpus": 0.5,
@@ -134,6 +132,9 @@ def test_a_query_reply_carries_its_trace(api, federation):
     weights = [e["weight"] for e in trace["experts"]]
     assert 0 < len(weights) <= 16 and weights == sorted(weights, reverse=True) and 0 < sum(weights) <= 1 + 1e-4
     assert set(trace["timings_ms"]) == {"route", "generate", "total"} and trace["batch_size"] >= 1
+    closed = httpx.post(f"{api['url']}/v1/query", json={"question": question.text, "method": "closed_book"},
+                        headers=AUTH, timeout=60).json()
+    assert closed["trace"]["routing"] == "none" and closed["trace"]["sites_asked"] == [] and closed["answer"]
     assert httpx.get(f"{api['url']}/healthz").json()["pool_version"] == 2
     metrics = httpx.get(f"{api['url']}/metrics").text
     assert 'fedprag_requests_total{endpoint="/v1/query",status="200"}' in metrics
@@ -232,7 +233,7 @@ def test_the_learned_central_router_answers_with_no_site_asked(api, federation):
     assert all(r["trace"]["sites_asked"] == [] and r["pool_version"] == 2 for r in replies)
     em = np.mean([exact_match(r["answer"], q.answers) for r, q in zip(replies, questions)])
     print(f"\nlearned central router (federated, no site online needed): exact match {em:.2f} on {len(questions)}")
-    assert em >= 0.4  # closed-book is about 0.04 on these questions
+    assert em >= 0.55  # closed-book is about 0.04 on these questions; fan-out 1.00
 
 
 def _load(url, questions, seconds, results, stop):
@@ -290,7 +291,10 @@ def test_a_pool_published_under_load_is_picked_up_and_versions_never_go_backward
     threads = _load(api["url"], _single_hop(federation, 40), 0, results, stop)
     time.sleep(2)
     version = registry.publish(pool, config.poly, 3, {})
-    release = PoolRelease(pool_version=version, experts=pool_arrays(pool), settings=config.poly.to_numbers())
+    router = registry.router(2)
+    registry.save_router(version, router)
+    release = PoolRelease(pool_version=version, experts=pool_arrays(pool), settings=config.poly.to_numbers(),
+                          router=router_arrays(router))
     for name, path in deployment.sites:  # what the coordinator's release does, site by site
         if name in deployment.daemons and deployment.daemons[name].process.poll() is None:
             forward(admin_address(path), release)

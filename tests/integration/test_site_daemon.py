@@ -2,8 +2,8 @@
 answer for a document dropped into an inbox within 30 s, with no new round.
 
 The module's federation is a coordinator (SuperLink) and 3 site daemons, each with its SuperNode,
-on loopback, training a last-layer pool (the configuration that encodes new passages
-routing-only) on the built-in model. One person of the benchmark is held out of every site; their
+on loopback, training a last-layer pool (the configuration that encodes new passages routing-only)
+on the built-in model for 2 rounds, with the SuperLink restarted between them. One person of the benchmark is held out of every site; their
 passage arrives later, in site 0's inbox, with the owner's QA pairs. The questions are asked as the
 query API asks them: embeddings over gRPC to every daemon, the blended mixture, one generate.
 """
@@ -58,7 +58,9 @@ def federation(tmp_path_factory):
     stores = prepare_sites(kept, work / "sites")
     config = _config(work)
     with LocalDeployment(work, [(s.root.name, s.root) for s in stores], "tiny") as deployment:
-        rounds = deployment.run(config)
+        deployment.run(replace(config, federation=replace(config.federation, rounds=1)))
+        deployment.restart_superlink()  # the coordinator restarts between the rounds
+        rounds = deployment.run(config)  # round 2, resumed from the registry, with the same daemons
         yield {"work": work, "deployment": deployment, "stores": stores, "config": config, "rounds": rounds,
                "new": new, "dataset": dataset}
 
@@ -84,8 +86,9 @@ def _questions_about(dataset, passage):
     return [q for q in dataset.questions if q.kind == "single" and q.gold_passage_ids == [passage.passage_id]]
 
 
-def test_every_site_joined_both_rounds_and_kept_the_released_pool(federation):
+def test_every_site_joined_both_rounds_across_a_coordinator_restart_and_kept_the_released_pool(federation):
     assert [len(r.accepted) for r in federation["rounds"]] == [3, 3]
+    assert all(started.process.poll() is None for started in federation["deployment"].daemons.values())
     for store in federation["stores"]:
         status = daemon_status(store.root)
         assert status.supernode_connected and list(status.rounds_joined) == [1, 2]

@@ -11,7 +11,6 @@ The test of the test: a site that leaks one passage through an allowed-looking f
 packed into the float32 mixture tensor, which the wire schema admits) is caught by the same check.
 """
 
-import secrets
 from concurrent import futures
 
 import grpc
@@ -26,11 +25,11 @@ from fedprag.cluster.simulation import prepare_sites
 from fedprag.coordinator.registry import PoolRegistry
 from fedprag.shared.config import load_config
 from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
-from fedprag.shared.data.schema import Dataset, Passage
 from fedprag.shared.models.loading import load_causal_lm
 from fedprag.shared.proto import routing_pb2_grpc
 from fedprag.shared.retrieval.encoder import SentenceEncoder
 from fedprag.shared.wire import MIXTURE, RoutingReply
+from tests.integration.federation_support import with_unique_canaries
 from tests.integration.wire_recorder import RecordingProxy
 
 pytestmark = pytest.mark.integration
@@ -85,10 +84,8 @@ def _routed(deployment, name, port, embeddings):
 def run(small_model_spec, tmp_path_factory):
     work = tmp_path_factory.mktemp("wire")
     dataset = make_benchmark(BenchmarkSpec(people=12, sites=3, alpha=100.0, seed=4))
-    canaries = [f"CANARY{secrets.token_hex(6).upper()}" for _ in dataset.passages]
-    planted = [Passage(p.passage_id, p.site, f"{p.text} Its archive code is {c}.")
-               for p, c in zip(dataset.passages, canaries)]
-    stores = prepare_sites(Dataset(planted, dataset.questions, dataset.augmentations), work / "sites")
+    planted, canaries = with_unique_canaries(dataset)
+    stores = prepare_sites(planted, work / "sites")
     config = load_config(None, {"federation.rounds": 1, "federation.local_epochs": 1, "federation.min_sites": 3})
     encoder = SentenceEncoder()
     questions = encoder.embed([q.text for q in dataset.questions[:48]])
@@ -99,7 +96,7 @@ def run(small_model_spec, tmp_path_factory):
         leaking = _leaking_site(deployment, stores[0], small_model_spec, encoder, questions)
     return {"work": work, "stores": stores, "canaries": canaries, "rounds": rounds,
             "superlink": deployment.proxy.plaintext(), "routing": routing, "leaking": leaking,
-            "texts": [p.text for p in planted]}
+            "texts": [p.text for p in planted.passages]}
 
 
 def _leaking_site(deployment, store, spec, encoder, questions):

@@ -1,13 +1,17 @@
 """Coordinator strategies: expert-mass aggregation, the FedAvg baseline, and rejected updates."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from fedprag.coordinator.app import federated_router
 from fedprag.coordinator.registry import PoolRegistry
 from fedprag.coordinator.strategy import ExpertMassAggregation, FedAvgAggregation, strategy_named
-from fedprag.shared.methods.poly.layers import ExpertPool
-from fedprag.shared.methods.poly.serializer import pool_arrays
+from fedprag.shared.methods.poly.layers import ExpertPool, QueryRouter
+from fedprag.shared.methods.poly.serializer import pool_arrays, router_arrays
+from fedprag.shared.retrieval.encoder import EMBEDDING_DIM
 from fedprag.shared.wire import SiteUpdate, WireError
 
 
@@ -56,3 +60,16 @@ def test_round_summaries_survive_a_torn_last_line(tmp_path):
     with open(tmp_path / "rounds.jsonl", "a") as out:
         out.write('{"round": 2, "vers')  # the coordinator died mid-write
     assert PoolRegistry.rounds_at(tmp_path) == [{"round": 1, "version": 1}]
+
+
+def test_the_learned_router_is_the_question_weighted_average_and_a_misshapen_one_is_left_out():
+    pool = _pool()
+    a, b = (QueryRouter(EMBEDDING_DIM, pool.n_groups, pool.n_experts) for _ in range(2))
+    shares = [_update("s1", 0.0, [1, 1]), _update("s2", 0.0, [1, 1]), _update("s3", 0.0, [1, 1])]
+    shares = [dataclasses.replace(shares[0], router=router_arrays(a), questions=30),
+              dataclasses.replace(shares[1], router=router_arrays(b), questions=10),
+              dataclasses.replace(shares[2], router={"net.0.weight": np.ones((2, 2), dtype=np.float32)}, questions=99)]
+    merged = federated_router(shares, pool)
+    for name, tensor in merged.state_dict().items():
+        torch.testing.assert_close(tensor, 0.75 * a.state_dict()[name] + 0.25 * b.state_dict()[name])
+    assert federated_router(shares[2:], pool) is None

@@ -64,6 +64,10 @@ class PolyConfig(MethodConfig):
     top_m: int = 256
     score_temperature: float = 0.05
     seed: int = 0
+    # The learned query router, trained in the federation: each round (and at the release) every
+    # site continues the global router for router_epochs full-batch steps on its own questions.
+    router_epochs: int = 20
+    router_lr: float = 0.01
     # Federated rounds: FedProx's proximal weight μ (0 = plain local training), and FFA-LoRA's
     # frozen A factors, which make averaging the sites' experts exact (ΔW is linear in B).
     proximal_mu: float = 0.0

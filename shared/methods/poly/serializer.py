@@ -55,6 +55,22 @@ def pool_from_arrays(arrays: Mapping[str, np.ndarray], scale: float, routing: st
     return ExpertPool(factors, scale, routing).requires_grad_(False)
 
 
+def router_arrays(router: QueryRouter) -> dict[str, np.ndarray]:
+    """The learned query router's parameters as named arrays (its wire form)."""
+    return {name: tensor.detach().numpy().astype(np.float32) for name, tensor in router.state_dict().items()}
+
+
+def router_from_arrays(arrays: Mapping[str, np.ndarray], pool: ExpertPool, embedding_dim: int) -> QueryRouter:
+    """Inverse of :func:`router_arrays` for a router over ``pool``; refuses arrays of another shape."""
+    router = QueryRouter(embedding_dim, pool.n_groups, pool.n_experts)
+    expected = {name: tuple(t.shape) for name, t in router.state_dict().items()}
+    got = {name: tuple(np.shape(a)) for name, a in arrays.items()}
+    if got != expected:
+        raise EncodingMismatch(f"not a query router for this pool: tensors {got}, expected {expected}")
+    router.load_state_dict({name: torch.from_numpy(np.array(a, dtype=np.float32)) for name, a in arrays.items()})
+    return router.eval().requires_grad_(False)
+
+
 def save_pool(directory: str | Path, pool: ExpertPool, config: PolyConfig, base_digest: str, version: int = 1,
               extra: Mapping[str, object] | None = None) -> int:
     """Write the expert pool (``extra`` joins the manifest); returns bytes on disk."""

@@ -19,6 +19,7 @@ and the LM head per answer token (:func:`last_layer_logits`).
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -313,11 +314,12 @@ def check_health(pool: ExpertPool, routing: RoutingTable, config: PolyConfig) ->
 
 def train_query_router(embed: Callable[[list[str]], np.ndarray], routing: RoutingTable,
                        augmentations: Mapping[str, Augmentation], epochs: int = 200,
-                       lr: float = 3e-3, seed: int = 0) -> QueryRouter:
+                       lr: float = 3e-3, seed: int = 0, start: QueryRouter | None = None) -> QueryRouter:
     """Learn question embedding → expert weights, from each passage's augmentation questions.
 
     The target is the passage's own inference-time routing; the loss is the cross-entropy between
     target weights and predicted weights. Only augmentation questions are used, never test ones.
+    With ``start`` (a federated round), training continues from a copy of that router.
     """
     questions, targets = [], []
     target_weights = routing_weights(routing.logits)
@@ -328,7 +330,8 @@ def train_query_router(embed: Callable[[list[str]], np.ndarray], routing: Routin
     x = torch.from_numpy(embed(questions)).float()
     y = torch.stack(targets)
     torch.manual_seed(seed)
-    router = QueryRouter(x.shape[1], routing.logits.shape[1], routing.logits.shape[2])
+    router = (copy.deepcopy(start).train().requires_grad_(True) if start is not None
+              else QueryRouter(x.shape[1], routing.logits.shape[1], routing.logits.shape[2]))
     optimizer = torch.optim.AdamW(router.parameters(), lr=lr)
     for _ in range(epochs):
         predicted = routing_weights(router(x))
