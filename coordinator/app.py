@@ -17,12 +17,14 @@ Ray simulation), and the module-level ``server_app`` is what a deployed SuperLin
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import Context, Message, MessageType
 from flwr.serverapp import Grid, ServerApp
@@ -34,10 +36,9 @@ from fedprag.shared.config import FederationSection, load_config
 from fedprag.shared.log import configure as configure_logging
 from fedprag.shared.log import get_logger
 from fedprag.shared.lora.layers import attach_lora
-from fedprag.shared.lora.store import EncodingMismatch
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool, QueryRouter, placed
-from fedprag.shared.methods.poly.serializer import pool_arrays, router_arrays, router_from_arrays
+from fedprag.shared.methods.poly.serializer import pool_arrays, router_arrays
 from fedprag.shared.models.loading import load_causal_lm
 from fedprag.shared.retrieval.encoder import EMBEDDING_DIM
 from fedprag.shared.wire import PoolRelease, ReleaseAck, RoundTask, SiteUpdate, WireError, record_bytes
@@ -138,7 +139,7 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
             log.error("coordinator.round.incomplete", round=number, valid=len(updates), needed=federation.min_sites)
         else:
             pool, version = aggregate_and_publish(registry, strategy, pool, updates, report, poly, dp, len(nodes))
-            router = federated_router(updates, pool) or router
+            router = federated_router(updates, router) or router
             registry.save_router(version, router)
         report.seconds = time.perf_counter() - started
         registry.record_round(dataclasses.asdict(report))
@@ -154,25 +155,26 @@ def starting_router(registry: PoolRegistry, pool: ExpertPool, version: int, poly
     if version in registry.versions_with_router():
         return registry.router(version)
     torch.manual_seed(poly.seed)
-    return QueryRouter(EMBEDDING_DIM, pool.n_groups, pool.n_experts).eval().requires_grad_(False)
+    return QueryRouter(EMBEDDING_DIM, pool.n_groups, pool.n_experts, poly.router_hidden).eval().requires_grad_(False)
 
 
-def federated_router(shares: Sequence[SiteUpdate | ReleaseAck], pool: ExpertPool) -> QueryRouter | None:
-    """FedAvg of the sites' steps on the learned query router, weighted by their question counts;
-    ``None`` if no site sent one. A router of another shape is left out."""
-    routers = []
+def federated_router(shares: Sequence[SiteUpdate | ReleaseAck], like: QueryRouter) -> QueryRouter | None:
+    """FedAvg of the sites' steps on the learned query router ``like``, weighted by their question
+    counts; ``None`` if no site sent one. A router of another shape than ``like`` is left out."""
+    expected = {name: tuple(t.shape) for name, t in like.state_dict().items()}
+    usable = []
     for share in shares:
         if share.questions and share.router:
-            try:
-                routers.append((router_from_arrays(share.router, pool, EMBEDDING_DIM), share.questions))
-            except EncodingMismatch:
+            if {name: tuple(np.shape(a)) for name, a in share.router.items()} == expected:
+                usable.append(share)
+            else:
                 log.warning("coordinator.router.rejected", site=share.site)
-    if not routers:
+    if not usable:
         return None
-    total = sum(n for _, n in routers)
-    merged = QueryRouter(EMBEDDING_DIM, pool.n_groups, pool.n_experts)
-    merged.load_state_dict({name: sum(r.state_dict()[name] * (n / total) for r, n in routers)
-                            for name in merged.state_dict()})
+    total = sum(share.questions for share in usable)
+    merged = copy.deepcopy(like)
+    merged.load_state_dict({name: torch.from_numpy(sum(np.asarray(s.router[name], dtype=np.float32) * (s.questions / total)
+                                                       for s in usable)) for name in expected})
     return merged.eval().requires_grad_(False)
 
 
@@ -198,7 +200,7 @@ def release(grid: Grid, registry: PoolRegistry, pool: ExpertPool, router: QueryR
         acks.append(ack)
         log.info("coordinator.release.kept", site=ack.site, pool_version=ack.pool_version, encoded=ack.encoded,
                  pending=ack.pending)
-    final = federated_router(acks, pool)
+    final = federated_router(acks, router)
     registry.save_router(version, final or router)
     log.info("coordinator.release.done", pool_version=version, sites=len(kept), asked=len(nodes),
              router_questions=sum(a.questions for a in acks))

@@ -61,8 +61,10 @@ def router_arrays(router: QueryRouter) -> dict[str, np.ndarray]:
 
 
 def router_from_arrays(arrays: Mapping[str, np.ndarray], pool: ExpertPool, embedding_dim: int) -> QueryRouter:
-    """Inverse of :func:`router_arrays` for a router over ``pool``; refuses arrays of another shape."""
-    router = QueryRouter(embedding_dim, pool.n_groups, pool.n_experts)
+    """Inverse of :func:`router_arrays` for a router over ``pool`` (of any hidden width); refuses
+    arrays of another shape."""
+    hidden = int(np.shape(arrays["net.0.weight"])[0]) if "net.0.weight" in arrays else 1
+    router = QueryRouter(embedding_dim, pool.n_groups, pool.n_experts, hidden)
     expected = {name: tuple(t.shape) for name, t in router.state_dict().items()}
     got = {name: tuple(np.shape(a)) for name, a in arrays.items()}
     if got != expected:
