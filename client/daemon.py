@@ -44,7 +44,14 @@ import torch
 
 from fedprag.client.routing_service import RoutingCounters, RoutingLimits, ServerTls, SiteRouter, serve_routing
 from fedprag.client.store import SiteStore, read_sources
-from fedprag.client.train import CannotEncode, encode_pending, keep_release, release_ack, site_work
+from fedprag.client.train import (
+    CannotEncode,
+    RememberedEmbed,
+    encode_pending,
+    keep_release,
+    release_ack,
+    site_work,
+)
 from fedprag.shared.config import ConfigError, FedpragConfig
 from fedprag.shared.data.schema import DatasetError
 from fedprag.shared.io import atomic_write_text, read_tokens
@@ -139,6 +146,7 @@ class SiteDaemon:
         torch.set_num_threads(site.threads)
         self.base = load_causal_lm(config.model.path, show_progress=False)
         self.encoder = SentenceEncoder()
+        self.questions_embed = RememberedEmbed(self.encoder.embed)  # the router's training questions, embedded once
         self.tokens = read_tokens(site.tokens_file)
         self.counters = RoutingCounters()
         self.router: SiteRouter | None = None
@@ -199,8 +207,8 @@ class SiteDaemon:
                 if isinstance(request, PoolRelease):  # keep it, serve it (re-fitting rows if needed), then ack
                     keep_release(self.store, self.base, request)
                     self.refresh()
-                    return release_ack(self.store, self.base, request, self.encoder.embed)
-                return site_work(self.store, self.base, request, self.encoder.embed)
+                    return release_ack(self.store, self.base, request, self.questions_embed)
+                return site_work(self.store, self.base, request, self.questions_embed)
             except Exception as exc:
                 self.last_error = f"{request.KIND}: {type(exc).__name__}"
                 raise

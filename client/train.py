@@ -33,6 +33,20 @@ log = get_logger(__name__)
 Embed = Callable[[list[str]], np.ndarray]
 
 
+class RememberedEmbed:
+    """An embedding function that embeds each text once: a site's questions are the same every round."""
+
+    def __init__(self, embed: Embed):
+        self.embed = embed
+        self.known: dict[str, np.ndarray] = {}
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        new = list(dict.fromkeys(t for t in texts if t not in self.known))
+        if new:
+            self.known.update(zip(new, self.embed(new)))
+        return np.stack([self.known[t] for t in texts]) if texts else self.embed(texts)
+
+
 class CannotEncode(RuntimeError):
     """New passages cannot be encoded against this pool; they stay pending and are not served."""
 
@@ -130,8 +144,8 @@ def site_work(store: SiteStore, base: BaseModel, request: WireMessage, embed: Em
 
 
 @functools.lru_cache(maxsize=1)
-def _encoder() -> SentenceEncoder:
-    return SentenceEncoder()
+def _questions_embed() -> RememberedEmbed:
+    return RememberedEmbed(SentenceEncoder().embed)
 
 
 @functools.lru_cache(maxsize=2)
@@ -142,4 +156,4 @@ def _base(spec: str) -> BaseModel:
 def run_locally(root: Path, model_spec: str, request: WireMessage, threads: int = 1) -> WireMessage:
     """:func:`site_work` in this process, for a ClientApp with no site daemon (simulation, a bare SuperNode)."""
     torch.set_num_threads(threads)
-    return site_work(SiteStore(root), _base(model_spec), request, _encoder().embed)
+    return site_work(SiteStore(root), _base(model_spec), request, _questions_embed())

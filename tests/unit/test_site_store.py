@@ -135,3 +135,18 @@ def test_rows_that_do_not_fit_a_released_pool_are_refused_until_cleared_then_all
     store.clear_routing()
     assert [p.passage_id for p in store.pending(pool(8), "d" * 64)] == ids
     assert sorted(p.name for p in (tmp_path / "site").glob(".*")) == [".lock"]  # nothing set aside is left
+
+
+def test_a_sites_router_questions_are_embedded_once_across_rounds():
+    from fedprag.client.train import RememberedEmbed
+
+    calls = []
+
+    def embed(texts):
+        calls.append(list(texts))
+        return np.array([[float(len(t))] for t in texts], dtype=np.float32)
+
+    remembered = RememberedEmbed(embed)
+    assert remembered(["a", "bb", "a"]).tolist() == [[1.0], [2.0], [1.0]]
+    assert remembered(["bb", "ccc"]).tolist() == [[2.0], [3.0]]
+    assert calls == [["a", "bb"], ["ccc"]]
