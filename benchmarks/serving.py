@@ -6,7 +6,8 @@ same single-hop questions over HTTP, at concurrency 1, 8 and 32, interleaved (ev
 every path once, in a rotated order), on generator replicas of the same size:
 
 * ``poly``: Poly-PRAG, each question routed by fan-out to the site daemons over gRPC (mixed routings
-  in every batch), through ``/v1/query``;
+  in every batch), through ``/v1/query``; the daemons share this machine's cores with the API;
+* ``poly_router``: Poly-PRAG routed by the federation's learned router (mixed routings, no site asked);
 * ``closed_book``: the bare base model, through the same ``/v1/query`` (``method: closed_book``);
 * ``prag``: PRAG, each question's retrieved passages' own LoRAs on the same batched LoRA path;
 * ``standard_rag``: the retrieved passages in the prompt.
@@ -53,7 +54,7 @@ from fedprag.shared.retrieval.encoder import SentenceEncoder
 from fedprag.shared.retrieval.index import PassageIndex
 
 CONCURRENCY = (1, 8, 32)
-PATHS = ("poly", "closed_book", "prag", "standard_rag")
+PATHS = ("poly", "poly_router", "closed_book", "prag", "standard_rag")
 
 baselines_api = FastAPI()
 
@@ -138,9 +139,9 @@ def _summary(runs: dict) -> dict:
             row[name] = {"throughput_qps": statistics.median(measured["throughput"]),
                          "p50_ms": float(np.percentile(measured["latency"], 50)),
                          "p95_ms": float(np.percentile(measured["latency"], 95))}
-        poly = paths["poly"]["throughput"]
-        row["poly_vs"] = {other: statistics.median(p / o for p, o in zip(poly, paths[other]["throughput"]))
-                          for other in paths if other != "poly"}
+        row["vs"] = {mine: {other: statistics.median(p / o for p, o in zip(paths[mine]["throughput"],
+                                                                          paths[other]["throughput"]))
+                            for other in ("closed_book", "prag", "standard_rag")} for mine in ("poly", "poly_router")}
         out[concurrency] = row
     return out
 
@@ -157,10 +158,12 @@ def _markdown(summary: dict, overhead: dict, meta: dict) -> str:
             r = row[name]
             lines.append(f"| {concurrency} | {name} | {r['throughput_qps']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} |")
     lines += ["", "Poly-PRAG's throughput over each path's (median of per-repeat ratios):", "",
-              "| concurrency | vs closed-book | vs PRAG | vs standard RAG |", "|---|---|---|---|"]
+              "| concurrency | routing | vs closed-book | vs PRAG | vs standard RAG |", "|---|---|---|---|---|"]
     for concurrency, row in summary.items():
-        ratio = row["poly_vs"]
-        lines.append(f"| {concurrency} | {ratio['closed_book']:.2f}× | {ratio['prag']:.2f}× | {ratio['standard_rag']:.2f}× |")
+        for mine in ("poly", "poly_router"):
+            ratio = row["vs"][mine]
+            lines.append(f"| {concurrency} | {'fan-out' if mine == 'poly' else 'learned router'} | "
+                         f"{ratio['closed_book']:.2f}× | {ratio['prag']:.2f}× | {ratio['standard_rag']:.2f}× |")
     lines += ["", (f"API overhead at concurrency 1 (Poly-PRAG, {meta['overhead_questions']} questions, interleaved): "
                    f"in process p50 {overhead['in_process_p50_ms']:.1f} ms, over HTTP p50 {overhead['http_p50_ms']:.1f} "
                    f"ms, median difference {overhead['overhead_p50_ms']:.1f} ms."), ""]
@@ -179,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         baselines = _baselines(config, federation, work)
         questions = [q.text for q in federation.dataset.questions if q.kind == "single"]
         paths = {"poly": lambda qs, c: federation.api.ask_many(qs, c),
+                 "poly_router": lambda qs, c: federation.api.ask_many(qs, c, routing="router"),
                  "closed_book": lambda qs, c: federation.api.ask_many(qs, c, method="closed_book"),
                  "prag": lambda qs, c: baselines.ask_many(qs, c, method="prag"),
                  "standard_rag": lambda qs, c: baselines.ask_many(qs, c, method="standard_rag")}

@@ -129,7 +129,7 @@ class Router:
                 out[i] = r
         return out  # type: ignore[return-value]
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001)
     async def route(self, requests: list[RouteRequest]) -> list[RouteResult]:
         """Route every question collected in this batch: one embedding pass, one call per site."""
         return await asyncio.to_thread(self._route_batch, requests)
