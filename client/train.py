@@ -56,12 +56,13 @@ def router_steps(rows: RoutingTable, augmentations: Mapping[str, Augmentation], 
     """The site's steps on the learned query router, continued from the coordinator's ``start`` on
     the site's own questions (its passages' QA pairs) against its rows; the parameters and the
     question count (none without a router or encoded passages)."""
-    if not start or not rows.passage_ids:
+    questions = sum(len(augmentations[p].qa) for p in rows.passage_ids)
+    if not start or not questions:
         return {}, 0
     router = router_from_arrays(start, pool, EMBEDDING_DIM)
     trained = train_query_router(embed, rows, augmentations, epochs=config.router_epochs, lr=config.router_lr,
                                  start=router)
-    return router_arrays(trained), sum(len(augmentations[p].qa) for p in rows.passage_ids)
+    return router_arrays(trained), questions
 
 
 def local_round(store: SiteStore, base: BaseModel, task: RoundTask, embed: Embed) -> SiteUpdate:

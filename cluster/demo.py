@@ -93,13 +93,15 @@ def running_federation(config: FedpragConfig, show_progress: bool = True, servin
         pool, manifest = latest
         pool_bytes = dir_bytes(registry.path(manifest["version"]))
         fanout = FanOut(deployment.routing_sites(), config.harness.top_k, config.poly)
-        api = _start_serving(config, deployment) if serving else None
+        api = None
         try:
+            api = _start_serving(config, deployment) if serving else None
             yield Federation(dataset, base, pool, pool_bytes, fanout, reports, api)
         finally:
             fanout.close()
-            if api is not None:
-                api.close()
+            if serving:
+                if api is not None:
+                    api.close()
                 serving_app.stop()
 
 

@@ -209,6 +209,8 @@ class LocalDeployment:
     def restart_superlink(self) -> None:
         """Stop the coordinator's SuperLink (by its PID) and start it again on the same port and state,
         as an operator's restart would; the sites' daemons reconnect their SuperNodes on their own."""
+        if self.superlink is None:
+            raise DeploymentError("this deployment runs no SuperLink (rounds=False)")
         self.remember_descendants()
         code = stop(self.superlink.process)
         self.processes.remove(self.superlink)

@@ -107,10 +107,12 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
     settings = {**poly.to_numbers(), "epochs": float(federation.local_epochs),
                 "home_experts": float(federation.home_experts)}
     router = starting_router(registry, pool, version, poly)
+    if dp is not None:  # the router's updates would bypass the clipping and noise that bound ε
+        log.info("coordinator.router.off", reason="central DP is on; the learned router is not trained")
     for number in range(done + 1, federation.rounds + 1):
         nodes = _wait_for_sites(grid, federation.min_sites, federation.round_timeout)
         started = time.perf_counter()
-        experts, router_now = pool_arrays(pool), router_arrays(router)
+        experts, router_now = pool_arrays(pool), ({} if dp is not None else router_arrays(router))
         messages = [Message(RoundTask(round=number, pool_version=version, experts=experts, router=router_now,
                                       settings={**settings, "home_block": float(block)}).to_record(),
                             dst_node_id=node, message_type=MessageType.TRAIN)
@@ -140,20 +142,20 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
         else:
             pool, version = aggregate_and_publish(registry, strategy, pool, updates, report, poly, dp, len(nodes))
             router = federated_router(updates, router) or router
-            registry.save_router(version, router)
+            registry.save_router(version, router, draft=True)
         report.seconds = time.perf_counter() - started
         registry.record_round(dataclasses.asdict(report))
-    release(grid, registry, pool, router, version, poly, federation)
+    release(grid, registry, pool, None if dp is not None else router, version, poly, federation)
 
 
 RELEASE = f"{MessageType.QUERY}.release"
 
 
 def starting_router(registry: PoolRegistry, pool: ExpertPool, version: int, poly: PolyConfig) -> QueryRouter:
-    """The learned query router the rounds continue: the one published with ``version`` (a resumed
-    federation), else a new one seeded by ``poly.seed``."""
-    if version in registry.versions_with_router():
-        return registry.router(version)
+    """The learned query router the rounds continue: the rounds' draft kept with ``version`` (a
+    resumed federation), else a new one seeded by ``poly.seed``."""
+    if version in registry.versions_with_router(draft=True):
+        return registry.router(version, draft=True)
     torch.manual_seed(poly.seed)
     return QueryRouter(EMBEDDING_DIM, pool.n_groups, pool.n_experts, poly.router_hidden).eval().requires_grad_(False)
 
@@ -178,13 +180,14 @@ def federated_router(shares: Sequence[SiteUpdate | ReleaseAck], like: QueryRoute
     return merged.eval().requires_grad_(False)
 
 
-def release(grid: Grid, registry: PoolRegistry, pool: ExpertPool, router: QueryRouter, version: int,
+def release(grid: Grid, registry: PoolRegistry, pool: ExpertPool, router: QueryRouter | None, version: int,
             poly: PolyConfig, federation: FederationSection) -> None:
     """Send pool ``version`` and the learned query router to every connected site; log which sites
-    kept it; publish the router after the sites' last steps on it, against their final rows."""
+    kept it; publish the router after the sites' last steps on it, against their final rows (no
+    router without one, as under central DP)."""
     nodes = _wait_for_sites(grid, federation.min_sites, federation.round_timeout)
     record = PoolRelease(pool_version=version, experts=pool_arrays(pool), settings=poly.to_numbers(),
-                         router=router_arrays(router)).to_record()
+                         router=router_arrays(router) if router is not None else {}).to_record()
     replies = grid.send_and_receive([Message(record, dst_node_id=node, message_type=RELEASE) for node in nodes],
                                     timeout=federation.round_timeout)
     kept, acks = [], []
@@ -200,8 +203,8 @@ def release(grid: Grid, registry: PoolRegistry, pool: ExpertPool, router: QueryR
         acks.append(ack)
         log.info("coordinator.release.kept", site=ack.site, pool_version=ack.pool_version, encoded=ack.encoded,
                  pending=ack.pending)
-    final = federated_router(acks, router)
-    registry.save_router(version, final or router)
+    if router is not None:
+        registry.save_router(version, federated_router(acks, router) or router)
     log.info("coordinator.release.done", pool_version=version, sites=len(kept), asked=len(nodes),
              router_questions=sum(a.questions for a in acks))
 

@@ -20,6 +20,8 @@ from fedprag.shared.methods.poly.serializer import load_pool, load_router, save_
 
 _VERSION = re.compile(r"^v(\d{6})$")
 ROUTER_DIR = "router"
+DRAFT_ROUTER_DIR = "router.draft"
+"""The learned router as the rounds left it: what a resumed federation continues; never served."""
 
 
 class PoolRegistry:
@@ -57,19 +59,24 @@ class PoolRegistry:
                   extra={"round": round_number, "metrics": metrics})
         return version
 
-    def save_router(self, version: int, router: QueryRouter) -> None:
-        """Publish the learned query router trained for pool ``version`` (beside it, atomically)."""
+    def save_router(self, version: int, router: QueryRouter, draft: bool = False) -> None:
+        """Keep the learned query router for pool ``version``: as the rounds' ``draft`` (for resuming),
+        or published, once, when the pool is released (a published router is never rewritten)."""
+        target = self.path(version) / (DRAFT_ROUTER_DIR if draft else ROUTER_DIR)
+        if not draft and target.is_dir():
+            return
         pool, _ = load_pool(self.path(version), self.base_digest)
-        save_router(self.path(version) / ROUTER_DIR, router, pool, self.base_digest)
+        save_router(target, router, pool, self.base_digest)
 
-    def versions_with_router(self) -> list[int]:
-        """Versions whose learned query router is published, oldest first."""
-        return [v for v in self.versions() if (self.path(v) / ROUTER_DIR).is_dir()]
+    def versions_with_router(self, draft: bool = False) -> list[int]:
+        """Versions whose learned query router is published (or kept as a draft), oldest first."""
+        return [v for v in self.versions() if (self.path(v) / (DRAFT_ROUTER_DIR if draft else ROUTER_DIR)).is_dir()]
 
-    def router(self, version: int) -> QueryRouter:
-        """Pool ``version``'s learned query router (refused if it routes for another pool)."""
+    def router(self, version: int, draft: bool = False) -> QueryRouter:
+        """Pool ``version``'s published (or ``draft``) learned query router; refused if it routes for another pool."""
         pool, _ = load_pool(self.path(version), self.base_digest)
-        router, pool_digest = load_router(self.path(version) / ROUTER_DIR, self.base_digest)
+        router, pool_digest = load_router(self.path(version) / (DRAFT_ROUTER_DIR if draft else ROUTER_DIR),
+                                          self.base_digest)
         if pool_digest != pool.digest():
             raise EncodingMismatch(f"{self.path(version)}: the router routes for pool {pool_digest}, not this one")
         return router

@@ -94,7 +94,8 @@ def _kind(name: str) -> dict[str, str]:
 
 
 def count(default: int | None = None) -> object:
-    """A count field; with ``default``, one a sender may leave out (an empty learned router, say)."""
+    """A count field; with ``default``, one that code building a message may leave out (every field
+    still travels and is required when decoding)."""
     return field(metadata=_kind("count")) if default is None else field(default=default, metadata=_kind("count"))
 
 
@@ -107,7 +108,8 @@ def opaque_id() -> object:
 
 
 def tensors(optional: bool = False) -> object:
-    """A tensors field (id → tensor); ``optional`` ones default to none."""
+    """A tensors field (id → tensor); ``optional`` ones default to none when a message is built
+    (every field still travels and is required when decoding)."""
     return field(default_factory=dict, metadata=_kind("tensors")) if optional else field(metadata=_kind("tensors"))
 
 

@@ -27,9 +27,10 @@ class QueryClient:
     """``POST /v1/query`` for many questions, ``concurrency`` in flight at once."""
 
     def __init__(self, url: str, api_key: str, concurrency: int = 16, timeout: float = 120.0):
+        """``concurrency`` is the default for :meth:`ask_many`; connections are not capped."""
         self.url, self.concurrency = url.rstrip("/"), concurrency
         self._http = httpx.Client(headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout,
-                                  limits=httpx.Limits(max_connections=max(concurrency, 1)))
+                                  limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
 
     def ask_one(self, question: str, **options: object) -> Answer:
         started = time.perf_counter()

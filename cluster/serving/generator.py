@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import groupby
@@ -34,7 +33,7 @@ from fedprag.shared.query import QueryEngine
 log = get_logger(__name__)
 
 POOLS_KEPT = 3
-"""Pool versions a replica keeps loaded: the newest, and the ones requests in flight may still name."""
+"""Pool versions a replica keeps loaded: the three newest (requests in flight keep theirs alive)."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ class Generator:
         self.engine = QueryEngine(self.base)
         self.registry = PoolRegistry(registry, self.base.digest)
         self.poly = poly
-        self.pools: OrderedDict[int, PolyModel] = OrderedDict()
+        self.pools: dict[int, PolyModel] = {}
         self.models: dict[str, MethodModel] = {"closed_book": ClosedBookModel(), **(extra or {})}
         self.context = self.base.model.config.max_position_embeddings
         self._loading = threading.Lock()
@@ -87,7 +86,7 @@ class Generator:
                 pool, _ = load_pool(self.registry.path(version), self.base.digest)
                 self.pools[version] = PolyModel(pool, self.poly, name=f"poly@{version}")
                 while len(self.pools) > POOLS_KEPT:
-                    self.pools.popitem(last=False)
+                    del self.pools[min(self.pools)]
                 log.info("serve.generator.pool_loaded", version=version)
             return self.pools[version]
 
@@ -111,7 +110,8 @@ class Generator:
         return ""
 
     def _answer_group(self, items: list[GenerateItem], batch_size: int) -> list[Generated]:
-        """One batched generate for items of one method, pool version and answer length."""
+        """One batched generate for items of one method, pool version and answer length (``batch_size``
+        of them share it)."""
         first = items[0]
         model = self._model(first)
         out: list[Generated | None] = [None] * len(items)
@@ -139,18 +139,19 @@ class Generator:
         out: list[Generated | None] = [None] * len(items)
         for _, group in groupby(sorted(range(len(items)), key=key), key=key):
             rows = list(group)
-            for i, generated in zip(rows, self._answer_group([items[i] for i in rows], len(items))):
+            try:
+                answered = self._answer_group([items[i] for i in rows], len(rows))
+            except (OSError, ValueError, RuntimeError, TypeError) as exc:  # a failing group fails only its requests
+                log.error("serve.generator.failed", error=f"{type(exc).__name__}: {exc}"[:300])
+                answered = [Generated(error=f"generation failed: {type(exc).__name__}")] * len(rows)
+            for i, generated in zip(rows, answered):
                 out[i] = generated
         return out  # type: ignore[return-value]
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def generate(self, items: list[GenerateItem]) -> list[Generated]:
-        """Answer every request collected in this batch (one forward pass per pool version)."""
-        try:
-            return await asyncio.to_thread(self._answer_batch, items)
-        except (OSError, ValueError, RuntimeError) as exc:  # a pool that will not load fails the batch, not the replica
-            log.error("serve.generator.failed", error=f"{type(exc).__name__}: {exc}"[:300])
-            return [Generated(error=f"generation failed: {type(exc).__name__}") for _ in items]
+        """Answer every request collected in this batch (one forward pass per method and pool version)."""
+        return await asyncio.to_thread(self._answer_batch, items)
 
     def loaded_versions(self) -> list[int]:
         """The pool versions this replica holds (for health and tests)."""

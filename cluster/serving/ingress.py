@@ -1,6 +1,7 @@
 """The central query API: a FastAPI ingress on Ray Serve, over HTTP and gRPC.
 
-A request is admitted (API key, per-key rate limit, body size, then the body's schema), routed by
+A request is admitted (body size and encoding, the body's schema, then the API key and its rate
+limit: FastAPI validates the body before the handler checks the key), routed by
 the :class:`~fedprag.cluster.serving.router.Router` deployment, answered by a
 :class:`~fedprag.cluster.serving.generator.Generator` replica, and returned with its trace.
 ``/v1/query`` is fedprag's own shape; ``/v1/chat/completions``, ``/v1/completions`` and

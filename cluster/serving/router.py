@@ -86,7 +86,8 @@ class Router:
         try:
             routings, trace = self.fanout.route(embeddings, k, version, min_version=self.newest if version is None else 0)
         except SiteUnavailable as exc:
-            error = "unavailable" if version is None else "not_found"  # a pinned version no site routes with
+            pinned_elsewhere = version is not None and "routes with pool version" in str(exc)
+            error = "not_found" if pinned_elsewhere else "unavailable"  # 404: the sites route with another version
             return [RouteResult(error=error, reason=str(exc)[:300])] * len(embeddings)
         self._served(trace.pool_version, version is not None)
         seconds = time.perf_counter() - started
@@ -94,6 +95,7 @@ class Router:
 
     def _central(self, embeddings: np.ndarray, version: int | None) -> list[RouteResult]:
         started = time.perf_counter()
+        pinned = version is not None
         available = self.registry.versions_with_router()
         if version is None:
             usable = [v for v in available if v >= self.newest]
@@ -105,7 +107,7 @@ class Router:
             return [RouteResult(error="not_found", reason=f"pool version {version} has no learned router")] * len(embeddings)
         if version not in self.routers:
             self.routers[version] = self.registry.router(version)
-        self._served(version, pinned=False)
+        self._served(version, pinned)
         with torch.inference_mode():
             logits = self.routers[version](torch.from_numpy(embeddings).float())
         weights = keep_top_m(routing_weights(logits), self.poly.top_m)
@@ -113,7 +115,11 @@ class Router:
         return [RouteResult(w, version, trace, trace.seconds) for w in weights]
 
     def _route_batch(self, requests: list[RouteRequest]) -> list[RouteResult]:
-        embeddings = self.encoder.embed([r.question for r in requests])
+        try:
+            embeddings = self.encoder.embed([r.question for r in requests])
+        except (ValueError, RuntimeError, TypeError) as exc:
+            log.error("serve.router.embed_failed", error=type(exc).__name__)
+            return [RouteResult(error="unavailable", reason="the questions could not be embedded")] * len(requests)
 
         def key(i: int) -> tuple:
             r = requests[i]
@@ -123,8 +129,12 @@ class Router:
         for (mode, k, _), group in groupby(sorted(range(len(requests)), key=key), key=key):
             rows = list(group)
             version = requests[rows[0]].version
-            routed = (self._fanout(embeddings[rows], k, version) if mode == "fanout"
-                      else self._central(embeddings[rows], version))
+            try:
+                routed = (self._fanout(embeddings[rows], k, version) if mode == "fanout"
+                          else self._central(embeddings[rows], version))
+            except (OSError, ValueError, RuntimeError, TypeError) as exc:  # this group's requests fail, not the batch's
+                log.error("serve.router.failed", error=f"{type(exc).__name__}: {exc}"[:300])
+                routed = [RouteResult(error="unavailable", reason=f"routing failed: {type(exc).__name__}")] * len(rows)
             for i, r in zip(rows, routed):
                 out[i] = r
         return out  # type: ignore[return-value]

@@ -28,6 +28,15 @@ def pinned_version(model: str) -> int | None:
     return int(version) if sep else None
 
 
+def _check_text(value: str) -> str:
+    """Text must be encodable as UTF-8 (JSON admits lone surrogates such as ``\\ud800``; no tokenizer does)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (a lone surrogate)") from None
+    return value
+
+
 def _check_model(value: str) -> str:
     if not _MODEL_NAME.match(value):
         raise ValueError(f"unknown model '{value[:40]}': use '{MODEL}' or '{MODEL}@<pool version>'")
@@ -40,7 +49,8 @@ class QueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
-    top_k: int = Field(3, ge=1, le=64, description="Passages each site scores, and the global top-k blended.")
+    top_k: int | None = Field(None, ge=1, le=64,
+                              description="Passages each site scores, and the global top-k blended. Default: the server's.")
     routing: Literal["fanout", "router"] | None = Field(
         None, description="fanout: ask every site daemon; router: the learned central router. Default: the server's.")
     method: Literal["poly", "closed_book"] = Field(
@@ -50,6 +60,7 @@ class QueryRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=64)
 
     _model = field_validator("model")(_check_model)
+    _text = field_validator("question")(_check_text)
 
 
 class ExpertWeight(BaseModel):
@@ -84,6 +95,8 @@ class QueryReply(BaseModel):
 class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str = Field(max_length=MAX_QUESTION_CHARS)
+
+    _text = field_validator("content")(_check_text)
 
 
 class ChatCompletionRequest(BaseModel):
@@ -125,6 +138,7 @@ class CompletionRequest(BaseModel):
     user: str | None = Field(None, max_length=256)
 
     _model = field_validator("model")(_check_model)
+    _text = field_validator("prompt")(_check_text)
 
 
 class Usage(BaseModel):

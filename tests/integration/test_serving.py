@@ -172,6 +172,8 @@ def test_bad_requests_are_refused_with_the_status_a_client_expects(api):
     assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body", "question"]
     assert httpx.post(f"{url}/v1/query", content=b"{not json", headers=AUTH).status_code == 422
     assert httpx.post(f"{url}/v1/query", content=b"\xff\xfe\x00", headers=AUTH).status_code == 422  # not UTF-8
+    surrogate = httpx.post(f"{url}/v1/query", content=b'{"question": "\\ud800 born?"}', headers=AUTH)
+    assert surrogate.status_code == 422 and surrogate.json()["detail"][0]["loc"][0] == "body"
     bad_k = httpx.post(f"{url}/v1/query", json={**question, "top_k": 0}, headers=AUTH)
     assert bad_k.status_code == 422 and bad_k.json()["detail"][0]["loc"] == ["body", "top_k"]
     long = httpx.post(f"{url}/v1/query", json={"question": "ŋ" * 1900}, headers=AUTH, timeout=60)
