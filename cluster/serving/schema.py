@@ -28,15 +28,6 @@ def pinned_version(model: str) -> int | None:
     return int(version) if sep else None
 
 
-def _check_text(value: str) -> str:
-    """Text must be encodable as UTF-8 (JSON admits lone surrogates such as ``\\ud800``; no tokenizer does)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("not valid Unicode text (a lone surrogate)") from None
-    return value
-
-
 def _check_model(value: str) -> str:
     if not _MODEL_NAME.match(value):
         raise ValueError(f"unknown model '{value[:40]}': use '{MODEL}' or '{MODEL}@<pool version>'")
@@ -60,7 +51,6 @@ class QueryRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=64)
 
     _model = field_validator("model")(_check_model)
-    _text = field_validator("question")(_check_text)
 
 
 class ExpertWeight(BaseModel):
@@ -95,8 +85,6 @@ class QueryReply(BaseModel):
 class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str = Field(max_length=MAX_QUESTION_CHARS)
-
-    _text = field_validator("content")(_check_text)
 
 
 class ChatCompletionRequest(BaseModel):
@@ -138,7 +126,6 @@ class CompletionRequest(BaseModel):
     user: str | None = Field(None, max_length=256)
 
     _model = field_validator("model")(_check_model)
-    _text = field_validator("prompt")(_check_text)
 
 
 class Usage(BaseModel):

@@ -43,3 +43,8 @@ def test_a_chat_request_needs_a_user_message_and_asks_the_last_one():
     assert request.question() == "second"
     with pytest.raises(ValidationError, match="stream"):
         ChatCompletionRequest(messages=[{"role": "user", "content": "q"}], stream=True)
+
+
+def test_text_that_no_tokenizer_reads_is_refused_by_the_schema():
+    with pytest.raises(ValidationError, match="question"):
+        QueryRequest(question="\ud800 born?")
