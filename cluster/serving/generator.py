@@ -15,11 +15,11 @@ import asyncio
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from itertools import groupby
 
 import torch
 from ray import serve
 
+from fedprag.cluster.serving.batching import by_group
 from fedprag.coordinator.registry import PoolRegistry
 from fedprag.shared.log import get_logger
 from fedprag.shared.methods.base import MethodModel, Routing
@@ -101,61 +101,33 @@ class Generator:
     def _routing(item: GenerateItem) -> Routing:
         return Routing(weights=item.weights) if item.method == "poly" else item.routing or Routing()
 
-    def _too_long(self, model: MethodModel, item: GenerateItem) -> str:
-        (prompt,) = model.prompts([item.question], [self._routing(item)])
-        tokens = len(self.base.tokenizer(prompt).input_ids)
-        if tokens + item.max_new_tokens > self.context:
-            return (f"question: {tokens} prompt tokens plus {item.max_new_tokens} to generate is over this model's "
-                    f"context of {self.context}")
-        return ""
-
-    def _answer_group(self, items: list[GenerateItem], batch_size: int) -> list[Generated]:
-        """One batched generate for items of one method, pool version and answer length (``batch_size``
-        of them share it)."""
-        first = items[0]
-        model = self._model(first)
-        out: list[Generated | None] = [None] * len(items)
-        runnable = []
-        for i, item in enumerate(items):
-            if reason := self._too_long(model, item):
-                out[i] = Generated(error=reason)
-            else:
-                runnable.append(i)
+    def _answer_group(self, items: list[GenerateItem]) -> list[Generated]:
+        """One batched generate for items of one method, pool version and answer length. Each prompt
+        is built and counted once; one over the model's context is refused, naming the question."""
+        model, limit = self._model(items[0]), items[0].max_new_tokens
+        routings = [self._routing(item) for item in items]
+        lengths = [len(ids) for ids in self.base.tokenizer(model.prompts([i.question for i in items], routings)).input_ids]
+        out = [Generated(error=f"question: {n} prompt tokens plus {limit} to generate is over this model's context "
+                               f"of {self.context}") if n + limit > self.context else None for n in lengths]
+        runnable = [i for i, done in enumerate(out) if done is None]
         if runnable:
-            routings = [self._routing(items[i]) for i in runnable]
-            questions = [items[i].question for i in runnable]
-            answers = self.engine.answer(model, questions, routings, first.max_new_tokens)
-            prompts = model.prompts(questions, routings)
-            for i, answer, prompt in zip(runnable, answers, prompts):
-                out[i] = Generated(answer, len(self.base.tokenizer(prompt).input_ids),
-                                   len(self.base.tokenizer(answer).input_ids), batch_size)
+            answers = self.engine.answer(model, [items[i].question for i in runnable], [routings[i] for i in runnable],
+                                         limit)
+            answer_lengths = [len(ids) for ids in self.base.tokenizer(answers).input_ids]
+            for i, answer, n in zip(runnable, answers, answer_lengths):
+                out[i] = Generated(answer, lengths[i], n, len(runnable))
         return out  # type: ignore[return-value]
 
     def _answer_batch(self, items: list[GenerateItem]) -> list[Generated]:
-        def key(i: int) -> tuple:
-            item = items[i]
-            return (item.method, -1 if item.version is None else item.version, item.max_new_tokens)
-
-        out: list[Generated | None] = [None] * len(items)
-        for _, group in groupby(sorted(range(len(items)), key=key), key=key):
-            rows = list(group)
-            try:
-                answered = self._answer_group([items[i] for i in rows], len(rows))
-            except (OSError, ValueError, RuntimeError, TypeError) as exc:  # a failing group fails only its requests
-                log.error("serve.generator.failed", error=f"{type(exc).__name__}: {exc}"[:300])
-                answered = [Generated(error=f"generation failed: {type(exc).__name__}")] * len(rows)
-            for i, generated in zip(rows, answered):
-                out[i] = generated
-        return out  # type: ignore[return-value]
+        return by_group(items, lambda item: (item.method, -1 if item.version is None else item.version,
+                                             item.max_new_tokens),
+                        self._answer_group, lambda exc: Generated(error=f"generation failed: {type(exc).__name__}"),
+                        "serve.generator.failed")
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def generate(self, items: list[GenerateItem]) -> list[Generated]:
         """Answer every request collected in this batch (one forward pass per method and pool version)."""
         return await asyncio.to_thread(self._answer_batch, items)
-
-    def loaded_versions(self) -> list[int]:
-        """The pool versions this replica holds (for health and tests)."""
-        return list(self.pools)
 
 
 def generator_deployment(replicas: int, min_replicas: int, max_replicas: int, cpus: float) -> serve.Deployment:

@@ -77,6 +77,11 @@ def _error_response(status: int, message: str, kind: str, headers: dict[str, str
     return JSONResponse({"error": {"message": message, "type": kind, "code": str(status)}}, status, headers=headers)
 
 
+def _unreadable_body(message: str) -> JSONResponse:
+    """422 for a body that is not JSON at all, in FastAPI's validation-error shape."""
+    return JSONResponse({"detail": [{"loc": ["body"], "msg": message, "type": "json_invalid"}]}, 422)
+
+
 class Admission:
     """Pure ASGI middleware: refuses bodies over :data:`MAX_BODY_BYTES` with 413 and bodies that
     are not UTF-8 with 422 before anything parses them, and counts every request's status and latency."""
@@ -112,8 +117,7 @@ class Admission:
             try:
                 body.decode("utf-8")
             except UnicodeDecodeError:
-                await JSONResponse({"detail": [{"loc": ["body"], "msg": "the body is not UTF-8 JSON",
-                                                "type": "json_invalid"}]}, 422)(scope, receive, counted_send)
+                await _unreadable_body("the body is not UTF-8 JSON")(scope, receive, counted_send)
                 return
             replayed = [False]
 
@@ -146,7 +150,7 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """A body that is not JSON (or not UTF-8) is a malformed request like any other: 422, naming the body."""
     if exc.status_code == 400:
-        return JSONResponse({"detail": [{"loc": ["body"], "msg": str(exc.detail), "type": "json_invalid"}]}, 422)
+        return _unreadable_body(str(exc.detail))
     return JSONResponse({"detail": exc.detail}, exc.status_code, headers=getattr(exc, "headers", None))
 
 

@@ -19,13 +19,13 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
-from itertools import groupby
 
 import numpy as np
 import torch
 from ray import serve
 
 from fedprag.cluster.fanout import FanOut, FanOutTrace, RemoteSite, SiteUnavailable
+from fedprag.cluster.serving.batching import GROUP_ERRORS, by_group
 from fedprag.coordinator.registry import PoolRegistry
 from fedprag.shared.log import get_logger
 from fedprag.shared.methods.poly.config import PolyConfig
@@ -117,27 +117,21 @@ class Router:
     def _route_batch(self, requests: list[RouteRequest]) -> list[RouteResult]:
         try:
             embeddings = self.encoder.embed([r.question for r in requests])
-        except (ValueError, RuntimeError, TypeError) as exc:
+        except GROUP_ERRORS as exc:
             log.error("serve.router.embed_failed", error=type(exc).__name__)
             return [RouteResult(error="unavailable", reason="the questions could not be embedded")] * len(requests)
 
-        def key(i: int) -> tuple:
-            r = requests[i]
-            return (r.mode, r.top_k, -1 if r.version is None else r.version)
+        position = {id(r): i for i, r in enumerate(requests)}
 
-        out: list[RouteResult | None] = [None] * len(requests)
-        for (mode, k, _), group in groupby(sorted(range(len(requests)), key=key), key=key):
-            rows = list(group)
-            version = requests[rows[0]].version
-            try:
-                routed = (self._fanout(embeddings[rows], k, version) if mode == "fanout"
-                          else self._central(embeddings[rows], version))
-            except (OSError, ValueError, RuntimeError, TypeError) as exc:  # this group's requests fail, not the batch's
-                log.error("serve.router.failed", error=f"{type(exc).__name__}: {exc}"[:300])
-                routed = [RouteResult(error="unavailable", reason=f"routing failed: {type(exc).__name__}")] * len(rows)
-            for i, r in zip(rows, routed):
-                out[i] = r
-        return out  # type: ignore[return-value]
+        def group(members: list[RouteRequest]) -> list[RouteResult]:
+            first, rows = members[0], [position[id(r)] for r in members]
+            if first.mode == "fanout":
+                return self._fanout(embeddings[rows], first.top_k, first.version)
+            return self._central(embeddings[rows], first.version)
+
+        return by_group(requests, lambda r: (r.mode, r.top_k, -1 if r.version is None else r.version), group,
+                        lambda exc: RouteResult(error="unavailable", reason=f"routing failed: {type(exc).__name__}"),
+                        "serve.router.failed")
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001)
     async def route(self, requests: list[RouteRequest]) -> list[RouteResult]:
