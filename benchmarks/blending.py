@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                         runtime="simulation"))
     dataset = make_benchmark(config.benchmark)
     stores = prepare_sites(dataset, work / "sites")
-    simulate(config.model.path, config.poly, config.federation, len(stores))
+    simulate(config.model.path, config.poly, config.federation, len(stores), augment=config.augment)
     base = load_causal_lm(config.model.path)
     pool, _ = PoolRegistry(registry_dir(config.federation), base.digest).latest()
     encoder = SentenceEncoder()
@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     k = config.harness.top_k
     methods = [Routed(PolyModel(pool, config.poly, name="poly_federated"), FanOut(sites, k, config.poly).routings),
                Routed(PolyModel(pool, config.poly, name="poly_federated_rows"), exact_rows(sites, k, config.poly))]
-    report = evaluate(dataset, base, methods, config.harness, work / "eval", show_progress=False)
+    report = evaluate(dataset, base, methods, config.harness, work / "eval", show_progress=False,
+                      augment=config.augment)
     em = {r.method: r.scores["single"].em for r in report.results}
     _, md_path = report.write(args.out, stem="blending")
     atomic_write_text(md_path, md_path.read_text() + (

@@ -12,8 +12,12 @@ import torch
 
 from fedprag.shared import log
 from fedprag.shared.config import FedpragConfig, load_config
+from fedprag.shared.data.augment import dataset_augmentations, own_augmentations
+from fedprag.shared.data.schema import Augmentation, Dataset, Passage
 from fedprag.shared.methods.prag import PRAGAdapters, PRAGConfig
 from fedprag.shared.methods.prag import serializer as prag_serializer
+from fedprag.shared.models.augmenter import make_augmenter
+from fedprag.shared.models.loading import BaseModel
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -62,3 +66,12 @@ def prag_bytes_at(count: int, like: PRAGAdapters, config: PRAGConfig, base_diges
                          {n: (torch.zeros(count, *a.shape[1:]), torch.zeros(count, *b.shape[1:]))
                           for n, (a, b) in like.factors.items()}, like.scale)
     return prag_serializer.save(scratch, zeros, config, base_digest)
+
+
+def augmentations_for(config: FedpragConfig, base: BaseModel, dataset: Dataset, work: Path,
+                      passages: list[Passage] | None = None) -> dict[str, Augmentation]:
+    """``passages``' augmentations as ``config.augment`` says, as :func:`~fedprag.shared.eval.harness.evaluate`
+    gets them: the dataset's own where it has one (unless ``augment.use_dataset`` is off), else the
+    configured augmenter's (cached under ``work/augment``)."""
+    augment = make_augmenter(config.augment, base, work / "augment")
+    return dataset_augmentations(own_augmentations(dataset, config.augment.use_dataset), augment, passages)

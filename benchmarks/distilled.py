@@ -25,9 +25,14 @@ import sys
 from pathlib import Path
 
 import torch
-from common import median_ratio, setup, timed_side_by_side  # benchmarks/common.py (scripts run from this folder)
+from common import (  # benchmarks/common.py (scripts run from this folder)
+    augmentations_for,
+    median_ratio,
+    setup,
+    timed_side_by_side,
+)
 
-from fedprag.shared.data.augment import augmentations_of
+from fedprag.shared.config import FedpragConfig
 from fedprag.shared.data.benchmark import make_benchmark
 from fedprag.shared.data.schema import Dataset
 from fedprag.shared.eval.harness import evaluate
@@ -37,7 +42,6 @@ from fedprag.shared.lora.layers import attach_lora
 from fedprag.shared.methods.distilled import document_spread
 from fedprag.shared.methods.distilled import serializer as distilled_serializer
 from fedprag.shared.methods.distilled.trainer import DistilledEncoder
-from fedprag.shared.methods.prag import PRAGConfig
 from fedprag.shared.methods.prag.trainer import encode_passages
 from fedprag.shared.models.loading import BaseModel, load_causal_lm
 
@@ -46,14 +50,14 @@ METHODS = ["closed_book", "standard_rag", "standard_rag_top1", "prag", "distille
 SPREAD_PASSAGES = 32
 
 
-def encoding_side_by_side(base: BaseModel, encoder: DistilledEncoder, dataset: Dataset, prag: PRAGConfig,
-                          repeats: int) -> dict[str, object]:
+def encoding_side_by_side(base: BaseModel, encoder: DistilledEncoder, dataset: Dataset, config: FedpragConfig,
+                          repeats: int, work: Path) -> dict[str, object]:
     """Seconds per passage to encode the benchmark's passages: PRAG's training against generator forwards."""
     passages = dataset.passages
-    augmentations = augmentations_of(dataset)
+    augmentations = augmentations_for(config, base, dataset, work)
     texts = [p.text for p in passages]
     seconds = timed_side_by_side({
-        "prag": lambda: encode_passages(base, encoder.layers, passages, augmentations, prag, show_progress=False),
+        "prag": lambda: encode_passages(base, encoder.layers, passages, augmentations, config.prag, show_progress=False),
         "distilled": lambda: encoder.encode(texts),
     }, repeats)
     return {"repeats": repeats, "passages": len(passages),
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     base = load_causal_lm(config.model.path)
     dataset = make_benchmark(config.benchmark)
     report = evaluate(dataset, base, build_methods(METHODS, config.method_configs()),
-                      config.harness, Path(args.work))
+                      config.harness, Path(args.work), augment=config.augment)
     em = {r.method: {kind: s.em for kind, s in r.scores.items()} for r in report.results}
     by = {r.method: r for r in report.results}
 
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         spread = document_spread(encoder.adapters([[p.text] for p in dataset.passages[:SPREAD_PASSAGES]]))
     module_types = sorted({name.rsplit(".", 1)[-1] for name in spread})
     spread_by_type = {t: max(v for n, v in spread.items() if n.endswith(t)) for t in module_types}
-    encoding = encoding_side_by_side(base, encoder, dataset, config.prag, args.repeats)
+    encoding = encoding_side_by_side(base, encoder, dataset, config, args.repeats, Path(args.work))
     floor, ceiling = em["closed_book"]["single"], em["standard_rag"]["single"]
     summary = {
         "gap_closed_single": (em["distilled"]["single"] - floor) / (ceiling - floor) if ceiling != floor else float("nan"),

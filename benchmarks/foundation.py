@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     base = load_causal_lm(config.model.path)
     dataset = make_benchmark(config.benchmark)
     methods = build_methods(["closed_book", "standard_rag", "standard_rag_top1", "prag", "prag_combine"], config.method_configs())
-    report = evaluate(dataset, base, methods, config.harness, Path(args.work))
+    report = evaluate(dataset, base, methods, config.harness, Path(args.work), augment=config.augment)
     table = ratios(report)
     json_path, md_path = report.write(args.out, stem="foundation")
     payload = json.loads(json_path.read_text())

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 from common import (  # benchmarks/common.py (scripts run from this folder)
+    augmentations_for,
     median_ratio,
     prag_bytes_at,
     setup,
@@ -36,7 +37,6 @@ from common import (  # benchmarks/common.py (scripts run from this folder)
 )
 
 from fedprag.shared import prompts
-from fedprag.shared.data.augment import augmentations_of
 from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
 from fedprag.shared.eval.harness import evaluate
 from fedprag.shared.eval.methods import build_methods
@@ -119,7 +119,7 @@ def incremental_without_population(base: BaseModel, work: Path, dataset, config,
     """Single-hop EM on the added passages when the pool is fitted to the initial passages alone."""
     alone = dataclasses.replace(config.poly, incremental_population=0)
     report = evaluate(dataset, base, build_methods(["poly_incremental"], {"poly": alone}), config.harness,
-                      work / "without-population", show_progress=False)
+                      work / "without-population", show_progress=False, augment=config.augment)
     return subset_em(report, "poly_incremental", rows, [q.answers for q in dataset.questions])
 
 
@@ -128,7 +128,7 @@ def incremental_cost(base: BaseModel, work: Path, dataset, config, repeats: int 
     layers = attach_lora(base.model)
     pool, _ = poly_serializer.load_pool(work / "poly_incremental" / "pool", base.digest)
     added = dataset.passages[1::2]
-    augmentations = augmentations_of(dataset, added)
+    augmentations = augmentations_for(config, base, dataset, work, added)
     seconds = timed_side_by_side({
         "prag": lambda: encode_passages(base, layers, added, augmentations, config.prag, show_progress=False),
         "poly_incremental": lambda: encode_incremental(base, layers, pool, added, augmentations, config.poly,
@@ -145,7 +145,7 @@ def storage(base: BaseModel, work: Path, config, scratch: Path) -> dict[str, obj
     layers = attach_lora(base.model)
     pool, _ = poly_serializer.load_pool(work / "poly" / "pool", base.digest)
     added = make_benchmark(BenchmarkSpec(people=1000, sites=1, seed=11))
-    augmentations = augmentations_of(added)
+    augmentations = augmentations_for(config, base, added, work)
     before = pool.digest()
     started = time.perf_counter()
     rows = encode_incremental(base, layers, pool, added.passages, augmentations, config.poly, show_progress=True)
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     base = load_causal_lm(config.model.path)
     dataset = make_benchmark(config.benchmark)
-    report = evaluate(dataset, base, build_methods(METHODS, config.method_configs()), config.harness, work)
+    report = evaluate(dataset, base, build_methods(METHODS, config.method_configs()), config.harness, work,
+                      augment=config.augment)
 
     answers = [q.answers for q in dataset.questions]
     added_ids = {p.passage_id for p in dataset.passages[1::2]}

@@ -31,11 +31,10 @@ import time
 from pathlib import Path
 
 import torch
-from common import prag_bytes_at, setup  # benchmarks/common.py (scripts run from this folder)
+from common import augmentations_for, prag_bytes_at, setup  # benchmarks/common.py (scripts run from this folder)
 
 from fedprag.shared import prompts
 from fedprag.shared.config import load_config
-from fedprag.shared.data.augment import augmentations_of
 from fedprag.shared.data.benchmark import make_benchmark, synthetic_population
 from fedprag.shared.data.schema import Dataset, Passage, Question
 from fedprag.shared.eval.resources import machine_description
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     base = load_causal_lm(config.model.path)
     layers = attach_lora(base.model)
     dataset = make_benchmark(config.benchmark)
-    augmentations = augmentations_of(dataset)
+    augmentations = augmentations_for(config, base, dataset, Path(args.work))
     initial, added = dataset.passages[0::2], dataset.passages[1::2]
     last_layer = load_config(str(LAST_LAYER)).poly
     if args.population is not None:

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, setup  # benchmarks/common.py (scripts run from this folder)
+from common import RESULTS, augmentations_for, setup  # benchmarks/common.py (scripts run from this folder)
 from fastapi import FastAPI
 from ray import serve
 
@@ -41,7 +41,6 @@ from fedprag.cluster.demo import running_federation
 from fedprag.cluster.serving.app import registry_of
 from fedprag.cluster.serving.client import QueryClient
 from fedprag.cluster.serving.generator import GenerateItem, generator_deployment
-from fedprag.shared.data.augment import augmentations_of
 from fedprag.shared.eval.resources import machine_description
 from fedprag.shared.io import atomic_write_text
 from fedprag.shared.lora.layers import attach_lora
@@ -84,7 +83,7 @@ class BaselineIngress:
 def _baselines(config, federation, work: Path) -> QueryClient:
     """PRAG (encoded here, centrally) and standard RAG, served by a second application on the same Ray."""
     dataset, base = federation.dataset, federation.base
-    corpus = Corpus(base, attach_lora(base.model), list(dataset.passages), augmentations_of(dataset),
+    corpus = Corpus(base, attach_lora(base.model), list(dataset.passages), augmentations_for(config, base, dataset, work),
                     SentenceEncoder().embed, work / "prag", show_progress=False)
     prag, _ = encode_prag(corpus, config.prag)
     settings = config.serve

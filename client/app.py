@@ -21,6 +21,7 @@ Every reply is also appended, byte for byte, to the site's egress log, so an own
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from flwr.app import Context, Message, MessageType, RecordDict
@@ -30,6 +31,9 @@ from fedprag.shared.log import configure as configure_logging
 from fedprag.shared.log import get_logger
 from fedprag.shared.proto import routing_pb2_grpc
 from fedprag.shared.wire import PoolRelease, ReleaseAck, RoundTask, SiteUpdate, WireMessage, record_blobs
+
+if TYPE_CHECKING:  # the forwarding ClientApp must not import torch, which the augmenter module does
+    from fedprag.shared.models.augmenter import AugmentConfig
 
 log = get_logger(__name__)
 
@@ -75,9 +79,10 @@ def forward(address: str, request: WireMessage) -> WireMessage:
     return REPLIES[request.KIND].from_proto(reply)
 
 
-def make_client_app(model_spec: str | None = None, sites_root: str | None = None, threads: int = 1) -> ClientApp:
+def make_client_app(model_spec: str | None = None, sites_root: str | None = None, threads: int = 1,
+                    augment: AugmentConfig | None = None) -> ClientApp:
     """A ClientApp bound to a base model (else the node config's ``model``) and, for simulation,
-    the folder of site stores."""
+    the folder of site stores and how sites write their passages' encoding data."""
     app = ClientApp()
 
     def handle(msg: Message, context: Context) -> Message:
@@ -91,7 +96,7 @@ def make_client_app(model_spec: str | None = None, sites_root: str | None = None
             else:
                 # Only here, in-process, does this ClientApp need torch and the model.
                 from fedprag.client.train import run_locally
-                reply = run_locally(root, model_spec or str(config.get("model", "tiny")), request, threads)
+                reply = run_locally(root, model_spec or str(config.get("model", "tiny")), request, threads, augment)
         except SiteFailure:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure is reported, by kind only

@@ -50,6 +50,7 @@ from fedprag.client.train import (
     encode_pending,
     keep_release,
     release_ack,
+    site_augmenter,
     site_work,
 )
 from fedprag.shared.config import ConfigError, FedpragConfig
@@ -147,6 +148,7 @@ class SiteDaemon:
         self.base = load_causal_lm(config.model.path, show_progress=False)
         self.encoder = SentenceEncoder()
         self.questions_embed = RememberedEmbed(self.encoder.embed)  # the router's training questions, embedded once
+        self.augment = site_augmenter(self.store, self.base, config.augment)
         self.tokens = read_tokens(site.tokens_file)
         self.counters = RoutingCounters()
         self.router: SiteRouter | None = None
@@ -191,10 +193,14 @@ class SiteDaemon:
             return
         pool, config, _ = released
         try:
-            rows = encode_pending(self.store, self.base, pool, config)
+            rows = encode_pending(self.store, self.base, pool, config, self.augment)
         except (CannotEncode, EncodingMismatch) as exc:
             self.last_error = str(exc)
             log.warning("daemon.encode.refused", reason=self.last_error)
+            return
+        except Exception as exc:  # noqa: BLE001 - the passages stay pending; the daemon keeps serving
+            self.last_error = f"encoding failed: {type(exc).__name__}"  # the kind only: a message could quote text
+            log.error("daemon.encode.failed", kind=type(exc).__name__)
             return
         if rows.passage_ids:
             self.router.add(rows)
@@ -207,8 +213,8 @@ class SiteDaemon:
                 if isinstance(request, PoolRelease):  # keep it, serve it (re-fitting rows if needed), then ack
                     keep_release(self.store, self.base, request)
                     self.refresh()
-                    return release_ack(self.store, self.base, request, self.questions_embed)
-                return site_work(self.store, self.base, request, self.questions_embed)
+                    return release_ack(self.store, self.base, request, self.questions_embed, self.augment)
+                return site_work(self.store, self.base, request, self.questions_embed, self.augment)
             except Exception as exc:
                 self.last_error = f"{request.KIND}: {type(exc).__name__}"
                 raise

@@ -4,6 +4,7 @@ Layout of ``<data_dir>``::
 
     passages.parquet        passage_id, text (the only copy of the text; it never leaves)
     augmentations.parquet   optional encoding-time QA, if the owner supplied it
+    augment/                what the model-based augmenter wrote for the other passages (a cache)
     routing/                the site's private routing rows (the Poly-PRAG serializer's format)
     pool/                   the latest pool the coordinator released, with its settings
     state.json              site id, rounds joined, pool version
@@ -60,7 +61,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from fedprag.shared.data.augment import cloze_augmentation
+from fedprag.shared.data.augment import Augmenter, complete
 from fedprag.shared.data.schema import MAX_PASSAGE_CHARS, Augmentation, DatasetError, Passage, read_dataset
 from fedprag.shared.io import atomic_path, atomic_write_text, recover_atomic
 from fedprag.shared.log import get_logger
@@ -413,15 +414,20 @@ class SiteStore:
         table = pq.read_table(path)
         return [Passage(i, 0, t) for i, t in zip(table.column("passage_id").to_pylist(), table.column("text").to_pylist())]
 
-    def augmentations(self) -> dict[str, Augmentation]:
-        """The owner's augmentation where supplied, else the cloze fallback."""
+    def supplied_augmentations(self) -> dict[str, Augmentation]:
+        """The augmentation the owner supplied at ingest, by passage id."""
         supplied: dict[str, Augmentation] = {}
         path = self.root / AUGMENTATIONS
         if path.is_file():
             for row in pq.read_table(path).to_pylist():
                 supplied[row["passage_id"]] = Augmentation(row["passage_id"], row["rewrite"],
                                                            [(q, a) for q, a in zip(row["questions"], row["answers"])])
-        return {p.passage_id: supplied.get(p.passage_id) or cloze_augmentation(p) for p in self.passages()}
+        return supplied
+
+    def augmentations(self, augment: Augmenter, passages: list[Passage] | None = None) -> dict[str, Augmentation]:
+        """Each of ``passages`` (default: all) by id: the owner's augmentation where supplied, else
+        what ``augment`` writes (the model-based augmenter caches it under ``augment/``)."""
+        return complete(self.passages() if passages is None else passages, self.supplied_augmentations(), augment)
 
     def ingest(self, sources: Iterable[str | Path]) -> IngestReport:
         """Add passages from JSONL, Parquet or text-folder sources (see the module docstring).

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fedprag.client.store import SiteStore
+from fedprag.shared.data.augment import Augmenter
 from fedprag.shared.data.schema import Augmentation
 from fedprag.shared.log import get_logger
 from fedprag.shared.lora.layers import attach_lora
@@ -24,6 +25,7 @@ from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable, routing_weights
 from fedprag.shared.methods.poly.serializer import pool_arrays, pool_from_arrays, router_arrays, router_from_arrays
 from fedprag.shared.methods.poly.trainer import encode_incremental, train_pool, train_query_router
+from fedprag.shared.models.augmenter import AugmentConfig, make_augmenter
 from fedprag.shared.models.loading import BaseModel, load_causal_lm
 from fedprag.shared.retrieval.encoder import EMBEDDING_DIM, SentenceEncoder
 from fedprag.shared.wire import PoolRelease, ReleaseAck, RoundTask, SiteUpdate, WireMessage
@@ -65,7 +67,7 @@ def router_steps(rows: RoutingTable, augmentations: Mapping[str, Augmentation], 
     return router_arrays(trained), questions
 
 
-def local_round(store: SiteStore, base: BaseModel, task: RoundTask, embed: Embed) -> SiteUpdate:
+def local_round(store: SiteStore, base: BaseModel, task: RoundTask, embed: Embed, augment: Augmenter) -> SiteUpdate:
     """Train this site's share of round ``task.round``; persists the site's routing rows."""
     config = PolyConfig.from_numbers(task.settings)
     pool = pool_from_arrays(task.experts, config.scale, config.routing)
@@ -73,7 +75,7 @@ def local_round(store: SiteStore, base: BaseModel, task: RoundTask, embed: Embed
         passages = store.passages()
         if not passages:
             raise RuntimeError(f"site {store.state.site_id} has no passages; run 'fedprag client ingest' first")
-        augmentations = store.augmentations()
+        augmentations = store.augmentations(augment, passages)
         if not store.state.home_experts and task.settings.get("home_experts", 0) > 0:
             size, block = int(task.settings["home_experts"]), int(task.settings["home_block"])
             store.state.home_experts = [(block * size + j) % pool.n_experts for j in range(size)]
@@ -103,7 +105,8 @@ def keep_release(store: SiteStore, base: BaseModel, release: PoolRelease) -> Non
     log.info("client.release.kept", site=store.state.site_id, pool_version=release.pool_version)
 
 
-def encode_pending(store: SiteStore, base: BaseModel, pool: ExpertPool, config: PolyConfig) -> RoutingTable:
+def encode_pending(store: SiteStore, base: BaseModel, pool: ExpertPool, config: PolyConfig,
+                   augment: Augmenter) -> RoutingTable:
     """Encode every pending passage routing-only against ``pool``; returns (and stores) their rows.
 
     Raises :class:`CannotEncode` if the pool is not one that takes new passages.
@@ -116,31 +119,36 @@ def encode_pending(store: SiteStore, base: BaseModel, pool: ExpertPool, config: 
             raise CannotEncode(f"{len(pending)} passages wait for the next round: this pool (poly.layers = "
                                f"'{config.layers}') cannot encode new passages routing-only; a pool with "
                                "poly.layers = 'last' can (see benchmarks/poly_last_layer.toml)")
-        rows = encode_incremental(base, attach_lora(base.model), pool, pending, store.augmentations(), config,
+        rows = encode_incremental(base, attach_lora(base.model), pool, pending, store.augmentations(augment, pending),
+                                  config,
                                   show_progress=False)
         store.add_routing(rows, pool, base.digest)
     log.info("client.encode.done", site=store.state.site_id, passages=len(pending))
     return rows
 
 
-def release_ack(store: SiteStore, base: BaseModel, release: PoolRelease, embed: Embed) -> ReleaseAck:
+def release_ack(store: SiteStore, base: BaseModel, release: PoolRelease, embed: Embed,
+                augment: Augmenter) -> ReleaseAck:
     """What a site answers a release with: the version kept, its encoded and pending passages, and
     its last steps on the learned query router, against its rows for the released pool."""
     pool = store.pool(base.digest)[0]
-    rows = store.encoded(pool, base.digest)
-    router, questions = router_steps(rows, store.augmentations(), pool, release.router,
+    with store.locked():  # the augmenter may write its cache
+        rows = store.encoded(pool, base.digest)
+        encoded = [p for p in store.passages() if p.passage_id in set(rows.passage_ids)]
+        augmentations = store.augmentations(augment, encoded)
+    router, questions = router_steps(rows, augmentations, pool, release.router,
                                      PolyConfig.from_numbers(release.settings), embed)
     return ReleaseAck(site=store.state.site_id, pool_version=release.pool_version, encoded=len(rows.passage_ids),
                       pending=len(store.passages()) - len(rows.passage_ids), questions=questions, router=router)
 
 
-def site_work(store: SiteStore, base: BaseModel, request: WireMessage, embed: Embed) -> WireMessage:
+def site_work(store: SiteStore, base: BaseModel, request: WireMessage, embed: Embed, augment: Augmenter) -> WireMessage:
     """Answer a coordinator's message: a round task with a site update, a release with an ack."""
     if isinstance(request, RoundTask):
-        return local_round(store, base, request, embed)
+        return local_round(store, base, request, embed, augment)
     if isinstance(request, PoolRelease):
         keep_release(store, base, request)
-        return release_ack(store, base, request, embed)
+        return release_ack(store, base, request, embed, augment)
     raise TypeError(f"a site does not answer {request.KIND} messages")
 
 
@@ -154,7 +162,15 @@ def _base(spec: str) -> BaseModel:
     return load_causal_lm(spec)
 
 
-def run_locally(root: Path, model_spec: str, request: WireMessage, threads: int = 1) -> WireMessage:
-    """:func:`site_work` in this process, for a ClientApp with no site daemon (simulation, a bare SuperNode)."""
+def site_augmenter(store: SiteStore, base: BaseModel, config: AugmentConfig) -> Augmenter:
+    """The augmenter ``config`` chooses for this site, caching what it writes in the site's store."""
+    return make_augmenter(config, base, store.root / "augment")
+
+
+def run_locally(root: Path, model_spec: str, request: WireMessage, threads: int = 1,
+                augment: AugmentConfig | None = None) -> WireMessage:
+    """:func:`site_work` in this process, for a ClientApp with no site daemon (simulation, a bare
+    SuperNode); passages without the owner's augmentation get ``augment``'s (default: the defaults)."""
     torch.set_num_threads(threads)
-    return site_work(SiteStore(root), _base(model_spec), request, _questions_embed())
+    store, base = SiteStore(root), _base(model_spec)
+    return site_work(store, base, request, _questions_embed(), site_augmenter(store, base, augment or AugmentConfig()))

@@ -34,6 +34,7 @@ from fedprag.cluster.simulation import prepare_sites, simulate
 from fedprag.coordinator.app import RoundReport, recorded_rounds, registry_dir
 from fedprag.coordinator.registry import PoolRegistry
 from fedprag.shared.config import FedpragConfig
+from fedprag.shared.data.augment import own_augmentations
 from fedprag.shared.data.benchmark import make_benchmark
 from fedprag.shared.data.schema import Dataset
 from fedprag.shared.eval.report import Report
@@ -78,13 +79,14 @@ def running_federation(config: FedpragConfig, show_progress: bool = True, servin
     work = Path(federation.work_dir)
     base = load_causal_lm(config.model.path, show_progress=show_progress)
     dataset = make_benchmark(config.benchmark)
-    stores = prepare_sites(dataset, work / "sites")
+    # Without the benchmark's own augmentation file, each site's augmenter writes its encoding data.
+    stores = prepare_sites(own_augmentations(dataset, config.augment.use_dataset), work / "sites")
     log.info("demo.sites", sites=len(stores), passages=[len(s.passages()) for s in stores])
     sites = [(s.root.name, s.root) for s in stores]
     simulated = federation.runtime == "simulation"
     if simulated:
-        simulate(config.model.path, config.poly, federation, len(stores))
-    with LocalDeployment(work, sites, config.model.path, rounds=not simulated) as deployment:
+        simulate(config.model.path, config.poly, federation, len(stores), augment=config.augment)
+    with LocalDeployment(work, sites, config.model.path, rounds=not simulated, augment=config.augment) as deployment:
         reports = recorded_rounds(registry_dir(federation)) if simulated else deployment.run(config)
         registry = PoolRegistry(registry_dir(federation), base.digest)
         latest = registry.latest()

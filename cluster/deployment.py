@@ -49,6 +49,7 @@ from fedprag.coordinator.app import RoundReport, recorded_rounds, registry_dir
 from fedprag.shared.config import FedpragConfig, SiteSection, config_to_toml
 from fedprag.shared.io import atomic_write_text, read_tokens
 from fedprag.shared.log import get_logger
+from fedprag.shared.models.augmenter import AugmentConfig
 from fedprag.shared.processes import bin_path, flower_env, free_port, spawn, stop
 from fedprag.shared.proto import routing_pb2
 
@@ -110,10 +111,11 @@ class LocalDeployment:
     routing tokens."""
 
     def __init__(self, work_dir: str | Path, sites: Sequence[tuple[str, Path]], model_spec: str,
-                 startup_timeout: float = 180.0, rounds: bool = True):
+                 startup_timeout: float = 180.0, rounds: bool = True, augment: AugmentConfig | None = None):
         self.work = Path(work_dir).absolute()
         self.sites = [(name, Path(path).absolute()) for name, path in sites]
         self.model_spec = model_spec
+        self.augment = augment or AugmentConfig()  # how each site's daemon writes its passages' encoding data
         self.startup_timeout = startup_timeout
         self.rounds = rounds
         self.certs = self.work / "certs"
@@ -250,7 +252,7 @@ class LocalDeployment:
                            routing_key=str(tls.server_key), tokens_file=str(self.certs / "routing-tokens"))
         path = self.work / "sites-config" / f"{name}.toml"
         atomic_write_text(path, config_to_toml(FedpragConfig(model=replace(FedpragConfig().model, path=self.model_spec),
-                                                              site=site)))
+                                                              site=site, augment=self.augment)))
         return path
 
     def start_daemon(self, name: str, site_dir: Path, keys: NodeKeys) -> Started:
@@ -367,6 +369,7 @@ def federate(config: FedpragConfig, site_dirs: Sequence[Path]) -> list[RoundRepo
     ``simulation`` runs the sites as Ray actors (stores must be ``<work_dir>/sites/site-<i>``).
     """
     if config.federation.runtime == "simulation":
-        return simulate(config.model.path, config.poly, config.federation, len(site_dirs))
-    with LocalDeployment(config.federation.work_dir, [(p.name, p) for p in site_dirs], config.model.path) as deployment:
+        return simulate(config.model.path, config.poly, config.federation, len(site_dirs), augment=config.augment)
+    with LocalDeployment(config.federation.work_dir, [(p.name, p) for p in site_dirs], config.model.path,
+                         augment=config.augment) as deployment:
         return deployment.run(config)

@@ -18,9 +18,9 @@ from fedprag.client.app import make_client_app
 from fedprag.client.store import SiteStore
 from fedprag.coordinator.app import RoundReport, make_server_app, recorded_rounds, registry_dir
 from fedprag.shared.config import FederationSection
-from fedprag.shared.data.augment import augmentations_of
 from fedprag.shared.data.schema import Dataset
 from fedprag.shared.methods.poly.config import PolyConfig
+from fedprag.shared.models.augmenter import AugmentConfig
 from fedprag.shared.processes import FLOWER_QUIET
 
 
@@ -38,18 +38,20 @@ def prepare_sites(dataset: Dataset, sites_root: str | Path) -> list[SiteStore]:
         passages = [p for p in dataset.passages if p.site == site]
         store = SiteStore(Path(sites_root) / f"site-{len(stores)}", site_id=f"site-{len(stores)}")
         store.add_passages([(p.passage_id, p.text) for p in passages],
-                           augmentations_of(dataset, passages))
+                           {p.passage_id: dataset.augmentations[p.passage_id] for p in passages
+                            if p.passage_id in dataset.augmentations})
         stores.append(store)
     return stores
 
 
 def simulate(model_spec: str, poly: PolyConfig, federation: FederationSection, sites: int,
-             ray_cpus: int = 2) -> list[RoundReport]:
-    """Run the federation's remaining rounds over ``sites`` simulated sites; returns every recorded round."""
+             ray_cpus: int = 2, augment: AugmentConfig | None = None) -> list[RoundReport]:
+    """Run the federation's remaining rounds over ``sites`` simulated sites, each writing its
+    passages' encoding data as ``augment`` says; returns every recorded round."""
     work = Path(federation.work_dir)
     flower_environment(work / "flwr-home")
     server = make_server_app(model_spec, poly, federation)
-    client = make_client_app(model_spec, str(work / "sites"))
+    client = make_client_app(model_spec, str(work / "sites"), augment=augment)
     run_simulation(
         server_app=server, client_app=client, num_supernodes=sites,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},

@@ -97,7 +97,8 @@ def _cmd_eval(args: argparse.Namespace, config: FedpragConfig) -> int:
         write_dataset(make_benchmark(config.benchmark), data_dir)
     dataset = read_dataset(data_dir)
     base = load_causal_lm(config.model.path, show_progress=not args.quiet)
-    report = evaluate(dataset, base, methods, config.harness, out / "work", show_progress=not args.quiet)
+    report = evaluate(dataset, base, methods, config.harness, out / "work", show_progress=not args.quiet,
+                      augment=config.augment)
     json_path, md_path = report.write(out)
     print(report.to_markdown())
     print(f"results: {md_path} and {json_path}")

@@ -36,6 +36,7 @@ from fedprag.shared.methods.base import MethodConfig
 from fedprag.shared.methods.distilled.config import DistilledConfig
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.prag.config import PRAGConfig
+from fedprag.shared.models.augmenter import AugmentConfig
 
 ENV_PREFIX = "FEDPRAG__"
 
@@ -284,6 +285,7 @@ class FedpragConfig:
     prag: PRAGConfig = field(default_factory=PRAGConfig)
     poly: PolyConfig = field(default_factory=PolyConfig)
     distilled: DistilledConfig = field(default_factory=DistilledConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     eval: EvalSection = field(default_factory=EvalSection)
     harness: HarnessConfig = field(default_factory=HarnessConfig)
     federation: FederationSection = field(default_factory=FederationSection)
@@ -300,6 +302,7 @@ class FedpragConfig:
             self.prag.validate()
             self.poly.validate()
             self.distilled.validate()
+            self.augment.validate()
             self.harness.validate()
             self.federation.validate()
             self.site.validate()

@@ -33,3 +33,17 @@ def with_context(passages: Sequence[str], question: str) -> str:
 def completion(answer: str) -> str:
     """The text a prompt is completed with; generation stops at the end-of-text token."""
     return f" {answer}"
+
+
+REWRITE_CUE = "\nRewrite:"
+
+
+def augment_request(passage: str) -> str:
+    """What the built-in model is asked to write its own encoding data from: one passage, then a cue
+    for a rewrite of it followed by question and answer lines (see :func:`augment_completion`)."""
+    return f"Passage: {passage}\nWrite a rewrite and questions.{REWRITE_CUE}"
+
+
+def augment_completion(rewrite: str, qa: Sequence[tuple[str, str]]) -> str:
+    """The text :func:`augment_request` is completed with: the rewrite, then ``Q:``/``A:`` lines."""
+    return f" {rewrite}" + "".join(f"\nQ: {q}\nA: {a}" for q, a in qa) + "\n"

@@ -61,12 +61,26 @@ class Endpoints:
     grpc: str | None
 
 
+def _init_ray(address: str | None, num_cpus: int | None) -> None:
+    """Start (or join) Ray, tried twice: on a busy machine a new Ray's own GCS server can miss its
+    start-up deadline ("Timed out waiting for file .../gcs_server_port_...")."""
+    for attempt in (1, 2):
+        try:
+            ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+                     log_to_driver=False)
+            return
+        except RuntimeError as exc:
+            if attempt == 2 or "Timed out" not in str(exc):
+                raise
+            log.warning("serve.ray_start.retry", reason=str(exc)[:200])
+            ray.shutdown()
+
+
 def start(config: FedpragConfig, address: str | None = None, num_cpus: int | None = None) -> Endpoints:
     """Start (or join) Ray, Serve's proxies and the app; returns once every replica is up."""
     settings = config.serve
     if not ray.is_initialized():
-        ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-                 log_to_driver=False)
+        _init_ray(address, num_cpus)
     grpc_options = (gRPCOptions(port=settings.grpc_port, grpc_servicer_functions=[GRPC_SERVICER])
                     if settings.grpc_port else None)
     serve.start(http_options=HTTPOptions(host=settings.host, port=settings.port), grpc_options=grpc_options)

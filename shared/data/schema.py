@@ -11,8 +11,8 @@ A dataset is a directory of Parquet files:
     ``single``, ``ood``, ``multihop``; results are reported per kind).
 ``augmentations.parquet`` (optional)
     ``passage_id`` string · ``rewrite`` string · ``qa_questions`` list<string> ·
-    ``qa_answers`` list<string> of the same length. Encoding-time QA written by an augmenter; when it
-    is absent, :mod:`fedprag.shared.data.augment` derives it from the passage text.
+    ``qa_answers`` list<string> of the same length. Encoding-time QA written by an augmenter; for
+    passages it lacks, a model writes them (:mod:`fedprag.shared.data.augment`).
 
 Any problem ends in a :class:`DatasetError` that names the file and the row.
 """

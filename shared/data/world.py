@@ -139,9 +139,14 @@ def fresh_pair(rng: random.Random) -> tuple[Person, Person]:
     return _person(rng, name, mentor_name), _person(rng, mentor_name, name)
 
 
+def state(person: Person, attribute: str, rng: random.Random) -> str:
+    """One sentence stating ``person``'s ``attribute``, in a random paraphrase."""
+    return rng.choice(PASSAGE_TEMPLATES[attribute]).format(n=person.name, v=person.facts[attribute])
+
+
 def write_passage(person: Person, rng: random.Random, attributes: tuple[str, ...] = ATTRIBUTES) -> str:
     """One short passage: each fact as a randomly paraphrased sentence, in random order."""
-    sentences = [rng.choice(PASSAGE_TEMPLATES[a]).format(n=person.name, v=person.facts[a]) for a in attributes]
+    sentences = [state(person, a, rng) for a in attributes]
     rng.shuffle(sentences)
     return " ".join(sentences)
 

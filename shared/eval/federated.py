@@ -61,4 +61,4 @@ def evaluate_federation(federation: FederationLike, config: FedpragConfig, show_
                            federation.pool_bytes)
     methods = [*build_methods(baselines, config.method_configs()), federated]
     return evaluate(federation.dataset, federation.base, methods, config.harness,
-                    Path(config.federation.work_dir) / "eval", show_progress)
+                    Path(config.federation.work_dir) / "eval", show_progress, augment=config.augment)

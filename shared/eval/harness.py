@@ -7,23 +7,25 @@ queries end to end (embed → search → adapter → generate), and records peak
 from __future__ import annotations
 
 import random
-import re
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from fedprag.shared.data.schema import Dataset
-from fedprag.shared.eval.methods import EvalContext, EvalMethod, Hits, Served
+from fedprag.shared.data.augment import own_augmentations, sentences
+from fedprag.shared.data.schema import Augmentation, Dataset
+from fedprag.shared.eval.methods import Encoded, EvalContext, EvalMethod, Hits, Served, check_oracle
 from fedprag.shared.eval.report import KindScore, MethodResult, Report
 from fedprag.shared.eval.resources import PeakMemory, machine_description
 from fedprag.shared.log import get_logger
 from fedprag.shared.lora.layers import attach_lora
 from fedprag.shared.metrics import exact_match, token_f1
+from fedprag.shared.models.augmenter import AugmentConfig, augmenter_summary, make_augmenter
 from fedprag.shared.models.loading import BaseModel
 from fedprag.shared.query import QueryEngine
 from fedprag.shared.retrieval.encoder import SentenceEncoder
@@ -79,7 +81,7 @@ class Retriever:
         return self._bridged(hits, k) if hops == 2 else hits
 
     def _bridged(self, hits: Hits, k: int) -> Hits:
-        groups = [_sentences(self.texts[row[0]]) for row in hits.rows]
+        groups = [sentences(self.texts[row[0]]) for row in hits.rows]
         scores, rows = self.index.search(self.encoder.embed([s for group in groups for s in group]), 2)
         out_rows, out_scores, start = [], [], 0
         for top, top_scores, group in zip(hits.rows, hits.scores, groups):
@@ -94,11 +96,6 @@ class Retriever:
             out_rows.append([r for r, _ in kept])
             out_scores.append([s for _, s in kept])
         return Hits(out_rows, out_scores, hits.embeddings)
-
-
-def _sentences(text: str) -> list[str]:
-    """``text`` split after sentence-ending punctuation."""
-    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
 
 
 def _score(dataset: Dataset, predictions: list[str]) -> dict[str, KindScore]:
@@ -147,9 +144,22 @@ def run_method(ctx: EvalContext, method: EvalMethod, retriever: Retriever, confi
 
 
 def evaluate(dataset: Dataset, base: BaseModel, methods: list[EvalMethod], config: HarnessConfig,
-             work_dir: Path, show_progress: bool = True) -> Report:
-    """Run ``methods`` on ``dataset`` with one shared retrieval; returns the report."""
+             work_dir: Path, show_progress: bool = True, augment: AugmentConfig | None = None,
+             oracle: Mapping[str, Augmentation] | None = None) -> Report:
+    """Run ``methods`` on ``dataset`` with one shared retrieval; returns the report.
+
+    Passages are encoded with the dataset's own augmentation where it has one (unless
+    ``augment.use_dataset`` is off), else with what ``augment``'s augmenter writes (default: the
+    model-based one, with ``base`` as the writer), cached under ``work_dir/augment``. The
+    ``*_oracle`` variants encode with ``oracle`` (default: the dataset's own augmentation file).
+    """
     config.validate()
+    augment = augment or AugmentConfig()
+    oracle = dataset.augmentations if oracle is None else oracle
+    if any(isinstance(m, Encoded) and m.oracle for m in methods):
+        check_oracle(dataset, oracle)  # before any work
+    dataset = own_augmentations(dataset, augment.use_dataset)
+    augmenter = make_augmenter(augment, base, work_dir / "augment", show_progress)
     work_dir.mkdir(parents=True, exist_ok=True)
     retriever = Retriever(dataset, work_dir, show_progress)
     hits = retriever.top_k([q.text for q in dataset.questions], config.top_k, config.hops)
@@ -162,11 +172,13 @@ def evaluate(dataset: Dataset, base: BaseModel, methods: list[EvalMethod], confi
     recall = {kind: recall_at_k(*of_kind[kind], config.top_k) for kind in kinds}
     complete = {kind: complete_at_k(*of_kind[kind], config.top_k) for kind in kinds}
     ctx = EvalContext(dataset=dataset, base=base, layers=attach_lora(base.model), hits=hits,
-                      embed=retriever.encoder.embed,
+                      embed=retriever.encoder.embed, augment=augmenter, oracle=oracle,
                       work_dir=work_dir, show_progress=show_progress)
     results = [run_method(ctx, method, retriever, config) for method in methods]
     return Report(
         machine=machine_description(), base_model=str(base.path.name), base_model_digest=base.digest[:16],
         passages=len(dataset.passages), questions=len(dataset.questions), top_k=config.top_k, hops=config.hops,
         recall_at_k=recall, complete_at_k=complete, results=results,
+        augmentation={"from_dataset": sum(p.passage_id in dataset.augmentations for p in dataset.passages),
+                      **augmenter_summary(augmenter)},
     )

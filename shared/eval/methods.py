@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedprag.shared.data.augment import augmentations_of
-from fedprag.shared.data.schema import Dataset
+from fedprag.shared.data.augment import Augmenter, dataset_augmentations
+from fedprag.shared.data.schema import Augmentation, Dataset
 from fedprag.shared.lora.layers import LoRALinear
 from fedprag.shared.methods import REGISTRY, method_model, method_of
 from fedprag.shared.methods.base import Corpus, EncodingCost, MethodConfig, MethodModel, Routing
@@ -41,7 +41,13 @@ class Hits:
 
 @dataclass
 class EvalContext:
-    """Everything the methods share: data, base model, retrieval results, a work directory."""
+    """Everything the methods share: data, base model, retrieval results, where each passage's
+    augmentation comes from, a work directory.
+
+    The methods encode with the dataset's own augmentation where it has one, else with what
+    ``augment`` writes (only once a method needs it); the ``*_oracle`` variants encode with
+    ``oracle``, the dataset's own augmentation file, instead.
+    """
 
     dataset: Dataset
     base: BaseModel
@@ -49,8 +55,11 @@ class EvalContext:
     hits: Hits  # top-k passages per question
     work_dir: Path
     embed: Callable[[list[str]], np.ndarray]  # the retrieval encoder
+    augment: Augmenter
+    oracle: Mapping[str, Augmentation] = field(default_factory=dict)
     show_progress: bool = True
     encodings: dict[str, object] = field(default_factory=dict)
+    oracle_encodings: dict[str, object] = field(default_factory=dict)
 
     def question_texts(self, rows: list[int]) -> list[str]:
         return [self.dataset.questions[r].text for r in rows]
@@ -60,9 +69,19 @@ class EvalContext:
 
     @cached_property
     def corpus(self) -> Corpus:
-        """The dataset's passages as a corpus to encode (the dataset's augmentation, else cloze)."""
-        return Corpus(self.base, self.layers, list(self.dataset.passages), augmentations_of(self.dataset),
-                      self.embed, self.work_dir, self.show_progress, self.encodings)
+        """The dataset's passages as a corpus to encode, with their augmentation (see the class)."""
+        return Corpus(self.base, self.layers, list(self.dataset.passages),
+                      dataset_augmentations(self.dataset, self.augment), self.embed, self.work_dir,
+                      self.show_progress, self.encodings)
+
+
+
+    @cached_property
+    def oracle_corpus(self) -> Corpus:
+        """The same passages with the dataset's own augmentation (:attr:`oracle`), encoded apart."""
+        check_oracle(self.dataset, self.oracle)
+        return Corpus(self.base, self.layers, list(self.dataset.passages), dict(self.oracle),
+                      self.embed, self.work_dir / "oracle", self.show_progress, self.oracle_encodings)
 
     def routings(self, hits: Hits) -> list[Routing]:
         """Each question's routing from its retrieved passages."""
@@ -72,6 +91,14 @@ class EvalContext:
                                scores=tuple(scores), documents=tuple(self.passage_texts(rows)),
                                embedding=None if hits.embeddings is None else hits.embeddings[q]))
         return out
+
+
+def check_oracle(dataset: Dataset, oracle: Mapping[str, Augmentation]) -> None:
+    """Refuse ``*_oracle`` methods when ``oracle`` lacks a passage's augmentation, naming the first."""
+    missing = [p.passage_id for p in dataset.passages if p.passage_id not in oracle]
+    if missing:
+        raise ValueError(f"the *_oracle methods encode with the dataset's own augmentations.parquet, which "
+                         f"lacks {len(missing)} passages (first: {missing[0]})")
 
 
 class EvalMethod:
@@ -106,19 +133,22 @@ class Encoded(EvalMethod):
 
     A variant the method lists in ``SWAPPED_PASSAGES`` is the ablation that checks an adapter
     depends on its documents: each question's retrieved passages are swapped for as many others
-    that are neither retrieved nor gold for it.
+    that are neither retrieved nor gold for it. Named ``<variant>_oracle``, the variant encodes
+    with the dataset's own augmentation file instead (the "oracle augmentation" rows).
     """
 
-    def __init__(self, variant: str, method: str, config: MethodConfig):
-        self.name, self.method, self.config = variant, method, config
+    def __init__(self, variant: str, method: str, config: MethodConfig, oracle: bool = False):
+        self.variant, self.method, self.config, self.oracle = variant, method, config, oracle
+        self.name = variant + ORACLE_SUFFIX if oracle else variant
         self.irrelevant = variant in getattr(method_model(method), "SWAPPED_PASSAGES", ())
 
     def _encoded(self, ctx: EvalContext) -> tuple[MethodModel, EncodingCost]:
         """The variant's model and cost, encoded once per context (not once per batch or query)."""
-        key = f"model:{self.name}"
-        if key not in ctx.encodings:
-            ctx.encodings[key] = method_model(self.method).encode_corpus(ctx.corpus, self.config, self.name)
-        return ctx.encodings[key]
+        corpus = ctx.oracle_corpus if self.oracle else ctx.corpus
+        key = f"model:{self.variant}"
+        if key not in corpus.encodings:
+            corpus.encodings[key] = method_model(self.method).encode_corpus(corpus, self.config, self.variant)
+        return corpus.encodings[key]
 
     def encode(self, ctx: EvalContext) -> EncodingCost:
         return self._encoded(ctx)[1]
@@ -185,6 +215,8 @@ def _elsewhere(ctx: EvalContext, position: dict[str, int], question_row: int, fo
     return swapped
 
 
+ORACLE_SUFFIX = "_oracle"
+
 BASELINES: dict[str, Callable[[], MethodModel]] = {
     "closed_book": ClosedBookModel,
     "standard_rag": StandardRAGModel,
@@ -205,10 +237,13 @@ def build_methods(names: Sequence[str], configs: Mapping[str, MethodConfig] | No
         if name in BASELINES:
             methods.append(Baseline(BASELINES[name]()))
             continue
+        oracle = name.endswith(ORACLE_SUFFIX)
+        variant = name.removesuffix(ORACLE_SUFFIX)
         try:
-            method = method_of(name)
+            method = method_of(variant)
         except KeyError:
             known = [*BASELINES, *(v for m in REGISTRY for v in method_model(m).VARIANTS)]
-            raise ValueError(f"eval.methods: unknown ['{name}'] (known: {', '.join(known)})") from None
-        methods.append(Encoded(name, method, configs.get(method) or method_model(method).CONFIG()))
+            raise ValueError(f"eval.methods: unknown ['{name}'] (known: {', '.join(known)}, and any "
+                             f"encoded one with '{ORACLE_SUFFIX}')") from None
+        methods.append(Encoded(variant, method, configs.get(method) or method_model(method).CONFIG(), oracle))
     return methods

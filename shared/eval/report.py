@@ -43,6 +43,9 @@ class Report:
     """Per question kind, the share of questions whose gold passages are all in the top k."""
     hops: int = 1
     """Retrieval hops (2: a bridge passage from the top passage's sentences)."""
+    augmentation: dict[str, object] = field(default_factory=dict)
+    """Where the encoding data came from: passages with the dataset's own augmentation, and what
+    the augmenter wrote for the rest (pairs kept and dropped, answers found verbatim)."""
 
     def kinds(self) -> list[str]:
         order = ["single", "ood", "multihop"]
@@ -70,10 +73,31 @@ class Report:
              f"recall@{self.top_k}: {recall}; "
              f"questions with every gold passage in the top {self.top_k}: {complete}."),
             "",
+            self.augmentation_line(),
+            "",
             *lines,
             "",
             f"Machine: {machine}.",
         ]) + "\n"
+
+    def augmentation_line(self) -> str:
+        """One sentence on where the encoding data came from (``*_oracle`` rows: the dataset's file)."""
+        a = self.augmentation
+        if not a:
+            return "Augmentation: not recorded."
+        own = f"{a.get('from_dataset', 0)} of {self.passages} passages had the dataset's own augmentation"
+        if not a.get("passages"):
+            return f"Augmentation: {own}; nothing else was encoded with an augmentation."
+        if a.get("source") != "model":
+            return f"Augmentation: {own}; the rest by the {a.get('source')} rule."
+        return (f"Augmentation: {own}; the model-based augmenter ({a['style']} prompt, writer `{a['writer']}`, "
+                f"{a['views']} orderings of each passage) wrote the rest, {a['seconds'] / max(1, a['passages']):.2f} s "
+                f"per passage. It wrote {a['pairs_written']} well-formed QA pairs ({a['pairs_dropped']} malformed or "
+                f"ungrounded ones dropped); {a['verbatim_share']:.1%} of their answers occur verbatim in the passage. "
+                f"Kept: {a['pairs_kept']} (one per distinct answer first, at most {a['cap']} per passage"
+                f"{', answers in the passage only' if a['grounded'] else ''}); {a['cloze_fallbacks']} passages got none "
+                "and fell back to cloze pairs. "
+                "Rows named `*_oracle` encode with the dataset's own augmentation file instead.")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

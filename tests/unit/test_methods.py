@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from fedprag.shared import prompts
+from fedprag.shared.data.augment import cloze_augmenter
 from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
 from fedprag.shared.eval.methods import EvalContext, Hits, build_methods
 from fedprag.shared.methods import REGISTRY, method_model
@@ -16,7 +17,8 @@ METHODS_DIR = Path(__file__).resolve().parents[2] / "shared" / "methods"
 
 def _context(hits: Hits) -> EvalContext:
     dataset = make_benchmark(BenchmarkSpec(people=8, sites=2))
-    return EvalContext(dataset=dataset, base=None, layers={}, hits=hits, work_dir=None, embed=None)
+    return EvalContext(dataset=dataset, base=None, layers={}, hits=hits, work_dir=None, embed=None,
+                       augment=cloze_augmenter)
 
 
 def test_every_registered_method_has_the_same_files_and_roles():

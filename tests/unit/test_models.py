@@ -1,9 +1,13 @@
 """Any Llama, Qwen or Mistral causal LM loads from a local path, gets LoRA on its FFN, and answers."""
 
+import re
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
+from fedprag.shared.data import world
+from fedprag.shared.data.augment import parse_written, sentences
 from fedprag.shared.data.benchmark import training_people
 from fedprag.shared.lora.layers import FFN_TARGETS, LowRank, applied, attach_lora
 from fedprag.shared.models.generate import generate_answers
@@ -60,12 +64,13 @@ def test_a_finishing_recipe_is_keyed_by_its_base_and_its_stages():
     assert finish.digest() != TinyFinish(base=TinyRecipe(steps=5)).digest()
     assert finish.digest() != TinyFinish(base=TinyRecipe(), drill_steps=5).digest()
     assert finish.digest() != TinyFinish(base=TinyRecipe(), decay=True).digest()
+    assert finish.digest() != TinyFinish(base=TinyRecipe(), mix_writing=0.1).digest()
     assert cached_path(RECIPES["default"]) != cached_path(RECIPES["reader"])
     chain, recipe = [], RECIPES["default"]
     while isinstance(recipe, TinyFinish):
         recipe = recipe.base
         chain.append(recipe)
-    assert chain == [RECIPES["annealed"], RECIPES["polished"], RECIPES["drilled"], RECIPES["reader"]]
+    assert chain == [RECIPES["read"], RECIPES["annealed"], RECIPES["polished"], RECIPES["drilled"], RECIPES["reader"]]
 
 
 def test_the_drill_asks_about_one_of_several_people_who_differ_only_by_name():
@@ -80,6 +85,21 @@ def test_the_drill_asks_about_one_of_several_people_who_differ_only_by_name():
     kinds = [examples.mixed() for _ in range(400)]
     plain = [c for p, c in kinds if not p]
     assert 0.05 < len(plain) / len(kinds) < 0.3  # passage language modelling, 15% of the mix
+
+
+def test_the_writing_task_asks_once_about_each_stated_fact_in_augmentation_phrasings_only():
+    recipe = TinyFinish(base=TinyRecipe(), mix_reading=0.0, mix_lookup=0.0, mix_writing=1.0)
+    examples = FinishingExamples(training_people(), recipe, EOS)
+    phrasings = [re.compile(re.escape(t).replace(re.escape("{n}"), ".+") + "$")
+                 for forms in world.AUGMENT_TEMPLATES.values() for t in forms]
+    for _ in range(50):
+        prompt, completion = examples.mixed()
+        passage = prompt.removeprefix("Passage: ").split("\n")[0]
+        rewrite, parsed = parse_written(completion.removesuffix(EOS))
+        stated = len(sentences(passage))
+        assert 2 <= stated <= len(world.ATTRIBUTES) and len(sentences(rewrite)) == stated
+        assert len(parsed.pairs) == stated and all(answer in passage for _, answer in parsed.pairs)
+        assert all(any(p.match(q) for p in phrasings) for q, _ in parsed.pairs)  # never a test phrasing
 
 
 def test_tiny_build_is_deterministic_and_cached(tmp_path):

@@ -6,7 +6,6 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from fedprag.shared import prompts
-from fedprag.shared.data.augment import augmentations_of
 from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
 from fedprag.shared.lora.layers import applied, attach_lora
 from fedprag.shared.lora.store import EncodingMismatch
@@ -91,7 +90,7 @@ def test_peft_export_loads_and_answers_the_same(base, random_llama_path, tmp_pat
 @pytest.fixture()
 def small_corpus():
     dataset = make_benchmark(BenchmarkSpec(people=5, sites=1))
-    return dataset.passages, augmentations_of(dataset)
+    return dataset.passages, dataset.augmentations
 
 
 @pytest.mark.parametrize("placement", ["all", "last"])

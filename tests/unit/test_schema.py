@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fedprag.shared.data.augment import augmentations_of
+from fedprag.shared.data.augment import cloze_augmenter, dataset_augmentations, own_augmentations
 from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
 from fedprag.shared.data.schema import (
     MAX_PASSAGE_CHARS,
@@ -114,14 +114,16 @@ def test_failed_write_leaves_the_old_file_and_no_temporaries(dataset_dir, monkey
     assert not [f for f in os.listdir(dataset_dir) if f.endswith(".tmp")]
 
 
-def test_passages_without_an_augmentation_get_the_cloze_fallback():
+def test_passages_without_an_augmentation_get_the_augmenters():
     dataset = make_benchmark(BenchmarkSpec(people=3, sites=1))
     first, second, third = dataset.passages
     partial = Dataset(dataset.passages, dataset.questions, {first.passage_id: dataset.augmentations[first.passage_id]})
-    chosen = augmentations_of(partial, [first, second])
+    chosen = dataset_augmentations(partial, cloze_augmenter, [first, second])
     assert set(chosen) == {first.passage_id, second.passage_id}
     assert chosen[first.passage_id] == dataset.augmentations[first.passage_id]
     fallback = chosen[second.passage_id]
     assert fallback.rewrite != second.text and len(fallback.qa) >= 3
     assert all(question.startswith("Complete: ") and answer in second.text for question, answer in fallback.qa)
-    assert set(augmentations_of(partial)) == {p.passage_id for p in (first, second, third)}
+    assert set(dataset_augmentations(partial, cloze_augmenter)) == {p.passage_id for p in (first, second, third)}
+    ignored = dataset_augmentations(own_augmentations(partial, use_dataset=False), cloze_augmenter, [first])
+    assert ignored[first.passage_id] != dataset.augmentations[first.passage_id]

@@ -25,9 +25,12 @@ from fedprag.shared.models.loading import BaseModel
 
 
 def training_texts(passage: str, augmentation: Augmentation, eos: str) -> list[str]:
-    """PRAG's five training sequences for one passage."""
-    (q1, a1), (q2, a2), (q3, a3) = augmentation.qa[:3]
-    rewrite = augmentation.rewrite
+    """PRAG's five training sequences for one passage, from its first three QA pairs (repeated
+    when it has fewer); a passage with no pair trains on its text and rewrite alone."""
+    qa, rewrite = augmentation.qa, augmentation.rewrite
+    if not qa:
+        return [passage + eos, rewrite + eos] * 2 + [passage + eos]
+    (q1, a1), (q2, a2), (q3, a3) = (qa[i % len(qa)] for i in range(3))
     texts = [
         prompts.with_context([passage], q1) + prompts.completion(a1),
         prompts.with_context([rewrite], q1) + prompts.completion(a1),

@@ -30,6 +30,7 @@ from fedprag.shared.models.tiny.batches import collate, cosine_lr, train_step
 from fedprag.shared.models.tiny.corpus import Corpus
 from fedprag.shared.models.tiny.finish import finish
 from fedprag.shared.models.tiny.recipe import TinyFinish, TinyRecipe, model_name
+from fedprag.shared.models.tiny.shipped import shipped_model
 from fedprag.shared.paths import fedprag_home
 
 EOS = "<|endoftext|>"
@@ -152,7 +153,7 @@ def build_tiny(recipe: TinyRecipe | TinyFinish, cache_root: Path | None = None, 
     started = time.perf_counter()
     people = training_people()
     if isinstance(recipe, TinyFinish):
-        source = build_tiny(recipe.base, cache_root, show_progress)
+        source = shipped_model(recipe.base) or build_tiny(recipe.base, cache_root, show_progress)
         model = LlamaForCausalLM.from_pretrained(source)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
         log.info("tiny.finish.start", recipe=recipe.name, base=source.name)

@@ -63,6 +63,20 @@ class FinishingExamples:
         question, answer = training_question(self.rng, people[0], attribute)
         return prompts.with_context([" ".join(sentences)], question), prompts.completion(answer) + self.eos
 
+    def writing(self) -> Example:
+        """Writing encoding data: a training person's passage on some of their facts, then a
+        paraphrase of it sentence by sentence and one question per fact in the passage's order.
+
+        Questions use only the augmentation phrasings (never a test or held-out one). Passages
+        state a random subset of facts, so the model must read which facts to ask about rather
+        than recall the person."""
+        person = self.rng.choice(self.people)
+        attributes = self.rng.sample(world.ATTRIBUTES, self.rng.randint(2, len(world.ATTRIBUTES)))
+        passage = " ".join(world.state(person, a, self.rng) for a in attributes)
+        rewrite = " ".join(world.state(person, a, self.rng) for a in attributes)
+        qa = [(world.ask(world.AUGMENT_TEMPLATES, a, person.name, self.rng), person.facts[a]) for a in attributes]
+        return prompts.augment_request(passage), prompts.augment_completion(rewrite, qa) + self.eos
+
     def mixed(self) -> Example:
         """One example of the mix stage, drawn by the recipe's shares."""
         recipe, draw = self.recipe, self.rng.random()
@@ -70,8 +84,10 @@ class FinishingExamples:
             return self.reading(self.rng.randint(1, 2))
         if draw < recipe.mix_reading + recipe.mix_lookup:
             return self.lookup()
+        if draw < recipe.mix_reading + recipe.mix_lookup + recipe.mix_writing:
+            return self.writing()
         person = self.rng.choice(self.people)
-        if draw < recipe.mix_reading + recipe.mix_lookup + recipe.mix_passage_lm:
+        if draw < recipe.mix_reading + recipe.mix_lookup + recipe.mix_writing + recipe.mix_passage_lm:
             return "", world.write_passage(person, self.rng) + self.eos
         question, answer = training_question(self.rng, person, self.rng.choice(world.ATTRIBUTES))
         return prompts.closed_book(question), prompts.completion(answer) + self.eos
