@@ -54,16 +54,16 @@ def views(text: str, count: int) -> list[str]:
 
 def cloze_augmentation(passage: Passage) -> Augmentation:
     """Rewrite = the sentences in reverse order; QA = each sentence with its last word asked for."""
-    sentences_ = sentences(passage.text)
+    parts = sentences(passage.text)
     qa = []
-    for sentence in sentences_:
+    for sentence in parts:
         words = sentence.rstrip(".!?").split()
         if len(words) >= 2:
             qa.append((f"Complete: {' '.join(words[:-1])} ...?", words[-1]))
     while len(qa) < 3:  # very short passages: ask for the whole passage's last word repeatedly
         words = passage.text.split()
         qa.append((f"Complete: {' '.join(words[:-1]) or words[0]} ...?", words[-1].rstrip(".!?")))
-    return Augmentation(passage.passage_id, " ".join(reversed(sentences_)), qa)
+    return Augmentation(passage.passage_id, " ".join(reversed(parts)), qa)
 
 
 def cloze_augmenter(passages: Sequence[Passage]) -> dict[str, Augmentation]:
@@ -85,6 +85,17 @@ def _clean_answer(text: str) -> str:
     return text.strip().strip("\"'").rstrip(".").strip()
 
 
+def _distinct(pairs: list[tuple[str, str]], limit: int | None = None) -> list[tuple[str, str]]:
+    """``pairs`` without a question asked again (ignoring case), at most ``limit`` of them."""
+    kept: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for question, answer in pairs:
+        if question.lower() not in seen and (limit is None or len(kept) < limit):
+            seen.add(question.lower())
+            kept.append((question, answer))
+    return kept
+
+
 def merge(parts: list[ParsedPairs], limit: int) -> ParsedPairs:
     """Several prompts' pairs as one passage's, at most ``limit``: first one pair per distinct
     answer (so that as many facts as possible are asked about), then the rest in order. A repeated
@@ -93,12 +104,7 @@ def merge(parts: list[ParsedPairs], limit: int) -> ParsedPairs:
     first_per_answer = {a.lower(): (q, a) for q, a in reversed(written)}
     ordered = [pair for pair in written if first_per_answer.get(pair[1].lower()) == pair]
     ordered += [pair for pair in written if first_per_answer.get(pair[1].lower()) != pair]
-    kept: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for question, answer in ordered:
-        if question.lower() not in seen and len(kept) < limit:
-            seen.add(question.lower())
-            kept.append((question, answer))
+    kept = _distinct(ordered, limit)
     left_out = sum(len(p.pairs) + p.left_out for p in parts) - len(kept)
     return ParsedPairs(kept, sum(p.dropped for p in parts), left_out)
 
@@ -123,10 +129,7 @@ def _keep(raw: list[tuple[str, str]]) -> ParsedPairs:
         if (question and answer and len(question) <= MAX_QUESTION_CHARS and len(answer) <= MAX_ANSWER_CHARS
                 and answer.lower() != question.lower()):
             formed.append((question, answer))
-    unique: list[tuple[str, str]] = []
-    for question, answer in formed:
-        if all(question.lower() != q.lower() for q, _ in unique):
-            unique.append((question, answer))
+    unique = _distinct(formed)
     return ParsedPairs(unique, len(raw) - len(formed), len(formed) - len(unique))
 
 

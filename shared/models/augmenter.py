@@ -155,6 +155,10 @@ class CachedAugmentation:
     fallback: bool = False  # no written pair survived: ``qa`` is the cloze rule's
 
 
+Written = tuple[str, ParsedPairs, bool]
+"""What one prompt about one view of a passage gave: the rewrite, the pairs, whether it was cut."""
+
+
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -266,7 +270,7 @@ class ModelAugmenter:
         with tqdm(total=len(todo), desc="augment", unit="passage", disable=not self.show_progress) as bar:
             for start in range(0, len(todo), _CACHE_EVERY):  # kept as it goes: an interrupted run resumes
                 chunk = todo[start:start + _CACHE_EVERY]
-                self.cache.add(self._write_passages([p for _, p in chunk]))
+                self.cache.add(self._write_passages(chunk))
                 bar.update(len(chunk))
         fresh = {h for h, _ in todo}
         out = {}
@@ -280,29 +284,29 @@ class ModelAugmenter:
             k: v for k, v in self.stats.summary().items() if k in ("pairs_kept", "pairs_dropped", "cloze_fallbacks")})
         return out
 
-    def _write_passages(self, passages: list[Passage]) -> dict[str, CachedAugmentation]:
-        """Every view of each passage, written in batches, then joined per passage (by text hash)."""
-        parts = [(i, view) for i, p in enumerate(passages) for view in views(p.text, self.views)]
-        written: list[CachedAugmentation] = []
+    def _write_passages(self, chunk: list[tuple[str, Passage]]) -> dict[str, CachedAugmentation]:
+        """Every view of each (text hash, passage), written in batches, then joined per passage."""
+        parts = [(h, view) for h, p in chunk for view in views(p.text, self.views)]
+        written: list[Written] = []
         for start in range(0, len(parts), self.config.batch_size):
             written += self._write([view for _, view in parts[start:start + self.config.batch_size]])
-        by_passage: dict[int, list[CachedAugmentation]] = {}
-        for (i, _), entry in zip(parts, written):
-            by_passage.setdefault(i, []).append(entry)
-        return {text_hash(p.text): self._joined(by_passage[i], p) for i, p in enumerate(passages)}
+        by_passage: dict[str, list[Written]] = {}
+        for (h, _), view in zip(parts, written):
+            by_passage.setdefault(h, []).append(view)
+        return {h: self._joined(by_passage[h], p) for h, p in chunk}
 
-    def _joined(self, entries: list[CachedAugmentation], passage: Passage) -> CachedAugmentation:
+    def _joined(self, written: list[Written], passage: Passage) -> CachedAugmentation:
         """A passage's augmentation from its views': the first rewrite written, and the pairs (only
         those whose answer is in the passage, when grounded) merged up to ``augment.pairs``. When
         none survives, the cloze rule's pairs, so that the passage still trains (and is counted)."""
-        parsed = [ParsedPairs(e.qa, e.dropped, e.left_out) for e in entries]
+        parsed = [pairs for _, pairs, _ in written]
         on_passage = [grounded(p, passage.text) for p in parsed]
         merged = merge(on_passage if self.config.grounded else parsed, self.config.pairs)
-        rewrite = next((e.rewrite for e in entries if e.rewrite), "")
+        rewrite = next((r for r, _, _ in written if r), "")
         fallback = not merged.pairs
         return CachedAugmentation(
             rewrite, cloze_augmentation(passage).qa if fallback else merged.pairs, merged.dropped,
-            any(e.truncated for e in entries), merged.left_out,
+            any(cut for _, _, cut in written), merged.left_out,
             ungrounded=sum(len(p.pairs) - len(g.pairs) for p, g in zip(parsed, on_passage)),
             written=sum(len(p.pairs) for p in parsed), fallback=fallback)
 
@@ -324,7 +328,9 @@ class ModelAugmenter:
                                                           add_generation_prompt=True) for t in prompt_texts]
         return generate_answers(self.writer.model, tokenizer, prompt_texts, max_new_tokens=self.new_tokens)
 
-    def _write(self, texts: list[str]) -> list[CachedAugmentation]:
+    def _write(self, texts: list[str]) -> list[Written]:
+        """One prompt (or, instruct, one rewrite and one QA prompt) per text: its rewrite, its pairs,
+        and whether it was cut to fit."""
         fitted, cut = self._fit(texts)
         if self.style == "builtin":
             written = [parse_written(out)
@@ -335,8 +341,7 @@ class ModelAugmenter:
                 parse_pairs(out)
                 for out in self._generate([QA_INSTRUCTION.format(passage=t, pairs=self.config.pairs) for t in fitted])]
             written = list(zip((r.strip() for r in rewrites), pairs))
-        return [CachedAugmentation(rewrite, parsed.pairs, parsed.dropped, c, parsed.left_out)
-                for (rewrite, parsed), c in zip(written, cut)]
+        return [(rewrite, parsed, c) for (rewrite, parsed), c in zip(written, cut)]
 
 
 def make_augmenter(config: AugmentConfig, base: BaseModel, cache_root: Path, show_progress: bool = False) -> Augmenter:
