@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                         runtime="simulation"))
     dataset = make_benchmark(config.benchmark)
     stores = prepare_sites(dataset, work / "sites")
-    simulate(config.model.path, config.poly, config.federation, len(stores), augment=config.augment)
+    simulate(config, len(stores))
     base = load_causal_lm(config.model.path)
     pool, _ = PoolRegistry(registry_dir(config.federation), base.digest).latest()
     encoder = SentenceEncoder()

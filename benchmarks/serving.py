@@ -46,7 +46,6 @@ from fedprag.shared.io import atomic_write_text
 from fedprag.shared.lora.layers import attach_lora
 from fedprag.shared.methods.base import Corpus, Routing
 from fedprag.shared.methods.baselines import StandardRAGModel
-from fedprag.shared.methods.poly.model import PolyModel
 from fedprag.shared.methods.prag.model import encode_corpus as encode_prag
 from fedprag.shared.query import QueryEngine
 from fedprag.shared.retrieval.encoder import SentenceEncoder
@@ -117,7 +116,7 @@ def _measure(paths: dict, questions: list[str], repeats: int) -> dict:
 def _overhead(federation, config, questions: list[str], repeats: int) -> dict:
     """p50 latency of one Poly-PRAG question in process against over HTTP, interleaved."""
     engine, encoder = QueryEngine(federation.base), SentenceEncoder()
-    model = PolyModel(federation.pool, config.poly, name="poly")
+    model = federation.model
     local, remote = [], []
     for i in range(repeats):
         question = questions[i % len(questions)]

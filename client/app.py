@@ -1,9 +1,11 @@
 """The site's Flower ClientApp: train in rounds, and keep the pool the coordinator releases.
 
-``train`` carries a :class:`~fedprag.shared.wire.RoundTask` and is answered with a
-:class:`~fedprag.shared.wire.SiteUpdate`; ``query.release`` carries a
-:class:`~fedprag.shared.wire.PoolRelease` and is answered with a
-:class:`~fedprag.shared.wire.ReleaseAck` (:func:`fedprag.client.train.site_work` does both).
+``train`` carries a :class:`~fedprag.shared.wire.RoundTask` (a
+:class:`~fedprag.shared.wire.GeneratorTask` in distilled mode) and is answered with a
+:class:`~fedprag.shared.wire.SiteUpdate` (a :class:`~fedprag.shared.wire.GeneratorUpdate`);
+``query.release`` carries a :class:`~fedprag.shared.wire.PoolRelease` (a
+:class:`~fedprag.shared.wire.GeneratorRelease`) and is answered with a
+:class:`~fedprag.shared.wire.ReleaseAck` (:func:`fedprag.client.train.site_work` does all four).
 
 Where the work runs comes from the node config:
 
@@ -30,7 +32,20 @@ from flwr.clientapp import ClientApp
 from fedprag.shared.log import configure as configure_logging
 from fedprag.shared.log import get_logger
 from fedprag.shared.proto import routing_pb2_grpc
-from fedprag.shared.wire import PoolRelease, ReleaseAck, RoundTask, SiteUpdate, WireMessage, record_blobs
+from fedprag.shared.wire import (
+    RELEASES,
+    TASKS,
+    GeneratorRelease,
+    GeneratorTask,
+    GeneratorUpdate,
+    PoolRelease,
+    ReleaseAck,
+    RoundTask,
+    SiteUpdate,
+    WireMessage,
+    decode,
+    record_blobs,
+)
 
 if TYPE_CHECKING:  # the forwarding ClientApp must not import torch, which the augmenter module does
     from fedprag.shared.models.augmenter import AugmentConfig
@@ -38,8 +53,10 @@ if TYPE_CHECKING:  # the forwarding ClientApp must not import torch, which the a
 log = get_logger(__name__)
 
 WORK_DEADLINE = 3600.0  # seconds a round may take at the site
-REQUESTS: dict[str, type[WireMessage]] = {MessageType.TRAIN: RoundTask, f"{MessageType.QUERY}.release": PoolRelease}
-REPLIES: dict[str, type[WireMessage]] = {RoundTask.KIND: SiteUpdate, PoolRelease.KIND: ReleaseAck}
+REQUESTS: dict[str, tuple[type[WireMessage], ...]] = {MessageType.TRAIN: TASKS, f"{MessageType.QUERY}.release": RELEASES}
+"""What each message type may carry: a round's task or a release, of either mode."""
+REPLIES: dict[str, type[WireMessage]] = {RoundTask.KIND: SiteUpdate, PoolRelease.KIND: ReleaseAck,
+                                         GeneratorTask.KIND: GeneratorUpdate, GeneratorRelease.KIND: ReleaseAck}
 
 
 class SiteFailure(RuntimeError):
@@ -90,7 +107,7 @@ def make_client_app(model_spec: str | None = None, sites_root: str | None = None
         config = context.node_config
         root = site_dir(context, sites_root)
         try:
-            request = REQUESTS[msg.metadata.message_type].from_record(msg.content)
+            request = decode(msg.content, REQUESTS[msg.metadata.message_type])
             if "daemon" in config:
                 reply = forward(str(config["daemon"]), request)
             else:

@@ -9,13 +9,17 @@ It holds the base model, the retrieval encoder and the site store warm, and:
 * **serves routing over gRPC** (:mod:`fedprag.client.routing_service`), with the pool the
   coordinator released; only passages with a routing row are searched. When a released version
   no longer fits the site's rows (another number of experts or groups), the rows are fitted again,
-  routing-only, against it.
+  routing-only, against it. In distilled mode (``federation.mode = "distilled"``) it serves with
+  the released generator instead: every stored passage is searched, and each query's top passages
+  become one LoRA at the site (on a second copy of the base model, so queries and rounds never
+  share one).
 * **watches its inbox.** A file that lands in ``<inbox>`` (``.jsonl``, ``.parquet`` or ``.txt``;
   move it in atomically, or it is taken once its size held for one poll) is ingested whole or not
   at all, then moved to ``inbox/done/``; a bad one goes to ``inbox/rejected/`` beside a
   ``.error`` file naming the row. New passages are encoded at once, routing-only against the
-  released pool, with no new round, and served from then on. A pool that cannot encode new
-  passages leaves them pending, says why in the status, and they wait for the next round.
+  released pool, with no new round, and served from then on (in distilled mode they need no
+  encoding and are served as soon as they are indexed). A pool that cannot encode new passages
+  leaves them pending, says why in the status, and they wait for the next round.
 * **answers ``fedprag client status``** on its local socket: passages, encoded and pending,
   rounds joined, pool version, queries served, last error.
 
@@ -42,12 +46,20 @@ import grpc
 import psutil
 import torch
 
-from fedprag.client.routing_service import RoutingCounters, RoutingLimits, ServerTls, SiteRouter, serve_routing
+from fedprag.client.routing_service import (
+    FactorRouter,
+    RoutingCounters,
+    RoutingLimits,
+    ServerTls,
+    SiteRouter,
+    serve_routing,
+)
 from fedprag.client.store import SiteStore, read_sources
 from fedprag.client.train import (
     CannotEncode,
     RememberedEmbed,
     encode_pending,
+    keep_generator,
     keep_release,
     release_ack,
     site_augmenter,
@@ -57,12 +69,22 @@ from fedprag.shared.config import ConfigError, FedpragConfig
 from fedprag.shared.data.schema import DatasetError
 from fedprag.shared.io import atomic_write_text, read_tokens
 from fedprag.shared.log import get_logger
+from fedprag.shared.lora.layers import attach_lora
 from fedprag.shared.lora.store import EncodingMismatch
-from fedprag.shared.models.loading import load_causal_lm
+from fedprag.shared.models.loading import BaseModel, load_causal_lm
 from fedprag.shared.processes import bin_path, flower_env, free_port, signal_group, spawn, stop
 from fedprag.shared.proto import routing_pb2, routing_pb2_grpc
 from fedprag.shared.retrieval.encoder import SentenceEncoder
-from fedprag.shared.wire import PoolRelease, RoundTask, WireError, WireMessage
+from fedprag.shared.wire import (
+    RELEASES,
+    TASKS,
+    GeneratorRelease,
+    GeneratorTask,
+    PoolRelease,
+    RoundTask,
+    WireError,
+    WireMessage,
+)
 
 log = get_logger(__name__)
 
@@ -97,6 +119,10 @@ def daemon_status(data_dir: str | Path, timeout: float = 5.0) -> routing_pb2.Sit
         return routing_pb2_grpc.SiteAdminStub(channel).Status(routing_pb2.StatusRequest(), timeout=timeout)
 
 
+MODE_WORK: dict[str, tuple[type[WireMessage], ...]] = {"poly": (RoundTask, PoolRelease),
+                                                       "distilled": (GeneratorTask, GeneratorRelease)}
+"""The coordinator's messages a daemon works on, by its ``federation.mode``; the other mode's are refused."""
+
 ADMIN_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 """The local socket carries whole pools (a round task, a site update): no message size limit."""
 
@@ -115,7 +141,10 @@ class _Admin(routing_pb2_grpc.SiteAdminServicer):
         return self.daemon.status()
 
     def Work(self, request: routing_pb2.WireRecord, context: grpc.ServicerContext) -> routing_pb2.WireRecord:
-        kinds: dict[str, type[WireMessage]] = {RoundTask.KIND: RoundTask, PoolRelease.KIND: PoolRelease}
+        kinds: dict[str, type[WireMessage]] = {k.KIND: k for k in MODE_WORK[self.daemon.mode]}
+        if request.kind in {k.KIND for k in (*TASKS, *RELEASES)} - set(kinds):
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"this site runs federation.mode = '{self.daemon.mode}'; it does no '{request.kind}' work")
         if request.kind not in kinds:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a site does no work for '{request.kind}' messages")
         try:
@@ -145,14 +174,18 @@ class SiteDaemon:
         for folder in (self.inbox, self.inbox / "done", self.inbox / "rejected"):
             folder.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(site.threads)
-        self.base = load_causal_lm(config.model.path, show_progress=False)
+        self.model_spec = config.model.path
+        self.base = load_causal_lm(self.model_spec, show_progress=False)
+        self.serving_base: BaseModel | None = None  # distilled mode: the routing service's copy of the model
+        self.serving_lock = threading.Lock()  # one use of that copy at a time, across releases
         self.encoder = SentenceEncoder()
         self.questions_embed = RememberedEmbed(self.encoder.embed)  # the router's training questions, embedded once
         self.augment = site_augmenter(self.store, self.base, config.augment)
         self.tokens = read_tokens(site.tokens_file)
         self.counters = RoutingCounters()
-        self.router: SiteRouter | None = None
-        self.encoding = "no pool released yet"
+        self.mode = config.federation.mode
+        self.router: SiteRouter | FactorRouter | None = None
+        self.encoding = "no pool released yet" if self.mode == "poly" else "no generator released yet"
         self.last_error = ""
         self.inbox_accepted = self.inbox_rejected = 0
         self.started = time.monotonic()
@@ -166,7 +199,18 @@ class SiteDaemon:
 
     # -- the released pool and the routing it serves ----------------------------------------
     def refresh(self) -> None:
-        """Serve the released pool: rebuild the router over the encoded passages, then encode the pending."""
+        """Serve the released pool: rebuild the router over the encoded passages, then encode the
+        pending (in distilled mode: serve the released generator over every passage)."""
+        if self.mode == "distilled":
+            if self.serving_base is None:  # the routing service's own copy (see FactorRouter)
+                self.serving_base = load_causal_lm(self.model_spec, show_progress=False)
+            released_generator = self.store.generator(self.serving_base, attach_lora(self.serving_base.model))
+            if released_generator is not None:
+                generator, version = released_generator
+                self.router = FactorRouter(self.store, self.encoder, generator, version, self.config.factor_noise,
+                                           self.serving_lock)
+                self.encoding = "none needed: the released generator reads passages at query time"
+            return
         released = self.store.pool(self.base.digest)
         if released is None:
             return
@@ -187,7 +231,14 @@ class SiteDaemon:
         self.encode()
 
     def encode(self) -> None:
-        """Encode pending passages against the released pool and start serving them."""
+        """Encode pending passages against the released pool and start serving them (in distilled
+        mode, index and serve new passages: they need no encoding)."""
+        if isinstance(self.router, FactorRouter):
+            new = [p.passage_id for p in self.store.passages()][len(self.router):]
+            if new:
+                self.router.add(new)
+                log.info("daemon.encode.served", passages=len(new), served=len(self.router))
+            return
         released = self.store.pool(self.base.digest)
         if released is None or self.router is None:
             return
@@ -214,6 +265,10 @@ class SiteDaemon:
                     keep_release(self.store, self.base, request)
                     self.refresh()
                     return release_ack(self.store, self.base, request, self.questions_embed, self.augment)
+                if isinstance(request, GeneratorRelease):
+                    ack = keep_generator(self.store, self.base, request)
+                    self.refresh()
+                    return ack
                 return site_work(self.store, self.base, request, self.questions_embed, self.augment)
             except Exception as exc:
                 self.last_error = f"{request.KIND}: {type(exc).__name__}"

@@ -7,6 +7,7 @@ Layout of ``<data_dir>``::
     augment/                what the model-based augmenter wrote for the other passages (a cache)
     routing/                the site's private routing rows (the Poly-PRAG serializer's format)
     pool/                   the latest pool the coordinator released, with its settings
+    generator/              the latest generator the coordinator released (distilled mode)
     state.json              site id, rounds joined, pool version
     secret.key              32 random bytes keying the site's reply ids (mode 0600; never leaves)
     .lock                   held by whoever writes: a round, the daemon's ingest or encoding
@@ -65,9 +66,13 @@ from fedprag.shared.data.augment import Augmenter, complete
 from fedprag.shared.data.schema import MAX_PASSAGE_CHARS, Augmentation, DatasetError, Passage, read_dataset
 from fedprag.shared.io import atomic_path, atomic_write_text, recover_atomic
 from fedprag.shared.log import get_logger
+from fedprag.shared.lora.layers import LoRALinear
+from fedprag.shared.methods.distilled import serializer as distilled_serializer
+from fedprag.shared.methods.distilled.trainer import DistilledEncoder
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable
 from fedprag.shared.methods.poly.serializer import load_pool, load_routing, save_pool, save_routing
+from fedprag.shared.models.loading import BaseModel
 
 log = get_logger(__name__)
 
@@ -75,6 +80,7 @@ PASSAGES = "passages.parquet"
 AUGMENTATIONS = "augmentations.parquet"
 ROUTING = "routing"
 POOL = "pool"
+GENERATOR = "generator"
 STATE = "state.json"
 SECRET = "secret.key"
 LOCK = ".lock"
@@ -556,3 +562,14 @@ class SiteStore:
             return None
         pool, manifest = load_pool(self.root / POOL, base_digest)
         return pool, PolyConfig.from_numbers(manifest["settings"]), int(manifest["version"])
+
+    def save_generator(self, encoder: DistilledEncoder, version: int) -> None:
+        """Keep the generator version the coordinator released (distilled mode)."""
+        distilled_serializer.save(self.root / GENERATOR, encoder, extra={"version": version})
+
+    def generator(self, base: BaseModel, layers: dict[str, LoRALinear]) -> tuple[DistilledEncoder, int] | None:
+        """The released generator bound to ``base``, and its version; ``None`` before the first release."""
+        if not (self.root / GENERATOR / "manifest.json").is_file():
+            return None
+        encoder, manifest = distilled_serializer.load_with_manifest(self.root / GENERATOR, base, layers)
+        return encoder, int(manifest["version"])

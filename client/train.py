@@ -1,15 +1,24 @@
 """A site's encoding work: its share of a federated round, and routing rows for new passages.
 
-In a round the site receives the current pool, continues training it together with its own
-private routing rows on its passages' augmentation, keeps the routing rows, and sends back the
+In a Poly-PRAG round the site receives the current pool, continues training it together with its
+own private routing rows on its passages' augmentation, keeps the routing rows, and sends back the
 trained experts plus its routing mass per expert (``m_sk = Σ_p w_pk``). Between rounds, passages
 that arrive are encoded routing-only against the pool the coordinator released, with the pool
-frozen: the site's other rows and the pool stay as they are. Passage text stays in the site store.
+frozen: the site's other rows and the pool stay as they are.
+
+In a distilled round the site receives the current generator and distils it on its own documents
+(:func:`generator_round`): the teacher is the base model with a document in context, the student
+the mask tokens plus the generated LoRA, both run here, and only the generator goes back. A
+passage that arrives later needs no encoding at all: the released generator reads it at query time.
+
+Passage text stays in the site store.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -21,6 +30,15 @@ from fedprag.shared.data.augment import Augmenter
 from fedprag.shared.data.schema import Augmentation
 from fedprag.shared.log import get_logger
 from fedprag.shared.lora.layers import attach_lora
+from fedprag.shared.methods.distilled.config import DistilledConfig
+from fedprag.shared.methods.distilled.serializer import generator_arrays, load_arrays
+from fedprag.shared.methods.distilled.trainer import (
+    DistilledEncoder,
+    Schedule,
+    distil,
+    document_sampler,
+    new_encoder,
+)
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable, routing_weights
 from fedprag.shared.methods.poly.serializer import pool_arrays, pool_from_arrays, router_arrays, router_from_arrays
@@ -28,7 +46,16 @@ from fedprag.shared.methods.poly.trainer import encode_incremental, train_pool, 
 from fedprag.shared.models.augmenter import AugmentConfig, make_augmenter
 from fedprag.shared.models.loading import BaseModel, load_causal_lm
 from fedprag.shared.retrieval.encoder import EMBEDDING_DIM, SentenceEncoder
-from fedprag.shared.wire import PoolRelease, ReleaseAck, RoundTask, SiteUpdate, WireMessage
+from fedprag.shared.wire import (
+    GeneratorRelease,
+    GeneratorTask,
+    GeneratorUpdate,
+    PoolRelease,
+    ReleaseAck,
+    RoundTask,
+    SiteUpdate,
+    WireMessage,
+)
 
 log = get_logger(__name__)
 
@@ -142,6 +169,57 @@ def release_ack(store: SiteStore, base: BaseModel, release: PoolRelease, embed: 
                       pending=len(store.passages()) - len(rows.passage_ids), questions=questions, router=router)
 
 
+def _round_seed(site: str, round_number: int, seed: int) -> int:
+    """The seed of a site's examples in one round: different per site and round, the same on a rerun."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{site}:{round_number}".encode()).digest()[:8], "little")
+
+
+def received_generator(base: BaseModel, settings: Mapping[str, float],
+                       arrays: Mapping[str, np.ndarray]) -> tuple[DistilledEncoder, DistilledConfig]:
+    """The generator a coordinator sent, bound to ``base`` (refused if its shapes are not the settings')."""
+    config = DistilledConfig.from_numbers(settings)
+    encoder = new_encoder(base, attach_lora(base.model), config)
+    load_arrays(encoder, arrays)
+    return encoder, config
+
+
+def generator_round(store: SiteStore, base: BaseModel, task: GeneratorTask, augment: Augmenter) -> GeneratorUpdate:
+    """Distil the generator on this site's documents for ``local_steps`` steps (with FedProx's
+    pull towards the received generator when ``proximal_mu`` > 0); returns it with counts and the loss."""
+    encoder, config = received_generator(base, task.settings, task.generator)
+    with store.locked():  # the augmenter may write its cache
+        passages = store.passages()
+        if not passages:
+            raise RuntimeError(f"site {store.state.site_id} has no passages; run 'fedprag client ingest' first")
+        augmentations = store.augmentations(augment, passages)
+    sample = document_sampler(passages, augmentations, config)
+    anchor = tuple(p.detach().clone() for p in encoder.generator.parameters())
+    schedule = Schedule(config.local_steps, config.finetune_lr, decay=False, proximal_mu=config.proximal_mu,
+                        anchor=anchor)
+    loss = distil(encoder, sample, schedule, random.Random(_round_seed(store.state.site_id, task.round, config.seed)),
+                  show_progress=False)
+    with store.locked():
+        store.state.rounds_joined.append(task.round)
+        store.save_state()
+    qa_pairs = sum(len(augmentations[p.passage_id].qa) for p in passages if p.passage_id in augmentations)
+    log.info("client.round.done", site=store.state.site_id, round=task.round, passages=len(passages), mode="distilled",
+             loss=round(loss, 4))
+    return GeneratorUpdate(site=store.state.site_id, round=task.round, version=task.version, passages=len(passages),
+                           qa_pairs=qa_pairs, loss=loss, generator=generator_arrays(encoder))
+
+
+def keep_generator(store: SiteStore, base: BaseModel, release: GeneratorRelease) -> ReleaseAck:
+    """Keep a released generator in the store (the routing service answers with it); every passage
+    is served from now on, so none is pending."""
+    encoder, _ = received_generator(base, release.settings, release.generator)
+    with store.locked():
+        store.save_generator(encoder, release.version)
+        store.state.pool_version = release.version
+        store.save_state()
+    log.info("client.release.kept", site=store.state.site_id, version=release.version, mode="distilled")
+    return ReleaseAck(site=store.state.site_id, pool_version=release.version, encoded=len(store.passages()), pending=0)
+
+
 def site_work(store: SiteStore, base: BaseModel, request: WireMessage, embed: Embed, augment: Augmenter) -> WireMessage:
     """Answer a coordinator's message: a round task with a site update, a release with an ack."""
     if isinstance(request, RoundTask):
@@ -149,6 +227,10 @@ def site_work(store: SiteStore, base: BaseModel, request: WireMessage, embed: Em
     if isinstance(request, PoolRelease):
         keep_release(store, base, request)
         return release_ack(store, base, request, embed, augment)
+    if isinstance(request, GeneratorTask):
+        return generator_round(store, base, request, augment)
+    if isinstance(request, GeneratorRelease):
+        return keep_generator(store, base, request)
     raise TypeError(f"a site does not answer {request.KIND} messages")
 
 

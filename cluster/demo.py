@@ -11,7 +11,8 @@
    store from here on.
 
 :func:`fedprag.shared.eval.federated.evaluate_federation` then asks every test question over HTTP
-and puts federated Poly-PRAG beside the centralised methods; :func:`write_results` adds the bytes
+and puts the federated model (Poly-PRAG, or DistilledPRAG with ``federation.mode = "distilled"``)
+beside the centralised methods; :func:`write_results` adds the bytes
 each site sent. (Without ``serving``, as in the federation benchmark, the questions go through an
 in-process fan-out to the same daemons instead.)
 """
@@ -32,7 +33,7 @@ from fedprag.cluster.serving import app as serving_app
 from fedprag.cluster.serving.client import QueryClient
 from fedprag.cluster.simulation import prepare_sites, simulate
 from fedprag.coordinator.app import RoundReport, recorded_rounds, registry_dir
-from fedprag.coordinator.registry import PoolRegistry
+from fedprag.coordinator.registry import GeneratorRegistry, PoolRegistry
 from fedprag.shared.config import FedpragConfig
 from fedprag.shared.data.augment import own_augmentations
 from fedprag.shared.data.benchmark import make_benchmark
@@ -40,7 +41,9 @@ from fedprag.shared.data.schema import Dataset
 from fedprag.shared.eval.report import Report
 from fedprag.shared.io import atomic_write_text, dir_bytes
 from fedprag.shared.log import get_logger
-from fedprag.shared.methods.poly.layers import ExpertPool
+from fedprag.shared.methods.base import MethodModel
+from fedprag.shared.methods.distilled.model import DistilledModel
+from fedprag.shared.methods.poly.model import PolyModel
 from fedprag.shared.models.loading import BaseModel, load_causal_lm
 from fedprag.shared.processes import free_port
 
@@ -49,13 +52,14 @@ log = get_logger(__name__)
 
 @dataclass
 class Federation:
-    """A finished federation: its data, base model, latest pool, the sites' fan-out, its rounds, and
-    the query API serving it (when started)."""
+    """A finished federation: its data, base model, the model its latest release answers with in
+    process (named ``<mode>_federated``) and that release's size, the sites' fan-out, its rounds,
+    and the query API serving it (when started)."""
 
     dataset: Dataset
     base: BaseModel
-    pool: ExpertPool
-    pool_bytes: int
+    model: MethodModel
+    stored_bytes: int
     fanout: FanOut
     rounds: list[RoundReport]
     api: QueryClient | None = None
@@ -85,26 +89,41 @@ def running_federation(config: FedpragConfig, show_progress: bool = True, servin
     sites = [(s.root.name, s.root) for s in stores]
     simulated = federation.runtime == "simulation"
     if simulated:
-        simulate(config.model.path, config.poly, federation, len(stores), augment=config.augment)
-    with LocalDeployment(work, sites, config.model.path, rounds=not simulated, augment=config.augment) as deployment:
+        simulate(config, len(stores))
+    with LocalDeployment(work, sites, config.model.path, rounds=not simulated, augment=config.augment,
+                         mode=federation.mode) as deployment:
         reports = recorded_rounds(registry_dir(federation)) if simulated else deployment.run(config)
-        registry = PoolRegistry(registry_dir(federation), base.digest)
-        latest = registry.latest()
-        if latest is None:
-            raise RuntimeError("the federation published no pool; see the coordinator log")
-        pool, manifest = latest
-        pool_bytes = dir_bytes(registry.path(manifest["version"]))
-        fanout = FanOut(deployment.routing_sites(), config.harness.top_k, config.poly)
+        model, stored_bytes = federated_model(config, base)
+        fanout = FanOut(deployment.routing_sites(), config.harness.top_k, config.poly, mode=federation.mode)
         api = None
         try:
             api = _start_serving(config, deployment) if serving else None
-            yield Federation(dataset, base, pool, pool_bytes, fanout, reports, api)
+            yield Federation(dataset, base, model, stored_bytes, fanout, reports, api)
         finally:
             fanout.close()
             if serving:
                 if api is not None:
                     api.close()
                 serving_app.stop()
+
+
+def federated_model(config: FedpragConfig, base: BaseModel) -> tuple[MethodModel, int]:
+    """The model the federation's latest release answers with at the query API, named
+    ``<mode>_federated``, and the release's bytes on disk: the pool, or in distilled mode the
+    generator (which the sites hold; the query API holds no more than the base model)."""
+    root, name = registry_dir(config.federation), f"{config.federation.mode}_federated"
+    if config.federation.mode == "distilled":
+        registry = GeneratorRegistry(root, base.digest)
+        versions = registry.versions()
+        if not versions:
+            raise RuntimeError("the federation published no generator; see the coordinator log")
+        return DistilledModel.served(base, registry.mask_vector(), name=name), dir_bytes(registry.path(versions[-1]))
+    registry = PoolRegistry(root, base.digest)
+    latest = registry.latest()
+    if latest is None:
+        raise RuntimeError("the federation published no pool; see the coordinator log")
+    pool, manifest = latest
+    return PolyModel(pool, config.poly, name=name), dir_bytes(registry.path(manifest["version"]))
 
 
 def _start_serving(config: FedpragConfig, deployment: LocalDeployment) -> QueryClient:

@@ -111,11 +111,13 @@ class LocalDeployment:
     routing tokens."""
 
     def __init__(self, work_dir: str | Path, sites: Sequence[tuple[str, Path]], model_spec: str,
-                 startup_timeout: float = 180.0, rounds: bool = True, augment: AugmentConfig | None = None):
+                 startup_timeout: float = 180.0, rounds: bool = True, augment: AugmentConfig | None = None,
+                 mode: str = "poly"):
         self.work = Path(work_dir).absolute()
         self.sites = [(name, Path(path).absolute()) for name, path in sites]
         self.model_spec = model_spec
         self.augment = augment or AugmentConfig()  # how each site's daemon writes its passages' encoding data
+        self.mode = mode  # what the daemons train and serve with (federation.mode)
         self.startup_timeout = startup_timeout
         self.rounds = rounds
         self.certs = self.work / "certs"
@@ -251,8 +253,10 @@ class LocalDeployment:
                            auth_key=str(keys.private_key), routing_cert=str(tls.server_cert),
                            routing_key=str(tls.server_key), tokens_file=str(self.certs / "routing-tokens"))
         path = self.work / "sites-config" / f"{name}.toml"
-        atomic_write_text(path, config_to_toml(FedpragConfig(model=replace(FedpragConfig().model, path=self.model_spec),
-                                                              site=site, augment=self.augment)))
+        defaults = FedpragConfig()
+        atomic_write_text(path, config_to_toml(FedpragConfig(model=replace(defaults.model, path=self.model_spec),
+                                                              site=site, augment=self.augment,
+                                                              federation=replace(defaults.federation, mode=self.mode))))
         return path
 
     def start_daemon(self, name: str, site_dir: Path, keys: NodeKeys) -> Started:
@@ -369,7 +373,7 @@ def federate(config: FedpragConfig, site_dirs: Sequence[Path]) -> list[RoundRepo
     ``simulation`` runs the sites as Ray actors (stores must be ``<work_dir>/sites/site-<i>``).
     """
     if config.federation.runtime == "simulation":
-        return simulate(config.model.path, config.poly, config.federation, len(site_dirs), augment=config.augment)
+        return simulate(config, len(site_dirs))
     with LocalDeployment(config.federation.work_dir, [(p.name, p) for p in site_dirs], config.model.path,
-                         augment=config.augment) as deployment:
+                         augment=config.augment, mode=config.federation.mode) as deployment:
         return deployment.run(config)

@@ -1,4 +1,4 @@
-"""The query API's routing step: fan a query out to the sites and blend their mixtures into one.
+"""The query API's routing step: fan a query out to the sites and combine their replies into one routing.
 
 Each site daemon answers over gRPC (:class:`RemoteSite`) with one
 :class:`~fedprag.shared.wire.RoutingReply` per query: the scores of its top-k passages (under ids
@@ -6,6 +6,15 @@ fresh for the reply) and one expert mixture, their routing rows blended by score
 keeps the global top-k scores across sites, weighs each site's mixture by the softmax(score /
 temperature) mass of its passages among them, and keeps the top-m experts: one mixture per query,
 handed to the query engine as :attr:`Routing.weights <fedprag.shared.methods.base.Routing>`.
+
+In distilled mode each site answers with a :class:`~fedprag.shared.wire.FactorReply`: its top-k
+scores, those passages' token counts, and the LoRA its generator made from them. The query API
+keeps the global top-k scores across sites; every site holding one of them contributes its LoRA
+(the ranks are concatenated, so the LoRAs add up) and its passages' mask tokens, best site first
+(:func:`combine_factor_replies`).
+
+A federation serves one mode: a site that answers in the other mode is skipped and named in the
+trace (a Poly-PRAG mixture and a generated LoRA are not two encodings of one thing to add).
 
 Every site is asked at once, with a deadline. A site that is down, late or refuses is skipped;
 :class:`FanOutTrace` names it.
@@ -24,14 +33,28 @@ import grpc
 import numpy as np
 import torch
 
+from fedprag.shared.data.schema import MAX_PASSAGE_CHARS
 from fedprag.shared.log import get_logger
 from fedprag.shared.methods.base import Routing
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import keep_top_m
 from fedprag.shared.proto import routing_pb2_grpc
-from fedprag.shared.wire import EMBEDDINGS, MIXTURE, RoutingReply, RoutingRequest, WireError
+from fedprag.shared.wire import (
+    EMBEDDINGS,
+    MAX_MESSAGE_BYTES,
+    MIXTURE,
+    ROUTING_REPLIES,
+    FactorReply,
+    RoutingReply,
+    RoutingRequest,
+    WireError,
+    decode_proto,
+)
 
 log = get_logger(__name__)
+
+MAX_PASSAGE_TOKENS = 4 * MAX_PASSAGE_CHARS
+"""The most tokens a stored passage can have (a byte-level tokenizer spends at most four per character)."""
 
 
 def blend_replies(replies: Sequence[RoutingReply], k: int, config: PolyConfig) -> Routing:
@@ -48,6 +71,55 @@ def blend_replies(replies: Sequence[RoutingReply], k: int, config: PolyConfig) -
     return Routing(scores=tuple(scores.tolist()), weights=keep_top_m(mixed, config.top_m))
 
 
+def combine_factor_replies(replies: Sequence[FactorReply], k: int) -> Routing:
+    """One query's routing from every site's generated LoRA: the sites that hold any of the global
+    top-``k`` passages, best first, each with all the passages its LoRA was made from."""
+    hits = sorted(((s, site) for site, r in enumerate(replies) for s in r.scores.values()), key=lambda h: -h[0])[:k]
+    if not hits:
+        raise ValueError("no site returned a passage for this query")
+    order = list(dict.fromkeys(site for _, site in hits))
+    lengths = [replies[site].lengths[i] for site in order
+               for i, _ in sorted(replies[site].scores.items(), key=lambda item: -item[1])]  # as the site read them
+    return Routing(scores=tuple(s for s, _ in hits), factors=tuple(replies[site].factors for site in order),
+                   lengths=tuple(int(n) for n in lengths))
+
+
+def check_factor_reply(reply: FactorReply) -> None:
+    """Refuse a distilled-mode reply the query API could not use: token counts that are not the
+    scored passages' or not plausible passage lengths, or factors that are not ``lora_A [r, in]``
+    and ``lora_B [out, r]`` pairs of one rank (none at all only when no passage was found)."""
+    if set(reply.lengths) != set(reply.scores):
+        raise WireError("its token counts are not its passages'")
+    if any(not float(n).is_integer() or not 0 < n <= MAX_PASSAGE_TOKENS for n in reply.lengths.values()):
+        raise WireError(f"token counts must be whole numbers in 1..{MAX_PASSAGE_TOKENS}")
+    if bool(reply.scores) != bool(reply.factors):
+        raise WireError("factors come with passages, and only with them")
+    modules = {key.rsplit(".", 1)[0] for key in reply.factors}
+    if set(reply.factors) != {f"{m}.{part}" for m in modules for part in ("lora_A", "lora_B")}:
+        raise WireError("factors must come as <module>.lora_A and <module>.lora_B pairs")
+    ranks = set()
+    for module in modules:
+        a, b = reply.factors[f"{module}.lora_A"], reply.factors[f"{module}.lora_B"]
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+            raise WireError(f"{module}: lora_A must be [r, in] and lora_B [out, r]")
+        ranks.add(a.shape[0])
+    if len(ranks) > 1:
+        raise WireError("every module's factors must have one rank")
+
+
+def signature(replies: Sequence[RoutingReply] | Sequence[FactorReply]) -> object:
+    """What must agree across the sites answering one batch: the mixture's shape, or the names and
+    shapes of the generated factors (``None`` for a site that found no passage at all)."""
+    if isinstance(replies[0], RoutingReply):
+        return replies[0].mixture[MIXTURE].shape
+    return next((tuple(sorted((k, v.shape) for k, v in r.factors.items())) for r in replies if r.factors), None)
+
+
+def version_of(reply: RoutingReply | FactorReply) -> int:
+    """The pool (or generator) version a site answered with."""
+    return reply.pool_version if isinstance(reply, RoutingReply) else reply.version
+
+
 class SiteUnavailable(RuntimeError):
     """A site did not answer in time, refused the call, or sent a reply the wire schema refuses."""
 
@@ -57,7 +129,8 @@ class RoutingSite(Protocol):
 
     name: str
 
-    def route(self, query_embeddings: np.ndarray, k: int, score_temperature: float) -> list[RoutingReply]: ...
+    def route(self, query_embeddings: np.ndarray, k: int,
+              score_temperature: float) -> list[RoutingReply] | list[FactorReply]: ...
 
 
 class RemoteSite:
@@ -69,24 +142,34 @@ class RemoteSite:
         self._metadata = (("authorization", f"Bearer {token}"),)
         credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_cert).read_bytes())
         self._channel = grpc.secure_channel(address, credentials, options=[
-            ("grpc.max_receive_message_length", 8 * 1024 * 1024)])
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
         self._stub = routing_pb2_grpc.SiteRoutingStub(self._channel)
 
-    def route(self, query_embeddings: np.ndarray, k: int, score_temperature: float) -> list[RoutingReply]:
+    def route(self, query_embeddings: np.ndarray, k: int,
+              score_temperature: float) -> list[RoutingReply] | list[FactorReply]:
         request = RoutingRequest(k=k, score_temperature=score_temperature,
                                  queries={EMBEDDINGS: np.asarray(query_embeddings, dtype=np.float32)})
         try:
             reply = self._stub.Route(request.to_proto(), timeout=self.deadline, metadata=self._metadata)
-            replies = [RoutingReply.from_proto(r) for r in reply.replies]
+            replies = [decode_proto(r, ROUTING_REPLIES) for r in reply.replies]
         except grpc.RpcError as exc:
             raise SiteUnavailable(f"{exc.code().name}: {exc.details()}") from None
         except WireError as exc:
             raise SiteUnavailable(f"malformed reply: {exc}") from None
         if len(replies) != len(query_embeddings):
             raise SiteUnavailable(f"{len(replies)} replies for {len(query_embeddings)} queries")
-        if any(MIXTURE not in r.mixture or r.mixture[MIXTURE].ndim != 2 for r in replies):
+        if len({type(r) for r in replies}) > 1:
+            raise SiteUnavailable("replies of two modes in one answer")
+        if any(isinstance(r, RoutingReply) and (MIXTURE not in r.mixture or r.mixture[MIXTURE].ndim != 2)
+               for r in replies):
             raise SiteUnavailable(f"a reply without a [G, K] '{MIXTURE}'")
-        return replies
+        try:
+            for reply in replies:
+                if isinstance(reply, FactorReply):
+                    check_factor_reply(reply)
+        except WireError as exc:
+            raise SiteUnavailable(f"malformed reply: {exc}") from None
+        return replies  # type: ignore[return-value]
 
     def close(self) -> None:
         self._channel.close()
@@ -112,8 +195,8 @@ class FanOut:
     the other sites in the trace, so a query is never answered with a mixture of two pools.
     """
 
-    def __init__(self, sites: Sequence[RoutingSite], k: int, config: PolyConfig):
-        self.sites, self.k, self.config = list(sites), k, config
+    def __init__(self, sites: Sequence[RoutingSite], k: int, config: PolyConfig, mode: str = "poly"):
+        self.sites, self.k, self.config, self.mode = list(sites), k, config, mode
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.sites)), thread_name_prefix="fanout")
         self.last_trace = FanOutTrace()
 
@@ -125,7 +208,8 @@ class FanOut:
                 site.close()
 
     def routings(self, query_embeddings: np.ndarray) -> list[Routing]:
-        """One blended expert mixture ``[G, K]`` per query, from the replies of the sites that answered."""
+        """One routing per query (a blended expert mixture ``[G, K]``, or in distilled mode the sites'
+        LoRA factors), from the replies of the sites that answered."""
         routings, self.last_trace = self.route(query_embeddings)
         return routings
 
@@ -138,23 +222,29 @@ class FanOut:
         trace = FanOutTrace(asked=[site.name for site in self.sites])
         calls = [self._pool.submit(site.route, query_embeddings, k, self.config.score_temperature)
                  for site in self.sites]
-        answers: dict[str, list[RoutingReply]] = {}
+        expected = RoutingReply if self.mode == "poly" else FactorReply
+        answers: dict[str, list] = {}
         for site, call in zip(self.sites, calls):
             try:
                 answers[site.name] = call.result()
             except SiteUnavailable as exc:
                 trace.failed[site.name] = str(exc)[:200]
-        wanted = version if version is not None else max((r[0].pool_version for r in answers.values()), default=0)
+                continue
+            if not isinstance(answers[site.name][0], expected):
+                trace.failed[site.name] = (f"answers in the other mode ({answers.pop(site.name)[0].KIND}); this query "
+                                           f"API serves federation.mode = '{self.mode}'")
+        wanted = version if version is not None else max((version_of(r[0]) for r in answers.values()), default=0)
         for name, replies in list(answers.items()):
-            if replies[0].pool_version != wanted or wanted < min_version:
-                trace.failed[name] = f"routes with pool version {replies[0].pool_version}, not {wanted}"
+            if version_of(replies[0]) != wanted or wanted < min_version:
+                trace.failed[name] = f"routes with pool version {version_of(replies[0])}, not {wanted}"
                 del answers[name]
-        shapes = {r[0].mixture[MIXTURE].shape for r in answers.values()}
-        if len(shapes) > 1:  # one pool version, two shapes: a site misconfigured; keep the commonest
-            common = max(shapes, key=lambda s: sum(r[0].mixture[MIXTURE].shape == s for r in answers.values()))
-            for name, replies in list(answers.items()):
-                if replies[0].mixture[MIXTURE].shape != common:
-                    trace.failed[name] = f"mixtures of shape {list(replies[0].mixture[MIXTURE].shape)}, not {list(common)}"
+        shapes = {name: signature(replies) for name, replies in answers.items()}
+        if len(set(shapes.values()) - {None}) > 1:  # one version, two shapes: a site misconfigured; keep the commonest
+            common = max(set(shapes.values()) - {None}, key=list(shapes.values()).count)
+            for name, shape in shapes.items():
+                if shape is not None and shape != common:
+                    trace.failed[name] = f"{'mixtures' if self.mode == 'poly' else 'factors'} of another shape than " \
+                                         "the other sites'"
                     del answers[name]
         for name, reason in trace.failed.items():
             log.warning("fanout.site.failed", site=name, reason=reason)
@@ -163,4 +253,6 @@ class FanOut:
         trace.answered, trace.pool_version = list(answers), wanted
         trace.seconds = time.perf_counter() - started
         replies = list(answers.values())
+        if self.mode == "distilled":
+            return [combine_factor_replies([site[q] for site in replies], k) for q in range(len(query_embeddings))], trace
         return [blend_replies([site[q] for site in replies], k, self.config) for q in range(len(query_embeddings))], trace

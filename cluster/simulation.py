@@ -17,10 +17,8 @@ from flwr.simulation import run_simulation
 from fedprag.client.app import make_client_app
 from fedprag.client.store import SiteStore
 from fedprag.coordinator.app import RoundReport, make_server_app, recorded_rounds, registry_dir
-from fedprag.shared.config import FederationSection
+from fedprag.shared.config import FedpragConfig
 from fedprag.shared.data.schema import Dataset
-from fedprag.shared.methods.poly.config import PolyConfig
-from fedprag.shared.models.augmenter import AugmentConfig
 from fedprag.shared.processes import FLOWER_QUIET
 
 
@@ -44,17 +42,17 @@ def prepare_sites(dataset: Dataset, sites_root: str | Path) -> list[SiteStore]:
     return stores
 
 
-def simulate(model_spec: str, poly: PolyConfig, federation: FederationSection, sites: int,
-             ray_cpus: int = 2, augment: AugmentConfig | None = None) -> list[RoundReport]:
-    """Run the federation's remaining rounds over ``sites`` simulated sites, each writing its
-    passages' encoding data as ``augment`` says; returns every recorded round."""
-    work = Path(federation.work_dir)
+def simulate(config: FedpragConfig, sites: int, ray_cpus: int = 2) -> list[RoundReport]:
+    """Run the federation's remaining rounds of ``config.federation.mode`` over ``sites`` simulated
+    sites (stores under ``<work_dir>/sites``), each writing its passages' encoding data as
+    ``config.augment`` says; returns every recorded round."""
+    work = Path(config.federation.work_dir)
     flower_environment(work / "flwr-home")
-    server = make_server_app(model_spec, poly, federation)
-    client = make_client_app(model_spec, str(work / "sites"), augment=augment)
+    server = make_server_app(config)
+    client = make_client_app(config.model.path, str(work / "sites"), augment=config.augment)
     run_simulation(
         server_app=server, client_app=client, num_supernodes=sites,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                         "init_args": {"num_cpus": ray_cpus, "include_dashboard": False}},
     )
-    return recorded_rounds(registry_dir(federation))
+    return recorded_rounds(registry_dir(config.federation))

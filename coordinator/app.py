@@ -1,14 +1,17 @@
-"""The coordinator's Flower ServerApp: broadcast the pool, collect updates, aggregate, checkpoint.
+"""The coordinator's Flower ServerApp: broadcast the shared model, collect updates, aggregate, checkpoint.
 
-Each round sends a :class:`~fedprag.shared.wire.RoundTask` to every connected site, waits up to the round
-timeout, validates every reply (a malformed or missing one is logged and left out), aggregates
-with the configured strategy once at least ``min_sites`` valid updates arrived, and publishes the
-result as a new registry version. On start it resumes after the last published round.
+What the sites share depends on ``federation.mode``: Poly-PRAG's expert pool (with the learned
+query router), or DistilledPRAG's generator. Each round sends a task
+(:class:`~fedprag.shared.wire.RoundTask` or :class:`~fedprag.shared.wire.GeneratorTask`) to every
+connected site, waits up to the round timeout, validates every reply (a malformed or missing one is
+logged and left out), aggregates with the mode's strategy once at least ``min_sites`` valid updates
+arrived, and publishes the result as a new registry version. On start it resumes after the last
+published round.
 
-After the last round the latest pool is released to every connected site
-(:class:`~fedprag.shared.wire.PoolRelease`, message type ``query.release``): a site daemon routes
-with it and encodes passages that arrive later against it. A coordinator started when every round
-is done only releases.
+After the last round the latest version is released to every connected site
+(:class:`~fedprag.shared.wire.PoolRelease` or :class:`~fedprag.shared.wire.GeneratorRelease`,
+message type ``query.release``): a site daemon serves with it (and, with a pool, encodes passages
+that arrive later against it). A coordinator started when every round is done only releases.
 
 Two entry points share :func:`run_rounds`: :func:`make_server_app` binds settings in-process (the
 Ray simulation), and the module-level ``server_app`` is what a deployed SuperLink runs through
@@ -20,30 +23,45 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
-from flwr.app import Context, Message, MessageType
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedprag.coordinator.privacy import DPSettings, epsilon
-from fedprag.coordinator.registry import PoolRegistry
-from fedprag.coordinator.strategy import PoolStrategy, strategy_named
-from fedprag.shared.config import FederationSection, load_config
+from fedprag.coordinator.registry import GeneratorRegistry, PoolRegistry
+from fedprag.coordinator.strategy import GeneratorAveraging, PoolStrategy, strategy_named
+from fedprag.shared.config import FederationSection, FedpragConfig, load_config
 from fedprag.shared.log import configure as configure_logging
 from fedprag.shared.log import get_logger
 from fedprag.shared.lora.layers import attach_lora
+from fedprag.shared.methods.distilled.config import DistilledConfig
+from fedprag.shared.methods.distilled.serializer import generator_arrays, load_arrays, starting_encoder
+from fedprag.shared.methods.distilled.trainer import DistilledEncoder
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool, QueryRouter, placed
 from fedprag.shared.methods.poly.serializer import pool_arrays, router_arrays
 from fedprag.shared.models.loading import load_causal_lm
 from fedprag.shared.retrieval.encoder import EMBEDDING_DIM
-from fedprag.shared.wire import PoolRelease, ReleaseAck, RoundTask, SiteUpdate, WireError, record_bytes
+from fedprag.shared.wire import (
+    GeneratorRelease,
+    GeneratorTask,
+    GeneratorUpdate,
+    PoolRelease,
+    ReleaseAck,
+    RoundTask,
+    SiteUpdate,
+    WireError,
+    record_bytes,
+)
 
 log = get_logger(__name__)
+U = TypeVar("U", SiteUpdate, GeneratorUpdate)
 
 
 @dataclass
@@ -79,16 +97,73 @@ def _wait_for_sites(grid: Grid, minimum: int, timeout: float) -> list[int]:
         time.sleep(1.0)
 
 
-def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: FederationSection) -> None:
-    """Run the remaining rounds up to ``federation.rounds``; each round's report goes to the registry."""
+def run_rounds(grid: Grid, config: FedpragConfig) -> None:
+    """Run the remaining rounds up to ``federation.rounds`` of the mode the federation trains
+    (``federation.mode``), then release the result; each round's report goes to the registry."""
+    if config.federation.mode == "distilled":
+        run_generator_rounds(grid, config.model.path, config.distilled, config.federation)
+    else:
+        run_pool_rounds(grid, config.model.path, config.poly, config.federation)
+
+
+def _dp(federation: FederationSection) -> DPSettings | None:
+    return (DPSettings(federation.dp_clip, federation.dp_noise_multiplier, federation.dp_delta)
+            if federation.dp_noise_multiplier > 0 else None)
+
+
+def _check_dp_resume(dp: DPSettings | None, done: int, manifest: dict | None) -> None:
+    """Refuse to resume with DP on a registry whose earlier rounds ran without it, or with another σ
+    (``manifest``: the latest version's, present whenever rounds are ``done``)."""
+    if dp is not None and done > 0 and manifest is not None and manifest["metrics"].get("dp_noise_multiplier") != dp.noise_multiplier:
+        raise ValueError(f"federation.dp_noise_multiplier: rounds 1–{done} of this registry ran "
+                         f"{'without DP' if 'epsilon' not in manifest['metrics'] else 'with another noise multiplier'}, "
+                         "so ε over all rounds is not what DP on would report; start a new work_dir")
+
+
+def _collect(replies: Iterable[Message], accept: Callable[[RecordDict], U], report: RoundReport) -> list[U]:
+    """The valid updates among a round's replies; every other reply is named in ``report`` with
+    its reason (a site's error, or what the schema or the strategy refused)."""
+    updates = []
+    for reply in replies:
+        node = str(reply.metadata.src_node_id)
+        if reply.has_error():
+            lines = [line for line in reply.error.reason.splitlines() if line.strip()] or ["(no reason)"]
+            report.rejected[node] = f"site error: {lines[-1].strip()}"[:160]
+            continue
+        try:
+            update = accept(reply.content)
+        except WireError as exc:
+            report.rejected[node] = str(exc)[:160]
+            continue
+        updates.append(update)
+        report.accepted.append(update.site)
+        report.bytes_per_site[update.site] = record_bytes(reply.content)
+    for node, reason in report.rejected.items():
+        log.warning("coordinator.update.rejected", round=report.round, node=node, reason=reason)
+    return updates
+
+
+def _round_metrics(report: RoundReport, updates: Sequence[SiteUpdate | GeneratorUpdate], dp: DPSettings | None,
+                   weight: Callable[[SiteUpdate | GeneratorUpdate], int]) -> dict[str, float]:
+    """The metrics published with a round's result (ε with DP on; else the sites' weighted loss), also set on ``report``."""
+    metrics = {"sites": float(len(updates))}
+    if dp is not None:
+        report.epsilon = metrics["epsilon"] = epsilon(report.round, dp.noise_multiplier, dp.delta)
+        metrics["dp_noise_multiplier"] = dp.noise_multiplier
+    else:
+        report.loss = metrics["loss"] = sum(u.loss * weight(u) for u in updates) / sum(weight(u) for u in updates)
+    return metrics
+
+
+def run_pool_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: FederationSection) -> None:
+    """Poly-PRAG's rounds: train the expert pool and the learned query router, then release them."""
     base = load_causal_lm(model_spec)
     registry = PoolRegistry(registry_dir(federation), base.digest)
     latest = registry.latest()
     modules = placed(attach_lora(base.model), poly.layers, poly.targets)
     if latest is None:
         pool = ExpertPool.initialised(modules, poly.n_experts, poly.rank, poly.scale, poly.routing, poly.seed)
-        version = registry.publish(pool, poly, 0, {})
-        done = 0
+        version, done, manifest = registry.publish(pool, poly, 0, {}), 0, None
     else:
         pool, manifest = latest
         if sorted(pool.names) != sorted(modules) or (pool.n_experts, pool.rank) != (poly.n_experts, poly.rank):
@@ -98,12 +173,8 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
         version, done = manifest["version"], manifest["round"]
         log.info("coordinator.resume", version=version, completed_round=done)
     strategy = strategy_named(federation.strategy)
-    dp = (DPSettings(federation.dp_clip, federation.dp_noise_multiplier, federation.dp_delta)
-          if federation.dp_noise_multiplier > 0 else None)
-    if dp is not None and done > 0 and manifest["metrics"].get("dp_noise_multiplier") != dp.noise_multiplier:
-        raise ValueError(f"federation.dp_noise_multiplier: rounds 1–{done} of this registry ran "
-                         f"{'without DP' if 'epsilon' not in manifest['metrics'] else 'with another noise multiplier'}, "
-                         "so ε over all rounds is not what DP on would report; start a new work_dir")
+    dp = _dp(federation)
+    _check_dp_resume(dp, done, manifest)
     settings = {**poly.to_numbers(), "epochs": float(federation.local_epochs),
                 "home_experts": float(federation.home_experts)}
     router = starting_router(registry, pool, version, poly)
@@ -120,23 +191,8 @@ def run_rounds(grid: Grid, model_spec: str, poly: PolyConfig, federation: Federa
         log.info("coordinator.round.start", round=number, sites=len(nodes), pool_version=version)
         replies = grid.send_and_receive(messages, timeout=federation.round_timeout)
         report = RoundReport(round=number, version=None)
-        updates = []
-        for reply in replies:
-            node = str(reply.metadata.src_node_id)
-            if reply.has_error():
-                lines = [line for line in reply.error.reason.splitlines() if line.strip()] or ["(no reason)"]
-                report.rejected[node] = f"site error: {lines[-1].strip()}"[:160]
-                continue
-            try:
-                update = strategy.validate(SiteUpdate.from_record(reply.content), pool)
-            except WireError as exc:
-                report.rejected[node] = str(exc)[:160]
-                continue
-            updates.append(update)
-            report.accepted.append(update.site)
-            report.bytes_per_site[update.site] = record_bytes(reply.content)
-        for node, reason in report.rejected.items():
-            log.warning("coordinator.update.rejected", round=number, node=node, reason=reason)
+        updates = _collect(replies, lambda content, pool=pool: strategy.validate(SiteUpdate.from_record(content), pool),
+                           report)
         if len(updates) < federation.min_sites:
             log.error("coordinator.round.incomplete", round=number, valid=len(updates), needed=federation.min_sites)
         else:
@@ -190,22 +246,10 @@ def release(grid: Grid, registry: PoolRegistry, pool: ExpertPool, router: QueryR
                          router=router_arrays(router) if router is not None else {}).to_record()
     replies = grid.send_and_receive([Message(record, dst_node_id=node, message_type=RELEASE) for node in nodes],
                                     timeout=federation.round_timeout)
-    kept, acks = [], []
-    for reply in replies:
-        try:
-            ack = ReleaseAck.from_record(reply.content) if not reply.has_error() else None
-        except WireError:
-            ack = None
-        if ack is None:
-            log.warning("coordinator.release.failed", node=str(reply.metadata.src_node_id))
-            continue
-        kept.append(ack.site)
-        acks.append(ack)
-        log.info("coordinator.release.kept", site=ack.site, pool_version=ack.pool_version, encoded=ack.encoded,
-                 pending=ack.pending)
+    acks = _acks(replies)
     if router is not None:
         registry.save_router(version, federated_router(acks, router) or router)
-    log.info("coordinator.release.done", pool_version=version, sites=len(kept), asked=len(nodes),
+    log.info("coordinator.release.done", pool_version=version, sites=len(acks), asked=len(nodes),
              router_questions=sum(a.questions for a in acks))
 
 
@@ -219,27 +263,99 @@ def aggregate_and_publish(registry: PoolRegistry, strategy: PoolStrategy, pool: 
     un-noised training loss is neither published nor recorded.
     """
     number = report.round
-    metrics = {"sites": float(len(updates))}
-    if dp is not None:
-        pool = strategy.private_aggregate(pool, updates, dp, sites_asked)
-        report.epsilon = metrics["epsilon"] = epsilon(number, dp.noise_multiplier, dp.delta)
-        metrics["dp_noise_multiplier"] = dp.noise_multiplier
-    else:
-        pool = strategy.aggregate(pool, updates)
-        report.loss = metrics["loss"] = sum(u.loss * u.passages for u in updates) / sum(u.passages for u in updates)
-    report.version = registry.publish(pool, poly, number, metrics)
+    pool = strategy.private_aggregate(pool, updates, dp, sites_asked) if dp else strategy.aggregate(pool, updates)
+    report.version = registry.publish(pool, poly, number, _round_metrics(report, updates, dp, lambda u: u.passages))
     log.info("coordinator.round.done", round=number, version=report.version, sites=len(updates),
              loss=None if report.loss is None else round(report.loss, 4), epsilon=report.epsilon)
     return pool, report.version
 
 
-def make_server_app(model_spec: str, poly: PolyConfig, federation: FederationSection) -> ServerApp:
+def run_generator_rounds(grid: Grid, model_spec: str, distilled: DistilledConfig, federation: FederationSection) -> None:
+    """DistilledPRAG's rounds: every site distils the generator on its own documents, the
+    coordinator averages the sites' generators (:class:`GeneratorAveraging`), publishes each round's
+    as a version, and releases the last to every site."""
+    base = load_causal_lm(model_spec)
+    layers = attach_lora(base.model)
+    registry = GeneratorRegistry(registry_dir(federation), base.digest)
+    latest = registry.latest(base, layers)
+    if latest is None:
+        encoder, done, manifest = starting_encoder(base, layers, distilled), 0, None
+        version = registry.publish(encoder, 0, {})
+    else:
+        encoder, manifest = latest
+        stored = encoder.generator.config
+        changed = [name for name in DistilledConfig.SHAPE if getattr(stored, name) != getattr(distilled, name)]
+        if changed:
+            raise ValueError(f"distilled.{changed[0]}: the generator in {registry.root} was made with "
+                             f"{changed[0]} = {getattr(stored, changed[0])!r}, not {getattr(distilled, changed[0])!r} "
+                             "as configured; configure it back or start a new federation.work_dir")
+        version, done = manifest["version"], manifest["round"]
+        log.info("coordinator.resume", version=version, completed_round=done)
+    dp = _dp(federation)
+    _check_dp_resume(dp, done, manifest)
+    strategy, settings = GeneratorAveraging(), distilled.to_numbers()
+    for number in range(done + 1, federation.rounds + 1):
+        nodes = _wait_for_sites(grid, federation.min_sites, federation.round_timeout)
+        started = time.perf_counter()
+        current = generator_arrays(encoder)
+        task = GeneratorTask(round=number, version=version, generator=current, settings=settings).to_record()
+        log.info("coordinator.round.start", round=number, sites=len(nodes), generator_version=version)
+        replies = grid.send_and_receive([Message(task, dst_node_id=node, message_type=MessageType.TRAIN)
+                                         for node in sorted(nodes)], timeout=federation.round_timeout)
+        report = RoundReport(round=number, version=None)
+        updates = _collect(replies, lambda content, current=current: strategy.validate(GeneratorUpdate.from_record(content), current),
+                           report)
+        if len(updates) < federation.min_sites:
+            log.error("coordinator.round.incomplete", round=number, valid=len(updates), needed=federation.min_sites)
+        else:
+            merged = (strategy.private_aggregate(current, updates, dp, len(nodes)) if dp
+                      else strategy.aggregate(current, updates))
+            load_arrays(encoder, merged)
+            version = report.version = registry.publish(encoder, number,
+                                                        _round_metrics(report, updates, dp, lambda u: u.qa_pairs))
+            log.info("coordinator.round.done", round=number, version=version, sites=len(updates),
+                     loss=None if report.loss is None else round(report.loss, 4), epsilon=report.epsilon)
+        report.seconds = time.perf_counter() - started
+        registry.record_round(dataclasses.asdict(report))
+    release_generator(grid, encoder, version, distilled, federation)
+
+
+def release_generator(grid: Grid, encoder: DistilledEncoder, version: int, distilled: DistilledConfig,
+                      federation: FederationSection) -> None:
+    """Send generator ``version`` to every connected site (it answers queries with it); log which kept it."""
+    nodes = _wait_for_sites(grid, federation.min_sites, federation.round_timeout)
+    record = GeneratorRelease(version=version, generator=generator_arrays(encoder),
+                              settings=distilled.to_numbers()).to_record()
+    replies = grid.send_and_receive([Message(record, dst_node_id=node, message_type=RELEASE) for node in nodes],
+                                    timeout=federation.round_timeout)
+    kept = [ack.site for ack in _acks(replies)]
+    log.info("coordinator.release.done", generator_version=version, sites=len(kept), asked=len(nodes))
+
+
+def _acks(replies: Iterable[Message]) -> list[ReleaseAck]:
+    """The valid release acknowledgements among ``replies``; each is logged, and so is every failure."""
+    acks = []
+    for reply in replies:
+        try:
+            ack = ReleaseAck.from_record(reply.content) if not reply.has_error() else None
+        except WireError:
+            ack = None
+        if ack is None:
+            log.warning("coordinator.release.failed", node=str(reply.metadata.src_node_id))
+            continue
+        acks.append(ack)
+        log.info("coordinator.release.kept", site=ack.site, version=ack.pool_version, encoded=ack.encoded,
+                 pending=ack.pending)
+    return acks
+
+
+def make_server_app(config: FedpragConfig) -> ServerApp:
     """A ServerApp bound to its settings (the in-process simulation runtime)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_rounds(grid, model_spec, poly, federation)
+        run_rounds(grid, config)
 
     return app
 
@@ -251,5 +367,4 @@ server_app = ServerApp()
 def deployed_main(grid: Grid, context: Context) -> None:
     """The coordinator as a SuperLink runs it: settings from the TOML file in ``run_config['config']``."""
     configure_logging()  # this process is flwr-serverapp; its stderr streams to ``flwr run``
-    config = load_config(str(context.run_config.get("config", "")) or None)
-    run_rounds(grid, config.model.path, config.poly, config.federation)
+    run_rounds(grid, load_config(str(context.run_config.get("config", "")) or None))

@@ -34,8 +34,6 @@ from dataclasses import dataclass
 import numpy as np
 from dp_accounting import dp_event, rdp
 
-from fedprag.shared.wire import SiteUpdate
-
 
 @dataclass(frozen=True)
 class DPSettings:
@@ -44,21 +42,24 @@ class DPSettings:
     delta: float = 1e-5
 
 
-def clipped_change(update: SiteUpdate, broadcast: Mapping[str, np.ndarray], clip: float) -> dict[str, np.ndarray]:
-    """The site's change against ``broadcast``, scaled down to L2 norm ``clip`` (over all tensors) if larger."""
-    change = {k: update.experts[k].astype(np.float64) - v for k, v in broadcast.items()}
+def clipped_change(params: Mapping[str, np.ndarray], broadcast: Mapping[str, np.ndarray],
+                   clip: float) -> dict[str, np.ndarray]:
+    """A site's change (its trained ``params``) against ``broadcast``, scaled down to L2 norm
+    ``clip`` (over all tensors) if larger."""
+    change = {k: params[k].astype(np.float64) - v for k, v in broadcast.items()}
     norm = math.sqrt(sum(float((d ** 2).sum()) for d in change.values()))
     factor = min(1.0, clip / norm) if norm > 0 else 1.0
     return {k: d * factor for k, d in change.items()}
 
 
-def private_sum(updates: Sequence[SiteUpdate], broadcast: Mapping[str, np.ndarray],
-                weights: Sequence[Mapping[str, np.ndarray]], clip: float) -> dict[str, np.ndarray]:
-    """``S = Σ_s w_s ⊙ clip(Δ_s)``; ``weights[s][key]`` broadcasts against that tensor and lies in [0, 1]."""
+def private_sum(trained: Sequence[Mapping[str, np.ndarray]], broadcast: Mapping[str, np.ndarray],
+                weights: Sequence[Mapping[str, np.ndarray] | float], clip: float) -> dict[str, np.ndarray]:
+    """``S = Σ_s w_s ⊙ clip(Δ_s)`` over the sites' ``trained`` parameters; ``weights[s]`` (per
+    tensor, broadcasting against it, or one number) lies in [0, 1]."""
     total = {k: np.zeros(v.shape, dtype=np.float64) for k, v in broadcast.items()}
-    for update, weight in zip(updates, weights):
-        for key, change in clipped_change(update, broadcast, clip).items():
-            total[key] += np.clip(weight[key], 0.0, 1.0) * change
+    for params, weight in zip(trained, weights):
+        for key, change in clipped_change(params, broadcast, clip).items():
+            total[key] += np.clip(weight if isinstance(weight, float) else weight[key], 0.0, 1.0) * change
     return total
 
 

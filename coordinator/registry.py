@@ -1,6 +1,8 @@
-"""The expert-pool registry: every completed round's pool as a new, immutable version.
+"""The registries of what the federation trains: every completed round's result as a new, immutable version.
 
-``<root>/v000003/`` holds the pool (safetensors + manifest, with the round and metrics). A version
+:class:`PoolRegistry` keeps Poly-PRAG's expert pool (and its learned query router),
+:class:`GeneratorRegistry` DistilledPRAG's generator. ``<root>/v000003/`` holds one version
+(safetensors + manifest, with the round and metrics). A version
 directory appears only once complete (atomic rename), so after a crash the latest version on disk
 is always a whole one, and the coordinator resumes from the round after it. ``rounds.jsonl``
 keeps one line per round run (who was accepted or rejected, bytes each site sent), so any
@@ -13,10 +15,16 @@ import json
 import re
 from pathlib import Path
 
+from torch import Tensor
+
+from fedprag.shared.lora.layers import LoRALinear
 from fedprag.shared.lora.store import EncodingMismatch
+from fedprag.shared.methods.distilled import serializer as distilled_serializer
+from fedprag.shared.methods.distilled.trainer import DistilledEncoder
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool, QueryRouter
 from fedprag.shared.methods.poly.serializer import load_pool, load_router, save_pool, save_router
+from fedprag.shared.models.loading import BaseModel
 
 _VERSION = re.compile(r"^v(\d{6})$")
 ROUTER_DIR = "router"
@@ -24,8 +32,8 @@ DRAFT_ROUTER_DIR = "router.draft"
 """The learned router as the rounds left it: what a resumed federation continues; never served."""
 
 
-class PoolRegistry:
-    """Versioned pools for one base model under ``root``."""
+class VersionedRegistry:
+    """Numbered, complete versions for one base model under ``root``, and the record of the rounds."""
 
     def __init__(self, root: str | Path, base_digest: str):
         self.root = Path(root)
@@ -45,6 +53,30 @@ class PoolRegistry:
 
     def path(self, version: int) -> Path:
         return self.root / f"v{version:06d}"
+
+    def record_round(self, summary: dict) -> None:
+        """Append one round's summary (JSON-serialisable) to ``rounds.jsonl``."""
+        with open(self.root / "rounds.jsonl", "a", encoding="utf-8") as out:
+            out.write(json.dumps(summary) + "\n")
+            out.flush()
+
+    @staticmethod
+    def rounds_at(root: str | Path) -> list[dict]:
+        """Every round summary recorded under ``root``, oldest first (a torn line from a crash is skipped)."""
+        path = Path(root) / "rounds.jsonl"
+        if not path.is_file():
+            return []
+        summaries = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                summaries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return summaries
+
+
+class PoolRegistry(VersionedRegistry):
+    """Versioned expert pools (and their learned query routers) for one base model."""
 
     def latest(self) -> tuple[ExpertPool, dict] | None:
         """The newest pool and its manifest (``version``, ``round``), or ``None`` if there is none."""
@@ -81,22 +113,26 @@ class PoolRegistry:
             raise EncodingMismatch(f"{self.path(version)}: the router routes for pool {pool_digest}, not this one")
         return router
 
-    def record_round(self, summary: dict) -> None:
-        """Append one round's summary (JSON-serialisable) to ``rounds.jsonl``."""
-        with open(self.root / "rounds.jsonl", "a", encoding="utf-8") as out:
-            out.write(json.dumps(summary) + "\n")
-            out.flush()
 
-    @staticmethod
-    def rounds_at(root: str | Path) -> list[dict]:
-        """Every round summary recorded under ``root``, oldest first (a torn line from a crash is skipped)."""
-        path = Path(root) / "rounds.jsonl"
-        if not path.is_file():
-            return []
-        summaries = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                summaries.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return summaries
+class GeneratorRegistry(VersionedRegistry):
+    """Versioned DistilledPRAG generators for one base model."""
+
+    def latest(self, base: BaseModel, layers: dict[str, LoRALinear]) -> tuple[DistilledEncoder, dict] | None:
+        """The newest generator bound to ``base`` and its manifest (``version``, ``round``), or ``None``."""
+        versions = self.versions()
+        return distilled_serializer.load_with_manifest(self.path(versions[-1]), base, layers) if versions else None
+
+    def mask_vector(self) -> Tensor:
+        """The mask token's vector of the newest generator (the same in every version of a federation)."""
+        versions = self.versions()
+        if not versions:
+            raise FileNotFoundError(f"{self.root}: no generator is published yet")
+        return distilled_serializer.mask_vector(self.path(versions[-1]), self.base_digest)
+
+    def publish(self, encoder: DistilledEncoder, round_number: int, metrics: dict[str, float]) -> int:
+        """Write the generator as the next version; returns its number."""
+        versions = self.versions()
+        version = versions[-1] + 1 if versions else 0
+        distilled_serializer.save(self.path(version), encoder,
+                                  extra={"version": version, "round": round_number, "metrics": metrics})
+        return version

@@ -20,11 +20,15 @@ lie in [0, 1], so that one site cannot move the aggregate by more than the clip 
 :mod:`fedprag.coordinator.privacy`). Expert-mass weighs a site's change to expert ``k`` by its mass
 there relative to its own heaviest expert; FedAvg weighs every site equally and divides by the
 number of sites the round was sent to, not by what they report.
+
+In distilled mode the sites train one shared model, the generator, and :class:`GeneratorAveraging`
+is weighted FedAvg over its parameters (by the QA pairs each site distilled on), with the same
+validation and the same DP aggregate as FedAvg's (every site weighted 1, divided by the sites asked).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -32,7 +36,7 @@ from fedprag.coordinator.privacy import DPSettings, add_noise, private_sum
 from fedprag.shared.log import get_logger
 from fedprag.shared.methods.poly.layers import ExpertPool
 from fedprag.shared.methods.poly.serializer import pool_arrays, pool_from_arrays
-from fedprag.shared.wire import SiteUpdate, WireError
+from fedprag.shared.wire import GeneratorUpdate, SiteUpdate, WireError
 
 log = get_logger(__name__)
 MASS_KEY = "routing_mass"
@@ -93,7 +97,7 @@ class PoolStrategy:
             w = self.private_weights(update, pool)
             weights.append({key: w[pool.groups[key.rsplit(".", 1)[0]]].reshape((-1,) + (1,) * (v.ndim - 1))
                             for key, v in broadcast.items()})
-        return private_sum(updates, broadcast, weights, clip)
+        return private_sum([u.experts for u in updates], broadcast, weights, clip)
 
     def private_aggregate(self, pool: ExpertPool, updates: Sequence[SiteUpdate], settings: DPSettings,
                           sites_asked: int) -> ExpertPool:
@@ -136,6 +140,40 @@ class FedAvgAggregation(PoolStrategy):
 
     def private_denominator(self, sites_asked: int) -> float:
         return float(max(sites_asked, 1))
+
+
+class GeneratorAveraging:
+    """Weighted FedAvg of the sites' generators (distilled mode)."""
+
+    @staticmethod
+    def validate(update: GeneratorUpdate, broadcast: Mapping[str, np.ndarray]) -> GeneratorUpdate:
+        """Refuse an update whose parameters do not match the broadcast generator's, or that distilled on no QA pairs."""
+        got = {k: v.shape for k, v in update.generator.items()}
+        expected = {k: v.shape for k, v in broadcast.items()}
+        if got != expected:
+            wrong = sorted(k for k in set(expected) | set(got) if expected.get(k) != got.get(k))
+            raise WireError(f"update from {update.site}: generator parameters do not match the broadcast ({wrong[:3]})")
+        if update.qa_pairs == 0:
+            raise WireError(f"update from {update.site}: distilled on no QA pairs")
+        return update
+
+    @staticmethod
+    def aggregate(broadcast: Mapping[str, np.ndarray], updates: Sequence[GeneratorUpdate]) -> dict[str, np.ndarray]:
+        """``θ ← Σ_s n_s θ_s / Σ_s n_s`` with ``n_s`` the site's QA-pair count."""
+        if not updates:
+            raise ValueError("no updates to aggregate")
+        total = sum(u.qa_pairs for u in updates)
+        return {k: sum(u.generator[k].astype(np.float64) * (u.qa_pairs / total) for u in updates).astype(np.float32)
+                for k in broadcast}
+
+    @staticmethod
+    def private_aggregate(broadcast: Mapping[str, np.ndarray], updates: Sequence[GeneratorUpdate],
+                          settings: DPSettings, sites_asked: int) -> dict[str, np.ndarray]:
+        """``θ + (Σ_s clip(Δ_s) + N(0, σ²C²)) / S_asked``: L2 sensitivity ``clip`` per site."""
+        start = {k: v.astype(np.float64) for k, v in broadcast.items()}
+        noisy = add_noise(private_sum([u.generator for u in updates], start, [1.0] * len(updates), settings.clip),
+                          settings)
+        return {k: (v + noisy[k] / max(sites_asked, 1)).astype(np.float32) for k, v in start.items()}
 
 
 STRATEGIES: dict[str, type[PoolStrategy]] = {s.name: s for s in (ExpertMassAggregation, FedAvgAggregation)}

@@ -130,8 +130,8 @@ def _cmd_demo(args: argparse.Namespace, config: FedpragConfig) -> int:
         report = evaluate_federation(federation, config, show_progress=not args.quiet)
     md_path = write_results(report, federation.rounds, config.federation.work_dir)
     print(report.to_markdown())
-    served = next(r for r in report.results if r.method == "poly_federated")
-    print(f"Serving: poly_federated was asked over HTTP through the query API (Ray Serve); one question at a time "
+    served = next(r for r in report.results if r.method == federation.model.name)
+    print(f"Serving: {served.method} was asked over HTTP through the query API (Ray Serve); one question at a time "
           f"it took p50 {served.latency_ms_p50:.0f} ms, p95 {served.latency_ms_p95:.0f} ms.\n")
     print("Federated rounds (bytes each site sent):\n")
     print(traffic_table(federation.rounds))
@@ -252,6 +252,9 @@ def _model_option(parser: argparse.ArgumentParser) -> None:
 def _federation_options(parser: argparse.ArgumentParser) -> None:
     _model_option(parser)
     parser.add_argument("--rounds", type=int, dest="federation.rounds", help="total rounds (completed ones are kept)")
+    parser.add_argument("--mode", dest="federation.mode", choices=("poly", "distilled"),
+                        help="poly (default): sites train a shared expert pool and route with private rows; "
+                             "distilled: sites distil a shared generator that turns documents into LoRA weights")
     parser.add_argument("--strategy", dest="federation.strategy", help="expert_mass (default) or fedavg")
     parser.add_argument("--runtime", dest="federation.runtime", choices=("deployment", "simulation"),
                         help="deployment (default): SuperLink + one SuperNode process per site, TLS and node "

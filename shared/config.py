@@ -64,6 +64,10 @@ class EvalSection:
 class FederationSection:
     """Federated rounds: how many, over how many sites, aggregated how, checkpointed where."""
 
+    mode: str = "poly"
+    """What the sites train and serve with: ``poly`` (Poly-PRAG: a shared expert pool, private
+    routing rows) or ``distilled`` (DistilledPRAG: a shared generator that turns each query's
+    documents into LoRA weights at the site that holds them)."""
     rounds: int = 10
     min_sites: int = 2
     """A round completes with at least this many valid updates; dropped sites are tolerated."""
@@ -90,6 +94,8 @@ class FederationSection:
                 raise ValueError(f"federation.{name}: must be a positive integer")
         if self.home_experts < 0:
             raise ValueError("federation.home_experts: must be zero or more")
+        if self.mode not in ("poly", "distilled"):
+            raise ValueError(f"federation.mode: must be 'poly' or 'distilled', not '{self.mode}'")
         if self.strategy not in ("expert_mass", "fedavg"):
             raise ValueError(f"federation.strategy: must be 'expert_mass' or 'fedavg', not '{self.strategy}'")
         if self.runtime not in ("deployment", "simulation"):
@@ -144,6 +150,10 @@ class SiteSection:
     """Queries each caller token may ask the routing service: this many at once, refilled at rate_limit_qps."""
     reply_noise: float = 0.0
     """Gaussian noise σ on every routing reply's scores and mixture (0 = exact replies)."""
+    factor_noise: float = 0.0
+    """Distilled mode: Gaussian noise on the LoRA factors a reply carries, relative to each column's
+    norm (``fedprag.shared.methods.distilled.leakage.protect``). 0 sends them as generated; on the
+    built-in model noise 3 roughly halves what an attacker decodes from them and costs about 0.3 exact match."""
     poll_seconds: float = 1.0
     threads: int = 1
     """torch threads for the site's training and encoding."""
@@ -156,6 +166,8 @@ class SiteSection:
         if self.rate_limit_qps <= 0 or self.rate_limit_burst < 256:
             raise ValueError("site.rate_limit_qps must be positive and site.rate_limit_burst at least 256 "
                              "(the most queries one routing request may carry)")
+        if self.factor_noise < 0:
+            raise ValueError("site.factor_noise: must be zero or positive")
         if self.reply_noise < 0:
             raise ValueError("site.reply_noise: must be zero or positive")
         host, _, port = self.routing_address.rpartition(":")

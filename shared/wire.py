@@ -36,6 +36,24 @@ What crosses, field by field:
   under the site's secret); ``mixture`` (one ``[G, K]`` tensor: those passages' routing rows
   blended by softmax(score / temperature)). A passage's own routing row never leaves: with the
   pool it would be that passage's encoding.
+
+In distilled mode (``federation.mode = "distilled"``) the shared model is DistilledPRAG's generator:
+
+* :class:`GeneratorTask`, coordinator → site: ``round`` and ``version`` (counts); ``generator``
+  (the generator's parameters, keyed by parameter name); ``settings`` (the distillation settings
+  as numbers).
+* :class:`GeneratorUpdate`, site → coordinator: ``site``; ``round``, ``version``, ``passages`` and
+  ``qa_pairs`` (counts of the site's passages and of the QA pairs it distilled on: its data size);
+  ``loss``; ``generator`` (its distilled copy, same shapes). The documents, the questions and the
+  teacher's outputs stay at the site.
+* :class:`GeneratorRelease`, coordinator → site: ``version``; ``generator``; ``settings``; answered
+  with a :class:`ReleaseAck`.
+* :class:`FactorReply`, site → query API, one per query: ``site``; ``version``; ``scores`` (as in
+  :class:`RoutingReply`); ``lengths`` (each of those passages' token count, under the same ids:
+  the query API puts that many mask tokens in the prompt); ``factors`` (the LoRA the generator
+  made from the site's top-k documents, ``<module>.lora_A [r, in]`` and ``<module>.lora_B
+  [out, r]``, the LoRA scale folded into B), with ``site.factor_noise`` on them (none by default;
+  :mod:`fedprag.shared.methods.distilled.leakage` measures what they give away).
 """
 
 from __future__ import annotations
@@ -340,5 +358,83 @@ class RoutingReply(WireMessage):
     mixture: Mapping[str, np.ndarray] = tensors()
 
 
+@dataclass(frozen=True)
+class GeneratorTask(WireMessage):
+    """Coordinator → site (distilled mode): the current generator and the round's distillation settings."""
+
+    KIND: ClassVar[str] = "generator_task"
+    round: int = count()
+    version: int = count()
+    generator: Mapping[str, np.ndarray] = tensors()
+    settings: Mapping[str, float] = scores()
+
+
+@dataclass(frozen=True)
+class GeneratorUpdate(WireMessage):
+    """Site → coordinator (distilled mode): the generator after the site's distillation steps."""
+
+    KIND: ClassVar[str] = "generator_update"
+    site: str = opaque_id()
+    round: int = count()
+    version: int = count()
+    passages: int = count()
+    qa_pairs: int = count()
+    loss: float = score()
+    generator: Mapping[str, np.ndarray] = tensors()
+
+
+@dataclass(frozen=True)
+class GeneratorRelease(WireMessage):
+    """Coordinator → site (distilled mode): a published generator version, to answer queries with."""
+
+    KIND: ClassVar[str] = "generator_release"
+    version: int = count()
+    generator: Mapping[str, np.ndarray] = tensors()
+    settings: Mapping[str, float] = scores()
+
+
+@dataclass(frozen=True)
+class FactorReply(WireMessage):
+    """Site → query API (distilled mode), for one query: the scores of the site's best passages
+    (under ids fresh for this reply), their token counts, and the LoRA factors the site's generator
+    made from them."""
+
+    KIND: ClassVar[str] = "factor_reply"
+    site: str = opaque_id()
+    version: int = count()
+    lengths: Mapping[str, float] = scores()  # before ``scores``, whose name shadows the field maker
+    scores: Mapping[str, float] = scores()
+    factors: Mapping[str, np.ndarray] = tensors()
+
+
+TASKS: tuple[type[WireMessage], ...] = (RoundTask, GeneratorTask)
+"""What a coordinator sends for a round, by mode."""
+RELEASES: tuple[type[WireMessage], ...] = (PoolRelease, GeneratorRelease)
+"""What a coordinator sends after the rounds, by mode."""
+
+
+def decode(record: RecordDict, kinds: tuple[type[WireMessage], ...]) -> WireMessage:
+    """The record as whichever of ``kinds`` it declares; refuses any other kind."""
+    ids = record.get("ids")
+    declared = str(ids.get("kind", "")) if isinstance(ids, ConfigRecord) else ""
+    for kind in kinds:
+        if kind.KIND == declared:
+            return kind.from_record(record)
+    raise WireError(f"a '{declared}' message is not one of {', '.join(k.KIND for k in kinds)}")
+
+
+def decode_proto(record: routing_pb2.WireRecord, kinds: tuple[type[WireMessage], ...]) -> WireMessage:
+    """A ``WireRecord`` as whichever of ``kinds`` it declares; refuses any other kind."""
+    for kind in kinds:
+        if kind.KIND == record.kind:
+            return kind.from_proto(record)
+    raise WireError(f"a '{record.kind}' message is not one of {', '.join(k.KIND for k in kinds)}")
+
+
+ROUTING_REPLIES: tuple[type[WireMessage], ...] = (RoutingReply, FactorReply)
+"""What a site's routing service answers with, by mode."""
 MIXTURE = "mixture"
 EMBEDDINGS = "embeddings"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""A routing call's size limit either way: distilled mode's replies carry a LoRA per query (about
+180 kB on the built-in model)."""

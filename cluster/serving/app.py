@@ -41,15 +41,17 @@ def build_app(config: FedpragConfig) -> serve.Application:
     settings.check_files()
     registry = registry_of(config)
     token = read_tokens(settings.site_token_file)[-1] if settings.sites else ""
+    mode = config.federation.mode
     router = router_deployment().bind(config.model.path, registry, config.poly, settings.site_addresses(),
-                                      settings.ca_cert, token, settings.site_deadline)
+                                      settings.ca_cert, token, settings.site_deadline, mode)
     threads = max(1, int(settings.replica_cpus))
     generator = generator_deployment(settings.replicas, settings.min_replicas, settings.max_replicas,
                                      settings.replica_cpus).bind(
-        config.model.path, registry, config.poly, threads, settings.max_batch_size, settings.batch_wait_ms / 1e3)
+        config.model.path, registry, config.poly, threads, settings.max_batch_size, settings.batch_wait_ms / 1e3,
+        None, mode == "distilled")
     ingress = IngressSettings(settings.api_keys, settings.rate_limit_qps, settings.rate_limit_burst,
-                              settings.key_rates(), settings.routing,
-                              settings.top_k, settings.max_new_tokens, registry)
+                              settings.key_rates(), settings.routing if mode == "poly" else "fanout",
+                              settings.top_k, settings.max_new_tokens, registry, mode)
     return Ingress.bind(router, generator, ingress)
 
 

@@ -4,7 +4,8 @@ Each replica holds the base model with LoRA layers attached and the pool version
 for (the newest three, loaded from the coordinator's registry on first use). Concurrent requests
 are collected by ``@serve.batch``; a batch is split only by method, pool version and answer length, and
 each part is one :meth:`QueryEngine.answer <fedprag.shared.query.QueryEngine.answer>`: one forward
-per token, every request under its own expert mixture, nothing merged and nothing reloaded.
+per token, every request under its own expert mixture (in distilled mode, its own sum of the
+sites' generated LoRAs), nothing merged and nothing reloaded.
 A request names its pool version, so one in flight finishes on the version it started with while
 a newer one is loaded beside it.
 """
@@ -20,10 +21,11 @@ import torch
 from ray import serve
 
 from fedprag.cluster.serving.batching import by_group
-from fedprag.coordinator.registry import PoolRegistry
+from fedprag.coordinator.registry import GeneratorRegistry, PoolRegistry
 from fedprag.shared.log import get_logger
 from fedprag.shared.methods.base import MethodModel, Routing
 from fedprag.shared.methods.baselines import ClosedBookModel
+from fedprag.shared.methods.distilled.model import DistilledModel
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.model import PolyModel
 from fedprag.shared.methods.poly.serializer import load_pool
@@ -39,8 +41,9 @@ POOLS_KEPT = 3
 @dataclass(frozen=True)
 class GenerateItem:
     """One question to answer with ``method``: ``poly`` (under the expert mixture ``weights`` of
-    pool ``version``), ``closed_book``, or a method the replica was given (``routing`` then holds
-    what it reads: retrieved passage ids and scores, and for standard RAG their text)."""
+    pool ``version``), ``distilled`` (under the sites' generated factors in ``routing``),
+    ``closed_book``, or a method the replica was given (``routing`` then holds what it reads:
+    retrieved passage ids and scores, and for standard RAG their text)."""
 
     question: str
     max_new_tokens: int
@@ -65,7 +68,8 @@ class Generator:
     """A serving replica (a Ray Serve deployment; see :func:`generator_deployment`)."""
 
     def __init__(self, model_spec: str, registry: str, poly: PolyConfig, threads: int = 1,
-                 max_batch_size: int = 32, batch_wait_s: float = 0.01, extra: Mapping[str, MethodModel] | None = None):
+                 max_batch_size: int = 32, batch_wait_s: float = 0.01, extra: Mapping[str, MethodModel] | None = None,
+                 distilled: bool = False):
         torch.set_num_threads(threads)
         self.base = load_causal_lm(model_spec, show_progress=False)
         self.engine = QueryEngine(self.base)
@@ -73,6 +77,7 @@ class Generator:
         self.poly = poly
         self.pools: dict[int, PolyModel] = {}
         self.models: dict[str, MethodModel] = {"closed_book": ClosedBookModel(), **(extra or {})}
+        self.distilled = distilled  # distilled mode: the sites' generated LoRAs, added up per request
         self.context = self.base.model.config.max_position_embeddings
         self._loading = threading.Lock()
         self.generate.set_max_batch_size(max_batch_size)
@@ -93,6 +98,11 @@ class Generator:
     def _model(self, item: GenerateItem) -> MethodModel:
         if item.method == "poly":
             return self._pool(item.version)
+        if item.method == "distilled" and self.distilled:
+            with self._loading:  # the mask token's vector, from the federation's generator, once
+                if "distilled" not in self.models:
+                    mask = GeneratorRegistry(self.registry.root, self.base.digest).mask_vector()
+                    self.models["distilled"] = DistilledModel.served(self.base, mask)
         if item.method not in self.models:
             raise ValueError(f"method '{item.method}' is not served here (served: poly, {', '.join(self.models)})")
         return self.models[item.method]

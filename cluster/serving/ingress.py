@@ -165,6 +165,8 @@ class IngressSettings:
     top_k: int
     max_new_tokens: int
     registry: str
+    method: str = "poly"
+    """The federation's method (``federation.mode``): what a request that names none is answered with."""
 
 
 def _validation_error(field: str, message: str) -> RequestValidationError:
@@ -245,8 +247,14 @@ class Ingress:
                                                            pinned_version(model)))
 
     async def _ask(self, question: str, top_k: int | None, routing: str | None, model: str,
-                   max_tokens: int | None, method: str = "poly") -> tuple[Generated, Trace]:
+                   max_tokens: int | None, method: str | None = None) -> tuple[Generated, Trace]:
         started = time.perf_counter()
+        method = method or self.settings.method
+        if method not in (self.settings.method, "closed_book"):
+            raise _validation_error("method", f"this federation serves '{self.settings.method}' (or closed_book), "
+                                              f"not '{method}'")
+        if routing == "router" and method == "distilled":
+            raise _validation_error("routing", "distilled mode routes by fan-out only: the sites generate the LoRA")
         mode = routing or self.settings.routing
         routed = await self._route(question, top_k, mode, model, method)
         for site in routed.trace.failed:
@@ -258,7 +266,7 @@ class Ingress:
         metrics.STAGE.labels("route").observe(routed.seconds)
         routed_at = time.perf_counter()
         generated, retries = await self._generate(GenerateItem(
-            question, max_tokens or self.settings.max_new_tokens, method, routed.weights, routed.version))
+            question, max_tokens or self.settings.max_new_tokens, method, routed.weights, routed.version, routed.routing))
         if generated.error.startswith("question:"):
             raise _validation_error("question", generated.error)
         if generated.error:
@@ -268,7 +276,7 @@ class Ingress:
         metrics.BATCH.observe(generated.batch_size)
         metrics.POOL_VERSION.set(routed.version)
         return generated, Trace(
-            routing=mode if method == "poly" else "none", sites_asked=routed.trace.asked, sites_answered=routed.trace.answered,
+            routing=mode if method != "closed_book" else "none", sites_asked=routed.trace.asked, sites_answered=routed.trace.answered,
             sites_failed=routed.trace.failed, experts=_heaviest(routed.weights), pool_version=routed.version,
             batch_size=generated.batch_size, replica_retries=retries,
             timings_ms={"route": round((routed_at - started) * 1e3, 2),

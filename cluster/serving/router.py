@@ -9,6 +9,10 @@ A Ray Serve deployment that embeds the questions of a batch at once (the retriev
 * **router**: the learned central query router the federation trained with the pool (each site on
   its own questions; the coordinator averaged them), so no site needs to be online.
 
+In distilled mode (``federation.mode``) only fan-out routes: each site answers with the LoRA its
+generator made from its passages, and the result's :class:`~fedprag.shared.methods.base.Routing`
+carries the factors of the sites that hold the global top-k (:mod:`fedprag.cluster.fanout`).
+
 Pool versions never go backwards: once a version has been served, an unpinned request is never
 routed with an older one. The routing stage runs as one replica, so this holds for every client.
 """
@@ -28,6 +32,7 @@ from fedprag.cluster.fanout import FanOut, FanOutTrace, RemoteSite, SiteUnavaila
 from fedprag.cluster.serving.batching import GROUP_ERRORS, by_group
 from fedprag.coordinator.registry import PoolRegistry
 from fedprag.shared.log import get_logger
+from fedprag.shared.methods.base import Routing
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import QueryRouter, keep_top_m, routing_weights
 from fedprag.shared.models.loading import model_digest, resolve_model_path
@@ -52,6 +57,8 @@ class RouteResult:
     (``unavailable``: no site or router could route it; ``not_found``: the pinned version is not there)."""
 
     weights: torch.Tensor | None = None
+    routing: Routing | None = None
+    """The whole routing (distilled mode: the sites' generated factors and mask-token counts)."""
     version: int = 0
     trace: FanOutTrace = field(default_factory=FanOutTrace)
     seconds: float = 0.0
@@ -63,13 +70,14 @@ class Router:
     """The routing stage (a Ray Serve deployment; see :func:`router_deployment`)."""
 
     def __init__(self, model_spec: str, registry: str, poly: PolyConfig, sites: dict[str, str], ca_cert: str,
-                 site_token: str, site_deadline: float):
+                 site_token: str, site_deadline: float, mode: str = "poly"):
         torch.set_num_threads(1)
         self.encoder = SentenceEncoder()
         self.poly = poly
         self.registry = PoolRegistry(registry, model_digest(resolve_model_path(model_spec, show_progress=False)))
         remote = [RemoteSite(name, address, ca_cert, site_token, site_deadline) for name, address in sites.items()]
-        self.fanout = FanOut(remote, k=3, config=poly) if remote else None
+        self.mode = mode
+        self.fanout = FanOut(remote, k=3, config=poly, mode=mode) if remote else None
         self.routers: dict[int, QueryRouter] = {}
         self.newest = 0
         self._lock = threading.Lock()
@@ -91,9 +99,12 @@ class Router:
             return [RouteResult(error=error, reason=str(exc)[:300])] * len(embeddings)
         self._served(trace.pool_version, version is not None)
         seconds = time.perf_counter() - started
-        return [RouteResult(r.weights, trace.pool_version, trace, seconds) for r in routings]
+        return [RouteResult(r.weights, r, trace.pool_version, trace, seconds) for r in routings]
 
     def _central(self, embeddings: np.ndarray, version: int | None) -> list[RouteResult]:
+        if self.mode != "poly":
+            return [RouteResult(error="unavailable", reason="the learned router routes Poly-PRAG only; this "
+                                f"federation serves '{self.mode}', which routes by fan-out")] * len(embeddings)
         started = time.perf_counter()
         pinned = version is not None
         available = self.registry.versions_with_router()
@@ -112,7 +123,7 @@ class Router:
             logits = self.routers[version](torch.from_numpy(embeddings).float())
         weights = keep_top_m(routing_weights(logits), self.poly.top_m)
         trace = FanOutTrace(pool_version=version, seconds=time.perf_counter() - started)
-        return [RouteResult(w, version, trace, trace.seconds) for w in weights]
+        return [RouteResult(w, None, version, trace, trace.seconds) for w in weights]
 
     def _route_batch(self, requests: list[RouteRequest]) -> list[RouteResult]:
         try:

@@ -44,9 +44,10 @@ class QueryRequest(BaseModel):
                               description="Passages each site scores, and the global top-k blended. Default: the server's.")
     routing: Literal["fanout", "router"] | None = Field(
         None, description="fanout: ask every site daemon; router: the learned central router. Default: the server's.")
-    method: Literal["poly", "closed_book"] = Field(
-        "poly", description="poly: the federation's parametric knowledge; closed_book: the bare base model "
-                            "(no routing; for comparison).")
+    method: Literal["poly", "distilled", "closed_book"] | None = Field(
+        None, description="The federation's parametric knowledge, as its mode stores it (poly: the expert pool; "
+                          "distilled: the sites' generated LoRAs), or closed_book: the bare base model (no routing; "
+                          "for comparison). Default: the federation's.")
     model: str = Field(MODEL, description="fedprag (the latest pool) or fedprag@<version>.")
     max_tokens: int | None = Field(None, ge=1, le=64)
 

@@ -16,13 +16,13 @@ from fedprag.shared.data.schema import Dataset
 from fedprag.shared.eval.harness import evaluate
 from fedprag.shared.eval.methods import EvalMethod, Routed, Served, build_methods
 from fedprag.shared.eval.report import Report
-from fedprag.shared.methods.base import Routing
-from fedprag.shared.methods.poly.layers import ExpertPool
-from fedprag.shared.methods.poly.model import PolyModel
+from fedprag.shared.methods.base import MethodModel, Routing
 from fedprag.shared.models.loading import BaseModel
 
 CENTRALISED = ("closed_book", "standard_rag", "standard_rag_top1", "prag", "poly")
-"""What the federated pool is compared with, each trained centrally on the union of the sites' data."""
+"""What a federated pool is compared with, each trained centrally on the union of the sites' data."""
+CENTRALISED_DISTILLED = ("closed_book", "standard_rag", "standard_rag_top1", "distilled")
+"""What a federated generator is compared with (``distilled``: the generator the federation starts from)."""
 
 
 class FanOutLike(Protocol):
@@ -42,23 +42,24 @@ class FederationLike(Protocol):
 
     dataset: Dataset
     base: BaseModel
-    pool: ExpertPool
-    pool_bytes: int
+    model: MethodModel
+    stored_bytes: int
     fanout: FanOutLike
     api: ServedLike | None
 
 
 def evaluate_federation(federation: FederationLike, config: FedpragConfig, show_progress: bool = True,
-                        baselines: tuple[str, ...] = CENTRALISED) -> Report:
-    """The results table: ``baselines`` trained centrally on the union of the data, and the
-    federation's latest pool, ``poly_federated``, routed by fan-out to its site daemons over gRPC
-    with the mixtures the sites send: asked over HTTP through the query API when the federation
-    serves one, else through an in-process fan-out."""
+                        baselines: tuple[str, ...] | None = None) -> Report:
+    """The results table: ``baselines`` trained centrally on the union of the data (default: those
+    of the federation's mode), and the federation's latest release, ``<mode>_federated``, routed by
+    fan-out to its site daemons over gRPC with what the sites send: asked over HTTP through the
+    query API when the federation serves one, else through an in-process fan-out."""
+    if baselines is None:
+        baselines = CENTRALISED_DISTILLED if config.federation.mode == "distilled" else CENTRALISED
     if federation.api is not None:
-        federated: EvalMethod = Served("poly_federated", federation.api.answers, federation.pool_bytes)
+        federated: EvalMethod = Served(federation.model.name, federation.api.answers, federation.stored_bytes)
     else:
-        federated = Routed(PolyModel(federation.pool, config.poly, name="poly_federated"), federation.fanout.routings,
-                           federation.pool_bytes)
+        federated = Routed(federation.model, federation.fanout.routings, federation.stored_bytes)
     methods = [*build_methods(baselines, config.method_configs()), federated]
     return evaluate(federation.dataset, federation.base, methods, config.harness,
                     Path(config.federation.work_dir) / "eval", show_progress, augment=config.augment)

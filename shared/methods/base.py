@@ -16,11 +16,12 @@ A method's folder holds the same five roles:
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import numpy as np
 from torch import Tensor
@@ -59,6 +60,26 @@ class MethodConfig:
     def check(self) -> None:
         """Rules beyond positivity; the default has none."""
 
+    def to_numbers(self) -> dict[str, float]:
+        """The numeric settings only, the form the wire schema admits (subclasses add their choices)."""
+        return {f.name: float(getattr(self, f.name)) for f in dataclasses.fields(self)  # type: ignore[arg-type]
+                if isinstance(getattr(self, f.name), (int, float))}
+
+    @classmethod
+    def from_numbers(cls, numbers: Mapping[str, float], **choices: object) -> Self:
+        """Inverse of :meth:`to_numbers`, validated: unknown keys are ignored, and fields that are
+        not numbers take ``choices`` or keep their default."""
+        kinds = {f.name: f.type for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        values: dict[str, object] = dict(choices)
+        for name, value in numbers.items():
+            if kinds.get(name) in ("int", "bool"):
+                values[name] = int(value) if kinds[name] == "int" else bool(value)
+            elif kinds.get(name) == "float":
+                values[name] = float(value)
+        config = cls(**values)
+        config.validate()
+        return config
+
 
 @dataclass(frozen=True)
 class Routing:
@@ -70,7 +91,10 @@ class Routing:
       it, or in a single-machine evaluation (standard RAG and DistilledPRAG read it);
     * ``embedding``: the query's retrieval embedding (the learned query router reads it);
     * ``weights``: Poly-PRAG expert weights ``[G, K]`` already blended from the sites' routing
-      replies (federated serving), so no passage id is needed.
+      replies (federated serving), so no passage id is needed;
+    * ``factors`` and ``lengths``: DistilledPRAG in federated serving, the LoRA factors each
+      contributing site generated from its passages (wire form), and those passages' token
+      counts, best first (the prompt holds that many mask tokens per passage).
     """
 
     passage_ids: tuple[str, ...] = ()
@@ -78,6 +102,8 @@ class Routing:
     documents: tuple[str, ...] = ()
     embedding: np.ndarray | None = None
     weights: Tensor | None = None
+    factors: tuple[Mapping[str, np.ndarray], ...] = ()
+    lengths: tuple[int, ...] = ()
 
 
 class MethodModel(ABC):

@@ -1,6 +1,8 @@
-"""What leaves a site, read on the wire, in a real federated run followed by routed queries.
+"""What leaves a site, read on the wire, in a real federated run followed by routed queries, in both modes.
 
-Random canary strings are planted in the sites' passages. A TLS-terminating recording proxy (it
+In Poly-PRAG mode a round carries the expert pool and the replies carry expert mixtures; in
+distilled mode a round carries the generator and the replies carry the LoRA factors each site's
+generator made from its passages. Random canary strings are planted in the sites' passages. A TLS-terminating recording proxy (it
 presents certificates from the federation's test CA) sits on every connection that leaves a site:
 between the SuperNodes and the SuperLink, and between the caller and each site's routing service.
 One round, the pool release and routed queries cross them. No canary, and no 12-byte window of
@@ -8,7 +10,8 @@ any passage's text, appears in the recorded plaintext; the coordinator's log, th
 sites' egress logs are checked too.
 
 The test of the test: a site that leaks one passage through an allowed-looking field (its text
-packed into the float32 mixture tensor, which the wire schema admits) is caught by the same check.
+packed into a float32 tensor the wire schema admits: the mixture, or a factor) is caught by the
+same check.
 """
 
 from concurrent import futures
@@ -17,7 +20,7 @@ import grpc
 import numpy as np
 import pytest
 
-from fedprag.client.routing_service import RoutingCounters, RoutingServicer, SiteRouter
+from fedprag.client.routing_service import FactorRouter, RoutingCounters, RoutingServicer, SiteRouter
 from fedprag.client.store import SiteStore
 from fedprag.cluster.deployment import LocalDeployment
 from fedprag.cluster.fanout import RemoteSite
@@ -25,10 +28,11 @@ from fedprag.cluster.simulation import prepare_sites
 from fedprag.coordinator.registry import PoolRegistry
 from fedprag.shared.config import load_config
 from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
+from fedprag.shared.lora.layers import attach_lora
 from fedprag.shared.models.loading import load_causal_lm
 from fedprag.shared.proto import routing_pb2_grpc
 from fedprag.shared.retrieval.encoder import SentenceEncoder
-from fedprag.shared.wire import MIXTURE, RoutingReply
+from fedprag.shared.wire import MIXTURE, FactorReply, RoutingReply
 from tests.integration.federation_support import with_unique_canaries
 from tests.integration.wire_recorder import RecordingProxy
 
@@ -60,14 +64,27 @@ class _RecordedDeployment(LocalDeployment):
             self.proxy.__exit__(None, None, None)
 
 
+def _packed(store) -> np.ndarray:
+    """The bytes of a site's first passage as a float32 row (a finite one, as the schema demands)."""
+    text = store.passages()[0].text.encode()
+    return np.frombuffer(text + b" " * (-len(text) % 4), dtype="<f4").reshape(1, -1).astype(np.float32)
+
+
 class _LeakingRouter(SiteRouter):
     """A broken site: its mixture tensor carries the bytes of its first passage's text."""
 
     def route(self, query_embeddings, k, score_temperature, noise=0.0):
-        text = self.store.passages()[0].text.encode()
-        packed = np.frombuffer(text + b" " * (-len(text) % 4), dtype="<f4")
         return [RoutingReply(site=r.site, pool_version=r.pool_version, scores=r.scores,
-                             mixture={MIXTURE: packed.reshape(1, -1).astype(np.float32)})
+                             mixture={MIXTURE: _packed(self.store)})
+                for r in super().route(query_embeddings, k, score_temperature)]
+
+
+class _LeakingFactorRouter(FactorRouter):
+    """A broken site in distilled mode: one factor tensor carries the bytes of its first passage's text."""
+
+    def route(self, query_embeddings, k, score_temperature, noise=0.0):
+        return [FactorReply(site=r.site, version=r.version, lengths=r.lengths, scores=r.scores,
+                            factors={**r.factors, next(iter(r.factors)): _packed(self.store)})
                 for r in super().route(query_embeddings, k, score_temperature)]
 
 
@@ -80,30 +97,41 @@ def _routed(deployment, name, port, embeddings):
     return proxy.plaintext()
 
 
-@pytest.fixture(scope="module")
-def run(small_model_spec, tmp_path_factory):
-    work = tmp_path_factory.mktemp("wire")
+DISTILLED = {"distilled.start": "scratch", "distilled.local_steps": 2, "distilled.batch_size": 4,
+             "distilled.width": 32, "distilled.heads": 2, "distilled.depth": 1}
+"""A small generator trained from scratch: what crosses is the point here, not how well it answers."""
+
+
+@pytest.fixture(scope="module", params=["poly", "distilled"])
+def run(request, small_model_spec, tmp_path_factory):
+    mode = request.param
+    work = tmp_path_factory.mktemp(f"wire-{mode}")
     dataset = make_benchmark(BenchmarkSpec(people=12, sites=3, alpha=100.0, seed=4))
     planted, canaries = with_unique_canaries(dataset)
     stores = prepare_sites(planted, work / "sites")
-    config = load_config(None, {"federation.rounds": 1, "federation.local_epochs": 1, "federation.min_sites": 3})
+    config = load_config(None, {"federation.rounds": 1, "federation.local_epochs": 1, "federation.min_sites": 3,
+                                "federation.mode": mode, **(DISTILLED if mode == "distilled" else {})})
     encoder = SentenceEncoder()
     questions = encoder.embed([q.text for q in dataset.questions[:48]])
-    with _RecordedDeployment(work, [(s.root.name, s.root) for s in stores], small_model_spec) as deployment:
+    with _RecordedDeployment(work, [(s.root.name, s.root) for s in stores], small_model_spec, mode=mode) as deployment:
         rounds = deployment.run(config)
         routing = [_routed(deployment, name, site.address.rsplit(":", 1)[1], questions)
                    for name, site in zip([s.root.name for s in stores], deployment.routing_sites())]
-        leaking = _leaking_site(deployment, stores[0], small_model_spec, encoder, questions)
+        leaking = _leaking_site(deployment, stores[0], small_model_spec, encoder, questions, mode)
     return {"work": work, "stores": stores, "canaries": canaries, "rounds": rounds,
             "superlink": deployment.proxy.plaintext(), "routing": routing, "leaking": leaking,
             "texts": [p.text for p in planted.passages]}
 
 
-def _leaking_site(deployment, store, spec, encoder, questions):
+def _leaking_site(deployment, store, spec, encoder, questions, mode):
     """What crosses from a leaking routing service (real gRPC, TLS, the site's certificate)."""
     base = load_causal_lm(spec)
-    pool, _, version = SiteStore(store.root).pool(base.digest)
-    router = _LeakingRouter(SiteStore(store.root), encoder, base.digest, pool, version)
+    if mode == "poly":
+        pool, _, version = SiteStore(store.root).pool(base.digest)
+        router = _LeakingRouter(SiteStore(store.root), encoder, base.digest, pool, version)
+    else:
+        generator, version = SiteStore(store.root).generator(base, attach_lora(base.model))
+        router = _LeakingFactorRouter(SiteStore(store.root), encoder, generator, version)
     certs = deployment.certs / "routing"
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     routing_pb2_grpc.add_SiteRoutingServicer_to_server(RoutingServicer(lambda: router, [deployment.token],

@@ -41,10 +41,10 @@ def _norm(a, b) -> float:
 def test_a_sites_change_is_clipped_to_the_bound_and_small_changes_are_kept():
     pool, rng = _pool(), np.random.default_rng(0)
     broadcast = pool_arrays(pool)
-    big = clipped_change(_update(pool, rng, scale=10.0), broadcast, clip=1.0)
+    big = clipped_change(_update(pool, rng, scale=10.0).experts, broadcast, clip=1.0)
     assert _norm(big, {k: np.zeros_like(v) for k, v in big.items()}) == pytest.approx(1.0, rel=1e-6)
     small = _update(pool, rng, scale=1e-4)
-    kept = clipped_change(small, broadcast, clip=1.0)
+    kept = clipped_change(small.experts, broadcast, clip=1.0)
     assert all(np.allclose(kept[k], small.experts[k] - broadcast[k], atol=1e-6) for k in kept)
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 from fedprag.shared.lora.layers import FFN_TARGETS
 from fedprag.shared.methods.base import MethodConfig
+
+STARTS = ("pretrained", "scratch")
 
 
 @dataclass(frozen=True)
@@ -20,7 +23,8 @@ class DistilledConfig(MethodConfig):
 
     SECTION: ClassVar[str] = "distilled"
     POSITIVE: ClassVar[tuple[str, ...]] = ("rank", "width", "depth", "heads", "max_doc_tokens", "steps", "batch_size",
-                                           "questions_per_document", "lr", "temperature")
+                                           "questions_per_document", "lr", "temperature", "local_steps",
+                                           "finetune_lr")
 
     rank: int = 8
     """Rank of the generated LoRA: one generator slot per rank component and adapted layer."""
@@ -49,6 +53,21 @@ class DistilledConfig(MethodConfig):
     kl_weight: float = 0.1
     temperature: float = 2.0
     seed: int = 0
+    start: str = "pretrained"
+    """Where federated distillation starts: ``pretrained``, the generator distilled for this base
+    model on synthetic documents about fictional people (trained once and cached, see
+    ``serializer.cached_generator``), or ``scratch``, a new one seeded by ``seed``."""
+    local_steps: int = 40
+    """Distillation steps a site takes on its own documents in one federated round."""
+    finetune_lr: float = 3e-4
+    """Learning rate of distillation on owners' documents (a site's round, or the centralised baseline)."""
+    proximal_mu: float = 0.0
+    """FedProx: weight of ``μ/2·‖θ − θ_round‖²`` in a site's loss (0 = plain FedAvg)."""
+
+    SHAPE: ClassVar[tuple[str, ...]] = ("rank", "alpha", "targets", "width", "depth", "heads", "max_doc_tokens", "seed")
+    """Fields a generator's parameters are bound to (``seed`` draws the mask token's vector)."""
+    FEDERATED: ClassVar[tuple[str, ...]] = ("start", "local_steps", "finetune_lr", "proximal_mu")
+    """Fields that shape federated distillation only, not the synthetic pretraining (the cache key leaves them out)."""
 
     def check(self) -> None:
         if self.width % self.heads:
@@ -58,3 +77,15 @@ class DistilledConfig(MethodConfig):
                 raise ValueError(f"distilled.{name}: must be in [0, 1]")
         if min(self.gen_weight, self.cos_weight, self.kl_weight) < 0:
             raise ValueError("distilled.*_weight: loss weights must be zero or more")
+        if self.start not in STARTS:
+            raise ValueError(f"distilled.start: must be one of {STARTS}, not '{self.start}'")
+        if self.proximal_mu < 0:
+            raise ValueError("distilled.proximal_mu: must be zero or positive")
+
+    def to_numbers(self) -> dict[str, float]:
+        return {**super().to_numbers(), "start_pretrained": float(self.start == "pretrained")}
+
+    @classmethod
+    def from_numbers(cls, numbers: Mapping[str, float], **choices: object) -> DistilledConfig:
+        return super().from_numbers(numbers, start="pretrained" if numbers.get("start_pretrained") else "scratch",
+                                    **choices)

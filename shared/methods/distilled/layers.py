@@ -51,10 +51,13 @@ def install_mask_embedding(model: PreTrainedModel, mask_id: int, mask_vector: Te
     """Make the input embedding map ``mask_id`` to ``mask_vector`` (idempotent; frozen vector).
 
     A pre-hook swaps the id for 0 before the lookup (the embedding table has no row for it), and
-    a hook puts the vector at those positions afterwards.
+    a hook puts the vector at those positions afterwards. Installing another vector for the same
+    id is refused: two generators that disagree on it cannot share one base model.
     """
     embedding = model.get_input_embeddings()
     if getattr(embedding, "_fedprag_mask_id", None) == mask_id:
+        if not torch.equal(embedding._fedprag_mask_vector, mask_vector.detach().to(embedding._fedprag_mask_vector.dtype)):
+            raise ValueError("this base model already has another mask vector installed")
         return
     if mask_id < embedding.num_embeddings:
         raise ValueError(f"mask token id {mask_id} already has a row in the embedding table")
@@ -75,6 +78,7 @@ def install_mask_embedding(model: PreTrainedModel, mask_id: int, mask_vector: Te
     embedding.register_forward_pre_hook(swap_ids)
     embedding.register_forward_hook(place_vector)
     embedding._fedprag_mask_id = mask_id
+    embedding._fedprag_mask_vector = vector
 
 
 def layer_plan(layers: dict[str, LoRALinear], targets: tuple[str, ...]) -> list[tuple[str, int, int]]:

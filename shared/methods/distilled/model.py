@@ -2,7 +2,8 @@
 prompt holds mask tokens where the documents were (docs/design.md §2.3).
 
 The generator runs where the documents are: at the site that holds them, or in a single-machine
-evaluation. Encoding a passage is one generator forward, with no training.
+evaluation. Encoding a passage is one generator forward, with no training. A distilled-mode
+federation's query API holds no generator: the sites send the LoRA factors.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ import time
 from collections.abc import Sequence
 
 import torch
+from torch import Tensor
 
+from fedprag.shared import prompts
 from fedprag.shared.io import dir_bytes
 from fedprag.shared.lora.layers import Adapter
 from fedprag.shared.methods.base import Corpus, EncodingCost, MethodModel, Routing
 from fedprag.shared.methods.distilled import serializer
 from fedprag.shared.methods.distilled.config import DistilledConfig
+from fedprag.shared.methods.distilled.layers import MASK_TOKEN, add_mask_token, install_mask_embedding
 from fedprag.shared.methods.distilled.trainer import DistilledEncoder
+from fedprag.shared.models.loading import BaseModel
 
 CONFIG = DistilledConfig
 VARIANTS = ("distilled", "distilled_top1", "distilled_irrelevant")
@@ -27,18 +32,49 @@ SWAPPED_PASSAGES = ("distilled_irrelevant",)
 
 
 class DistilledModel(MethodModel):
-    """The generator bound to its base model; ``passages`` keeps only the best that many documents."""
+    """DistilledPRAG's inference role, in one of two places:
 
-    def __init__(self, encoder: DistilledEncoder, passages: int | None = None, name: str = "distilled"):
+    * where the documents are (``encoder`` given: the generator bound to its base model), each
+      request's documents become its LoRA here; ``passages`` keeps only the best that many;
+    * at the query API of a distilled-mode federation (:meth:`served`: no generator, no
+      documents), each request carries the LoRA factors the sites generated
+      (``Routing.factors``, their ranks concatenated so the sites' LoRAs add up) and its
+      passages' token counts (``Routing.lengths``).
+
+    Either way the prompt is standard RAG's with one mask token per document token.
+    """
+
+    def __init__(self, encoder: DistilledEncoder | None, passages: int | None = None, name: str = "distilled"):
         self.encoder, self.passages, self.name = encoder, passages, name
+
+    @classmethod
+    def served(cls, base: BaseModel, mask_vector: Tensor, name: str = "distilled") -> DistilledModel:
+        """The model at a query API: installs the mask token on ``base`` with the vector the
+        federation's generator was distilled with (``GeneratorRegistry.mask_vector``); no generator
+        is loaded here, and the sites' factors carry their own scale."""
+        install_mask_embedding(base.model, add_mask_token(base.tokenizer), mask_vector)
+        return cls(None, name=name)
 
     def _documents(self, routing: Routing) -> list[str]:
         return list(routing.documents[:self.passages])
 
+    def _from_sites(self, routings: Sequence[Routing]) -> bool:
+        """Whether the batch carries sites' factors (refused when only part of it does)."""
+        carried = {bool(r.factors) for r in routings}
+        if len(carried) > 1:
+            raise ValueError("a batch mixes requests with generated factors and requests with documents")
+        if carried == {False} and self.encoder is None:
+            raise ValueError("this DistilledModel has no generator: requests must carry the sites' factors")
+        return carried == {True}
+
     def prompts(self, questions: Sequence[str], routings: Sequence[Routing]) -> list[str]:
+        if self._from_sites(routings):
+            return [prompts.with_context([MASK_TOKEN * n for n in r.lengths], q) for q, r in zip(questions, routings)]
         return [self.encoder.masked_prompt(self._documents(r), q) for q, r in zip(questions, routings)]
 
     def adapter(self, routings: Sequence[Routing]) -> Adapter | None:
+        if self._from_sites(routings):
+            return serializer.combined_adapter([r.factors for r in routings])
         with torch.no_grad():
             return self.encoder.adapters([self._documents(r) for r in routings])
 

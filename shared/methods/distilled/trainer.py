@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +35,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from fedprag.shared import prompts
 from fedprag.shared.data import world
+from fedprag.shared.data.schema import Augmentation, Passage
 from fedprag.shared.log import get_logger
 from fedprag.shared.lora.layers import Adapter, LoRALinear, LowRank, applied
 from fedprag.shared.methods.distilled.config import DistilledConfig
@@ -163,13 +164,47 @@ def synthesise(rng: random.Random, config: DistilledConfig) -> list[Example]:
     return [Example(docs, world.ask(world.AUGMENT_TEMPLATES, a, person.name, rng), person.facts[a]) for a in attributes]
 
 
-def _batch(rng: random.Random, config: DistilledConfig) -> tuple[list[list[str]], list[Example], Tensor]:
+Sampler = Callable[[random.Random], list[Example]]
+"""Draws one document set and the examples (questions with answers) that share its LoRA."""
+
+
+def synthetic_sampler(config: DistilledConfig) -> Sampler:
+    """Examples about freshly drawn fictional people (:func:`synthesise`): the generator's pretraining."""
+    return lambda rng: synthesise(rng, config)
+
+
+def document_sampler(documents: Sequence[Passage], augmentations: Mapping[str, Augmentation],
+                     config: DistilledConfig) -> Sampler:
+    """Examples from an owner's own documents: one passage, followed with probability
+    ``distractor_share`` by one or two of the owner's other passages, and up to
+    ``questions_per_document`` of its QA pairs (its augmentation), which share one LoRA.
+
+    Passages without QA pairs are left out; with none left this refuses (nothing to distil on).
+    """
+    usable = [p for p in documents if augmentations.get(p.passage_id) and augmentations[p.passage_id].qa]
+    if not usable:
+        raise ValueError("distillation needs passages with QA pairs; none of these have any")
+
+    def sample(rng: random.Random) -> list[Example]:
+        passage = rng.choice(usable)
+        docs = [passage.text]
+        if len(usable) > 1 and rng.random() < config.distractor_share:
+            others = [p for p in rng.sample(usable, min(3, len(usable))) if p is not passage]
+            docs += [p.text for p in others[:rng.choice((1, 2))]]
+        qa = augmentations[passage.passage_id].qa
+        return [Example(docs, q, a) for q, a in rng.sample(list(qa), min(config.questions_per_document, len(qa)))]
+
+    return sample
+
+
+def _batch(rng: random.Random, config: DistilledConfig,
+           sample: Sampler) -> tuple[list[list[str]], list[Example], Tensor]:
     """``batch_size`` examples, their distinct document sets, and each example's document set."""
     documents: list[list[str]] = []
     examples: list[Example] = []
     owners: list[int] = []
     while len(examples) < config.batch_size:
-        group = synthesise(rng, config)[:config.batch_size - len(examples)]
+        group = sample(rng)[:config.batch_size - len(examples)]
         owners += [len(documents)] * len(group)
         documents.append(group[0].documents)
         examples += group
@@ -199,21 +234,36 @@ def distillation_loss(student: CausalLMOutputWithPast, teacher: CausalLMOutputWi
     return loss, {"gen": gen.item(), "cos": float(cos.detach()), "kl": kl.item()}
 
 
-def train_generator(base: BaseModel, layers: dict[str, LoRALinear], config: DistilledConfig,
-                    show_progress: bool = True) -> tuple[DistilledEncoder, float]:
-    """Train a generator for ``base`` from scratch; returns the encoder and the smoothed final loss."""
-    torch.manual_seed(config.seed)
-    generator = Generator(layers, base.model.config.hidden_size, config)
-    encoder = DistilledEncoder.attach(base, layers, generator, draw_mask_vector(base.model, config.seed))
-    optimizer = torch.optim.AdamW(generator.parameters(), lr=config.lr, weight_decay=0.01)
-    rng = random.Random(config.seed)
-    smoothed = float("nan")
+@dataclass(frozen=True)
+class Schedule:
+    """How long and how fast :func:`distil` trains: ``steps`` at ``lr``, decayed by cosine to a
+    tenth when ``decay``; ``anchor`` and ``proximal_mu`` add FedProx's ``μ/2·‖θ − anchor‖²``."""
+
+    steps: int
+    lr: float
+    decay: bool = True
+    proximal_mu: float = 0.0
+    anchor: tuple[Tensor, ...] = ()
+
+
+def distil(encoder: DistilledEncoder, sample: Sampler, schedule: Schedule, rng: random.Random,
+           show_progress: bool = True) -> float:
+    """Train ``encoder``'s generator in place on examples from ``sample``; returns the mean loss.
+
+    The teacher reads the documents, the student their mask tokens plus the generated LoRA; the
+    loss is :func:`distillation_loss`. A fresh AdamW per call: a site keeps no optimiser state
+    between rounds.
+    """
+    base, layers, generator, config = encoder.base, encoder.layers, encoder.generator, encoder.generator.config
+    optimizer = torch.optim.AdamW(generator.parameters(), lr=schedule.lr, weight_decay=0.01)
+    total, smoothed = 0.0, float("nan")
     generator.train()
-    bar = tqdm(range(config.steps), desc="distil generator", disable=not show_progress, unit="step")
+    bar = tqdm(range(schedule.steps), desc="distil generator", disable=not show_progress, unit="step")
     for step in bar:
-        for group in optimizer.param_groups:  # cosine decay to a tenth
-            group["lr"] = config.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / config.steps)))
-        documents, examples, owners = _batch(rng, config)
+        if schedule.decay:
+            for group in optimizer.param_groups:  # cosine decay to a tenth
+                group["lr"] = schedule.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / schedule.steps)))
+        documents, examples, owners = _batch(rng, config, sample)
         pairs = [encoder.pair(e) for e in examples]
         pad = base.tokenizer.pad_token_id
         teacher_ids, attention = _right_padded([p[0] for p in pairs], pad)
@@ -228,12 +278,35 @@ def train_generator(base: BaseModel, layers: dict[str, LoRALinear], config: Dist
         loss, parts = distillation_loss(student, teacher, student_ids, cue_mask, answer_mask, config)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"distillation loss is {loss.item()} at step {step}")
+        total += loss.item()
+        if schedule.proximal_mu > 0:
+            loss = loss + schedule.proximal_mu / 2 * sum((p - a).pow(2).sum()
+                                                         for p, a in zip(generator.parameters(), schedule.anchor))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(generator.parameters(), 1.0)
         optimizer.step()
-        smoothed = loss.item() if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * loss.item()
-        bar.set_postfix(loss=f"{smoothed:.3f}", gen=f"{parts['gen']:.2f}")
+        smoothed = parts["gen"] if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * parts["gen"]
+        bar.set_postfix(gen=f"{smoothed:.3f}")
     generator.eval()
-    log.info("distilled.train.done", steps=config.steps, final_loss=round(smoothed, 4))
-    return encoder, smoothed
+    return total / max(schedule.steps, 1)
+
+
+def new_encoder(base: BaseModel, layers: dict[str, LoRALinear], config: DistilledConfig) -> DistilledEncoder:
+    """A generator for ``base`` initialised from ``config.seed`` (the process's own random state is
+    left as it was), with the mask token installed."""
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        generator = Generator(layers, base.model.config.hidden_size, config)
+    return DistilledEncoder.attach(base, layers, generator, draw_mask_vector(base.model, config.seed))
+
+
+def train_generator(base: BaseModel, layers: dict[str, LoRALinear], config: DistilledConfig,
+                    show_progress: bool = True) -> tuple[DistilledEncoder, float]:
+    """Pretrain a generator for ``base`` from scratch on synthetic documents; returns the encoder
+    and its mean training loss."""
+    encoder = new_encoder(base, layers, config)
+    loss = distil(encoder, synthetic_sampler(config), Schedule(config.steps, config.lr), random.Random(config.seed),
+                  show_progress)
+    log.info("distilled.train.done", steps=config.steps, mean_loss=round(loss, 4))
+    return encoder, loss

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
@@ -104,25 +103,12 @@ class PolyConfig(MethodConfig):
             raise ValueError(f"poly.top_m: {self.top_m} is more than poly.n_experts ({self.n_experts})")
 
     def to_numbers(self) -> dict[str, float]:
-        """The training settings as numbers only, the form the wire schema admits."""
-        numbers = {f.name: float(getattr(self, f.name)) for f in dataclasses.fields(self)
-                   if isinstance(getattr(self, f.name), (int, float))}
+        numbers = super().to_numbers()
         numbers["routing_per_layer"] = float(self.routing == "per_layer")
         numbers["layers_last"] = float(self.layers == "last")
         return numbers
 
     @classmethod
-    def from_numbers(cls, numbers: Mapping[str, float]) -> PolyConfig:
-        """Inverse of :meth:`to_numbers` (unknown keys are ignored; targets keep their default)."""
-        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
-        values: dict[str, object] = {}
-        for name, value in numbers.items():
-            if kinds.get(name) in ("int", "bool"):
-                values[name] = int(value) if kinds[name] == "int" else bool(value)
-            elif kinds.get(name) == "float":
-                values[name] = float(value)
-        values["routing"] = "per_layer" if numbers.get("routing_per_layer") else "shared"
-        values["layers"] = "last" if numbers.get("layers_last") else "all"
-        config = cls(**values)
-        config.validate()
-        return config
+    def from_numbers(cls, numbers: Mapping[str, float], **choices: object) -> PolyConfig:
+        return super().from_numbers(numbers, routing="per_layer" if numbers.get("routing_per_layer") else "shared",
+                                    layers="last" if numbers.get("layers_last") else "all", **choices)
