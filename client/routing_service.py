@@ -194,12 +194,24 @@ class FactorRouter(SiteIndex):
             self._texts.update((pid.encode(), texts[pid]) for pid in passage_ids)
             self._add_ids(passage_ids)
 
+    def _readable(self, scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The hits the generator reads whole: best first, while their tokens (and a separator
+        each) fit in ``max_doc_tokens``; the best one always (cut to the limit, as the generator
+        cuts it). The others are left out of the reply: nothing was made from them."""
+        limit, used, kept = self.generator.generator.config.max_doc_tokens, 0, 0
+        for row in rows:
+            used += len(self.generator.ids(self._texts[self._ids[int(row)]])) + (1 if kept else 0)
+            if kept and used > limit:
+                break
+            kept += 1
+        return scores[:kept], rows[:kept]
+
     def route(self, query_embeddings: np.ndarray, k: int, score_temperature: float,
               noise: float = 0.0) -> list[FactorReply]:
-        """Per query, one wire reply: the top-``k`` passages' scores under fresh ids (with ``noise``
-        on them), their token counts, and the generator's LoRA factors for them (none for a query
-        that found no passage)."""
-        hits = self._hits(query_embeddings, k)
+        """Per query, one wire reply: the scores of the top-``k`` passages the generator read
+        (:meth:`_readable`) under fresh ids (with ``noise`` on them), their token counts, and the
+        generator's LoRA factors for them (none for a query that found no passage)."""
+        hits = [self._readable(scores, rows) for scores, rows in self._hits(query_embeddings, k)]
         found = [q for q, (_, rows) in enumerate(hits) if len(rows)]
         documents = {q: [self._texts[self._ids[int(r)]] for r in hits[q][1]] for q in found}
         keys = [self._secret + self.pool_version.to_bytes(8, "little") +
@@ -216,7 +228,8 @@ class FactorRouter(SiteIndex):
             if noise > 0:
                 hit_scores = hit_scores + np.random.default_rng(int.from_bytes(os.urandom(16), "little")).normal(
                     0.0, noise, hit_scores.shape)
-            lengths = [float(len(self.generator.ids(d))) for d in documents.get(q, [])]
+            limit = self.generator.generator.config.max_doc_tokens
+            lengths = [float(min(len(self.generator.ids(d)), limit)) for d in documents.get(q, [])]
             replies.append(FactorReply(site=self.store.state.site_id, version=self.pool_version,
                                        scores=dict(zip(ids, map(float, hit_scores))), lengths=dict(zip(ids, lengths)),
                                        factors=factors.get(q, {})))

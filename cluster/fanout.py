@@ -9,9 +9,9 @@ handed to the query engine as :attr:`Routing.weights <fedprag.shared.methods.bas
 
 In distilled mode each site answers with a :class:`~fedprag.shared.wire.FactorReply`: its top-k
 scores, those passages' token counts, and the LoRA its generator made from them. The query API
-keeps the global top-k scores across sites; every site holding one of them contributes its LoRA
-(the ranks are concatenated, so the LoRAs add up) and its passages' mask tokens, best site first
-(:func:`combine_factor_replies`).
+keeps the global top-k scores across sites; the sites holding one of them contribute their LoRAs,
+weighed by the softmax of their best scores (ranks concatenated), and their passages' mask tokens,
+best site first (:func:`combine_factor_replies`).
 
 A federation serves one mode: a site that answers in the other mode is skipped and named in the
 trace (a Poly-PRAG mixture and a generated LoRA are not two encodings of one thing to add).
@@ -53,6 +53,8 @@ from fedprag.shared.wire import (
 
 log = get_logger(__name__)
 
+MIN_SITE_SHARE = 0.1
+"""A site whose LoRA would weigh less than this in a distilled-mode query is left out."""
 MAX_PASSAGE_TOKENS = 4 * MAX_PASSAGE_CHARS
 """The most tokens a stored passage can have (a byte-level tokenizer spends at most four per character)."""
 
@@ -71,17 +73,31 @@ def blend_replies(replies: Sequence[RoutingReply], k: int, config: PolyConfig) -
     return Routing(scores=tuple(scores.tolist()), weights=keep_top_m(mixed, config.top_m))
 
 
-def combine_factor_replies(replies: Sequence[FactorReply], k: int) -> Routing:
-    """One query's routing from every site's generated LoRA: the sites that hold any of the global
-    top-``k`` passages, best first, each with all the passages its LoRA was made from."""
+def combine_factor_replies(replies: Sequence[FactorReply], k: int, temperature: float) -> Routing:
+    """One query's routing from every site's generated LoRA: a convex combination of the LoRAs of
+    the sites that hold any of the global top-``k`` passages, best site first, each with all the
+    passages its LoRA was made from.
+
+    Site ``s`` weighs ``w_s = softmax(best score / temperature)`` over those sites, and a site
+    below :data:`MIN_SITE_SHARE` is left out (the others renormalised); ``w_s`` is folded into its
+    ``lora_B``, so the ranks concatenate to ``ΔW = Σ_s w_s B_s A_s``. A plain sum would add every
+    LoRA's document-independent part once per site: measured on the built-in model, summing the
+    top-3 passages' sites fell to closed-book (docs/experiments.md §9.3).
+    """
     hits = sorted(((s, site) for site, r in enumerate(replies) for s in r.scores.values()), key=lambda h: -h[0])[:k]
     if not hits:
         raise ValueError("no site returned a passage for this query")
     order = list(dict.fromkeys(site for _, site in hits))
-    lengths = [replies[site].lengths[i] for site in order
-               for i, _ in sorted(replies[site].scores.items(), key=lambda item: -item[1])]  # as the site read them
-    return Routing(scores=tuple(s for s, _ in hits), factors=tuple(replies[site].factors for site in order),
-                   lengths=tuple(int(n) for n in lengths))
+    best = np.array([max(replies[site].scores.values()) for site in order])
+    share = np.exp((best - best.max()) / temperature)
+    keep = share / share.sum() >= MIN_SITE_SHARE
+    order, share = [site for site, kept in zip(order, keep) if kept], share[keep] / share[keep].sum()
+    factors = tuple({key: value * w if key.endswith(".lora_B") else value for key, value in replies[site].factors.items()}
+                    for site, w in zip(order, share.astype(np.float32)))
+    lengths = tuple(tuple(int(replies[site].lengths[i])  # as the site read them, best first
+                          for i, _ in sorted(replies[site].scores.items(), key=lambda item: -item[1]))
+                    for site in order)
+    return Routing(scores=tuple(s for s, _ in hits), factors=factors, lengths=lengths)
 
 
 def check_factor_reply(reply: FactorReply) -> None:
@@ -254,5 +270,6 @@ class FanOut:
         trace.seconds = time.perf_counter() - started
         replies = list(answers.values())
         if self.mode == "distilled":
-            return [combine_factor_replies([site[q] for site in replies], k) for q in range(len(query_embeddings))], trace
+            return [combine_factor_replies([site[q] for site in replies], k, self.config.score_temperature)
+                    for q in range(len(query_embeddings))], trace
         return [blend_replies([site[q] for site in replies], k, self.config) for q in range(len(query_embeddings))], trace

@@ -93,8 +93,8 @@ class Routing:
     * ``weights``: Poly-PRAG expert weights ``[G, K]`` already blended from the sites' routing
       replies (federated serving), so no passage id is needed;
     * ``factors`` and ``lengths``: DistilledPRAG in federated serving, the LoRA factors each
-      contributing site generated from its passages (wire form), and those passages' token
-      counts, best first (the prompt holds that many mask tokens per passage).
+      contributing site generated from its passages (wire form), best site first, and per site
+      those passages' token counts, best first (the prompt holds that many mask tokens per passage).
     """
 
     passage_ids: tuple[str, ...] = ()
@@ -103,7 +103,7 @@ class Routing:
     embedding: np.ndarray | None = None
     weights: Tensor | None = None
     factors: tuple[Mapping[str, np.ndarray], ...] = ()
-    lengths: tuple[int, ...] = ()
+    lengths: tuple[tuple[int, ...], ...] = ()
 
 
 class MethodModel(ABC):

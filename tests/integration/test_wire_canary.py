@@ -64,10 +64,12 @@ class _RecordedDeployment(LocalDeployment):
             self.proxy.__exit__(None, None, None)
 
 
-def _packed(store) -> np.ndarray:
-    """The bytes of a site's first passage as a float32 row (a finite one, as the schema demands)."""
+def _packed(store, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """The bytes of a site's first passage as float32 values (finite ones, as the schema demands):
+    one row, or padded with spaces to ``shape`` (a tensor the receiver would accept)."""
     text = store.passages()[0].text.encode()
-    return np.frombuffer(text + b" " * (-len(text) % 4), dtype="<f4").reshape(1, -1).astype(np.float32)
+    size = 4 * int(np.prod(shape)) if shape else len(text) + (-len(text) % 4)
+    return np.frombuffer(text.ljust(size), dtype="<f4").reshape(shape or (1, -1)).astype(np.float32)
 
 
 class _LeakingRouter(SiteRouter):
@@ -80,12 +82,14 @@ class _LeakingRouter(SiteRouter):
 
 
 class _LeakingFactorRouter(FactorRouter):
-    """A broken site in distilled mode: one factor tensor carries the bytes of its first passage's text."""
+    """A broken site in distilled mode: one factor tensor, of the shape the query API expects,
+    carries the bytes of its first passage's text."""
 
     def route(self, query_embeddings, k, score_temperature, noise=0.0):
+        replies = super().route(query_embeddings, k, score_temperature)
+        key = next(k for k in replies[0].factors if k.endswith("lora_B"))
         return [FactorReply(site=r.site, version=r.version, lengths=r.lengths, scores=r.scores,
-                            factors={**r.factors, next(iter(r.factors)): _packed(self.store)})
-                for r in super().route(query_embeddings, k, score_temperature)]
+                            factors={**r.factors, key: _packed(self.store, r.factors[key].shape)}) for r in replies]
 
 
 def _routed(deployment, name, port, embeddings):

@@ -8,10 +8,18 @@ import random
 import pytest
 import torch
 
+from fedprag.shared.data.schema import Augmentation, Passage
 from fedprag.shared.lora.layers import attach_lora
 from fedprag.shared.lora.store import EncodingMismatch
 from fedprag.shared.methods.distilled import MASK_TOKEN, DistilledConfig, document_spread, serializer
-from fedprag.shared.methods.distilled.trainer import synthesise, train_generator
+from fedprag.shared.methods.distilled.trainer import (
+    Schedule,
+    distil,
+    document_sampler,
+    new_encoder,
+    synthesise,
+    train_generator,
+)
 from fedprag.shared.models.loading import load_causal_lm
 
 SMALL = DistilledConfig(width=16, heads=2, depth=1, steps=3, batch_size=4, max_doc_tokens=64)
@@ -147,3 +155,20 @@ def test_generator_cache_is_keyed_by_base_model_settings_and_training_code(monke
     assert serializer.cache_dir("a" * 64, DistilledConfig(steps=601)) != here
     monkeypatch.setattr(serializer, "TRAINING_VERSION", serializer.TRAINING_VERSION + 1)
     assert serializer.cache_dir("a" * 64, DistilledConfig()) != here
+
+
+def test_fedprox_keeps_a_sites_generator_nearer_the_one_it_received(base):
+    """A site's distillation on its own documents, with and without FedProx's pull (μ) towards the
+    generator the round sent it."""
+    passages = [Passage(f"p{i}", 0, doc[0]) for i, doc in enumerate(DOCS)]
+    augmentations = {"p0": Augmentation("p0", "", [("When was Kara Lo born?", "1901"), ("What does Kara Lo play?", "harp")]),
+                     "p1": Augmentation("p1", "", [("Where did Mi Ze grow up?", "Quessa")])}
+    config = dataclasses.replace(SMALL, batch_size=2)
+    moved = {}
+    for mu in (0.0, 50.0):
+        encoder = new_encoder(base, attach_lora(base.model), config)
+        start = tuple(p.detach().clone() for p in encoder.generator.parameters())
+        distil(encoder, document_sampler(passages, augmentations, config),
+               Schedule(8, 1e-2, decay=False, proximal_mu=mu, anchor=start), random.Random(0), show_progress=False)
+        moved[mu] = sum(float((p - s).pow(2).sum()) for p, s in zip(encoder.generator.parameters(), start)) ** 0.5
+    assert 0 < moved[50.0] < 0.8 * moved[0.0], moved

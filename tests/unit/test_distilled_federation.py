@@ -61,8 +61,8 @@ def test_a_factor_reply_crosses_grpc_and_its_passages_keep_their_order_by_score(
     back = decode_proto(reply.to_proto(), (RoutingReply, FactorReply))
     assert isinstance(back, FactorReply) and back.lengths == reply.lengths
     check_factor_reply(back)
-    routing = combine_factor_replies([back], k=2)
-    assert routing.lengths == (11, 13, 12, 10)  # best first, as the site's generator read them
+    routing = combine_factor_replies([back], k=2, temperature=0.05)
+    assert routing.lengths == ((11, 13, 12, 10),)  # best first, as the site's generator read them
     with pytest.raises(WireError):  # a text value fits no field
         FactorReply(site="site-a", version=4, lengths={}, scores={}, factors={"m.lora_A": "Kara Lo plays the harp"})
 
@@ -139,11 +139,15 @@ def _factor_reply(site, hits, version=1):
                                 "m.lora_B": np.ones((3, 1), dtype=np.float32)})
 
 
-def test_sites_holding_the_global_top_k_contribute_their_lora_and_their_passages_mask_tokens():
-    replies = [_factor_reply("site-a", [0.5, 0.4]), _factor_reply("site-b", [0.9]), _factor_reply("site-c", [0.1])]
-    routing = combine_factor_replies(replies, k=2)
+def test_sites_holding_the_global_top_k_contribute_their_loras_weighed_by_their_best_scores():
+    replies = [_factor_reply("site-a", [0.5, 0.4]), _factor_reply("site-b", [0.55]), _factor_reply("site-c", [0.1])]
+    routing = combine_factor_replies(replies, k=2, temperature=0.05)
     assert [f["m.lora_A"][0, 0] for f in routing.factors] == [ord("b"), ord("a")]  # best site first; c left out
-    assert routing.lengths == (10, 10, 11) and routing.scores == (0.9, 0.5)
+    assert routing.lengths == ((10,), (10, 11)) and routing.scores == (0.55, 0.5)
+    weights = [float(f["m.lora_B"][0, 0]) for f in routing.factors]  # lora_B was all ones: it now holds w_s
+    assert weights == pytest.approx([1 / (1 + np.exp(-1)), 1 - 1 / (1 + np.exp(-1))], rel=1e-5)  # softmax(0.05/0.05)
+    far = combine_factor_replies([_factor_reply("site-a", [0.9]), _factor_reply("site-b", [0.5])], k=2, temperature=0.05)
+    assert len(far.factors) == 1 and far.factors[0]["m.lora_B"][0, 0] == pytest.approx(1.0)  # a far second is left out
 
 
 class _FactorSite:
@@ -174,7 +178,7 @@ def test_a_site_serving_the_other_mode_is_skipped_and_named():
     fanout = FanOut([_FactorSite("site-a", [0.5]), _PolySite("site-p", [])], k=2, config=PolyConfig(), mode="distilled")
     (routing,), trace = fanout.route(np.zeros((1, 8), dtype=np.float32))
     assert trace.answered == ["site-a"] and "other mode" in trace.failed["site-p"]
-    assert len(routing.factors) == 1 and routing.lengths == (10,)
+    assert len(routing.factors) == 1 and routing.lengths == ((10,),)
 
 
 def test_the_mode_and_the_federated_distillation_settings_are_validated_by_name():

@@ -31,6 +31,14 @@ def site(tmp_path, random_llama_path):
     return store, generator, SentenceEncoder()
 
 
+def test_a_site_sends_only_the_passages_its_generator_reads_whole(site):
+    store, generator, encoder = site
+    tight = FactorRouter(store, encoder, new_encoder(generator.base, generator.layers,
+                                                     dataclasses.replace(SMALL, max_doc_tokens=24)), version=1)
+    (reply,) = tight.route(encoder.embed(["Who plays the harp?"]), k=3, score_temperature=1.0)
+    assert 1 <= len(reply.scores) < 3 and sum(reply.lengths.values()) + len(reply.lengths) - 1 <= 24
+
+
 def test_a_reply_carries_scores_token_counts_and_one_lora_for_the_top_passages(site):
     store, generator, encoder = site
     router = FactorRouter(store, encoder, generator, version=3)
@@ -71,11 +79,11 @@ def test_the_query_api_model_prompts_with_mask_tokens_and_applies_the_sites_lora
     router = FactorRouter(store, encoder, generator, version=1)
     questions = ["Who plays the harp?", "Who works as a baker?"]
     replies = router.route(encoder.embed(questions), k=1, score_temperature=1.0)
-    routings = [combine_factor_replies([r], k=1) for r in replies]
+    routings = [combine_factor_replies([r], k=1, temperature=0.05) for r in replies]
     served = load_causal_lm(str(random_llama_path))
     model = DistilledModel.served(served, generator.mask_vector)
     prompts = model.prompts(questions, routings)
-    assert prompts[0].count(MASK_TOKEN) == len(generator.ids(TEXTS[1])) == sum(routings[0].lengths)
+    assert prompts[0].count(MASK_TOKEN) == len(generator.ids(TEXTS[1])) == sum(routings[0].lengths[0])
     adapter = model.adapter(routings)
     direct = generator.adapters([[TEXTS[1]], [TEXTS[2]]])  # what the sites' generator made from the top passages
     for name, delta in adapter.items():
@@ -83,5 +91,9 @@ def test_the_query_api_model_prompts_with_mask_tokens_and_applies_the_sites_lora
         assert torch.allclose(delta.B @ delta.A, made.scale * made.B @ made.A, atol=1e-5)
     with pytest.raises(ValueError, match="mixes"):
         model.adapter([routings[0], dataclasses.replace(routings[1], factors=())])
+    crowded = dataclasses.replace(routings[0], factors=routings[0].factors * 3,
+                                  lengths=((model.document_budget - 20,), (15,), (30,)))
+    assert model.prompts(["q"], [crowded])[0].count(MASK_TOKEN) == model.document_budget - 5  # the third site is left out
+    assert next(iter(model.adapter([crowded]).values())).A.shape[1] == 2 * SMALL.rank
     with pytest.raises(ValueError, match="another mask vector"):
         DistilledModel.served(served, torch.zeros_like(generator.mask_vector))

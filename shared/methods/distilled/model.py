@@ -25,6 +25,8 @@ from fedprag.shared.methods.distilled.trainer import DistilledEncoder
 from fedprag.shared.models.loading import BaseModel
 
 CONFIG = DistilledConfig
+QUESTION_ROOM = 128
+"""Tokens of a served model's context kept for the question, the answer cue and the answer."""
 VARIANTS = ("distilled", "distilled_top1", "distilled_irrelevant")
 # The ablation that checks the LoRA depends on its documents: the harness hands it passages that
 # are neither retrieved nor gold, so exact match should fall to closed-book.
@@ -39,21 +41,35 @@ class DistilledModel(MethodModel):
     * at the query API of a distilled-mode federation (:meth:`served`: no generator, no
       documents), each request carries the LoRA factors the sites generated
       (``Routing.factors``, their ranks concatenated so the sites' LoRAs add up) and its
-      passages' token counts (``Routing.lengths``).
+      passages' token counts (``Routing.lengths``). Sites are used best first while their mask
+      tokens fit the context (``document_budget``).
 
     Either way the prompt is standard RAG's with one mask token per document token.
     """
 
-    def __init__(self, encoder: DistilledEncoder | None, passages: int | None = None, name: str = "distilled"):
-        self.encoder, self.passages, self.name = encoder, passages, name
+    def __init__(self, encoder: DistilledEncoder | None, passages: int | None = None, name: str = "distilled",
+                 document_budget: int = 0):
+        self.encoder, self.passages, self.name, self.document_budget = encoder, passages, name, document_budget
 
     @classmethod
     def served(cls, base: BaseModel, mask_vector: Tensor, name: str = "distilled") -> DistilledModel:
         """The model at a query API: installs the mask token on ``base`` with the vector the
         federation's generator was distilled with (``GeneratorRegistry.mask_vector``); no generator
-        is loaded here, and the sites' factors carry their own scale."""
+        is loaded here, and the sites' factors carry their own scale. The sites' mask tokens may
+        fill the model's context but for :data:`QUESTION_ROOM` tokens."""
         install_mask_embedding(base.model, add_mask_token(base.tokenizer), mask_vector)
-        return cls(None, name=name)
+        return cls(None, name=name, document_budget=base.model.config.max_position_embeddings - QUESTION_ROOM)
+
+    def _sites(self, routing: Routing) -> int:
+        """How many of the routing's sites (best first) fit their mask tokens in the document
+        budget; the best site always counts."""
+        used, kept = 0, 0
+        for lengths in routing.lengths:
+            used += sum(lengths) + len(lengths)  # a separator per passage
+            if kept and used > self.document_budget:
+                break
+            kept += 1
+        return kept
 
     def _documents(self, routing: Routing) -> list[str]:
         return list(routing.documents[:self.passages])
@@ -69,12 +85,13 @@ class DistilledModel(MethodModel):
 
     def prompts(self, questions: Sequence[str], routings: Sequence[Routing]) -> list[str]:
         if self._from_sites(routings):
-            return [prompts.with_context([MASK_TOKEN * n for n in r.lengths], q) for q, r in zip(questions, routings)]
+            return [prompts.with_context([MASK_TOKEN * n for site in r.lengths[:self._sites(r)] for n in site], q)
+                    for q, r in zip(questions, routings)]
         return [self.encoder.masked_prompt(self._documents(r), q) for q, r in zip(questions, routings)]
 
     def adapter(self, routings: Sequence[Routing]) -> Adapter | None:
         if self._from_sites(routings):
-            return serializer.combined_adapter([r.factors for r in routings])
+            return serializer.combined_adapter([r.factors[:self._sites(r)] for r in routings])
         with torch.no_grad():
             return self.encoder.adapters([self._documents(r) for r in routings])
 
