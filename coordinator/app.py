@@ -303,8 +303,8 @@ def run_generator_rounds(grid: Grid, model_spec: str, distilled: DistilledConfig
         replies = grid.send_and_receive([Message(task, dst_node_id=node, message_type=MessageType.TRAIN)
                                          for node in sorted(nodes)], timeout=federation.round_timeout)
         report = RoundReport(round=number, version=None)
-        updates = _collect(replies, lambda content, current=current: strategy.validate(GeneratorUpdate.from_record(content), current),
-                           report)
+        updates = _collect(replies, lambda content, current=current: strategy.validate(
+            GeneratorUpdate.from_record(content), current), report)
         if len(updates) < federation.min_sites:
             log.error("coordinator.round.incomplete", round=number, valid=len(updates), needed=federation.min_sites)
         else:
