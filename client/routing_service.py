@@ -185,6 +185,7 @@ class FactorRouter(SiteIndex):
         super().__init__(store, encoder, [p.passage_id for p in passages], version)
         self.generator, self.factor_noise = generator, factor_noise
         self._texts = {p.passage_id.encode(): p.text for p in passages}
+        self._tokens: dict[bytes, int] = {}  # passage id → token count, counted once, when first retrieved
         self._model_lock = model_lock or threading.Lock()
 
     def add(self, passage_ids: list[str]) -> None:
@@ -194,13 +195,19 @@ class FactorRouter(SiteIndex):
             self._texts.update((pid.encode(), texts[pid]) for pid in passage_ids)
             self._add_ids(passage_ids)
 
+    def _token_count(self, passage: bytes) -> int:
+        """How many tokens a passage has (as the prompt's mask tokens count them)."""
+        if passage not in self._tokens:
+            self._tokens[passage] = len(self.generator.ids(self._texts[passage]))
+        return self._tokens[passage]
+
     def _readable(self, scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The hits the generator reads whole: best first, while their tokens (and a separator
         each) fit in ``max_doc_tokens``; the best one always (cut to the limit, as the generator
         cuts it). The others are left out of the reply: nothing was made from them."""
         limit, used, kept = self.generator.generator.config.max_doc_tokens, 0, 0
         for row in rows:
-            used += len(self.generator.ids(self._texts[self._ids[int(row)]])) + (1 if kept else 0)
+            used += self._token_count(self._ids[int(row)]) + (1 if kept else 0)
             if kept and used > limit:
                 break
             kept += 1
@@ -229,7 +236,7 @@ class FactorRouter(SiteIndex):
                 hit_scores = hit_scores + np.random.default_rng(int.from_bytes(os.urandom(16), "little")).normal(
                     0.0, noise, hit_scores.shape)
             limit = self.generator.generator.config.max_doc_tokens
-            lengths = [float(min(len(self.generator.ids(d)), limit)) for d in documents.get(q, [])]
+            lengths = [float(min(self._token_count(self._ids[int(r)]), limit)) for r in hit_rows]
             replies.append(FactorReply(site=self.store.state.site_id, version=self.pool_version,
                                        scores=dict(zip(ids, map(float, hit_scores))), lengths=dict(zip(ids, lengths)),
                                        factors=factors.get(q, {})))
