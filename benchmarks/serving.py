@@ -9,12 +9,14 @@ every path once, in a rotated order), on generator replicas of the same size:
   in every batch), through ``/v1/query``; the daemons share this machine's cores with the API;
 * ``poly_router``: Poly-PRAG routed by the federation's learned router (mixed routings, no site asked);
 * ``closed_book``: the bare base model, through the same ``/v1/query`` (``method: closed_book``);
-* ``prag``: PRAG, each question's retrieved passages' own LoRAs on the same batched LoRA path;
+* ``prag_merge``: PRAG as published, each question's retrieved passages' LoRAs merged into the base
+  weights for its own generate, one question at a time (:class:`~fedprag.shared.query.PerRequestMerge`);
+* ``prag``: PRAG's LoRAs on Poly-PRAG's batched LoRA path instead (what batching alone gives PRAG);
 * ``standard_rag``: the retrieved passages in the prompt.
 
 PRAG and standard RAG need the passages (and their per-passage LoRAs) in one place, which the query
 API never has; they are served by a second application built here for the measurement only (central
-retrieval, then a generator replica of the same class and size).
+retrieval, batched like the replicas' routing, then a generator replica of the same class and size).
 
 It also measures the API's own overhead: the same Poly-PRAG question answered in process (embed,
 fan out, generate) against over HTTP, at concurrency 1, interleaved.
@@ -40,19 +42,20 @@ from ray import serve
 from fedprag.cluster.demo import running_federation
 from fedprag.cluster.serving.app import registry_of
 from fedprag.cluster.serving.client import QueryClient
-from fedprag.cluster.serving.generator import GenerateItem, generator_deployment
+from fedprag.cluster.serving.generator import Batching, GenerateItem, generator_deployment
 from fedprag.shared.eval.resources import machine_description
 from fedprag.shared.io import atomic_write_text
 from fedprag.shared.lora.layers import attach_lora
 from fedprag.shared.methods.base import Corpus, Routing
 from fedprag.shared.methods.baselines import StandardRAGModel
 from fedprag.shared.methods.prag.model import encode_corpus as encode_prag
-from fedprag.shared.query import QueryEngine
+from fedprag.shared.query import PerRequestMerge, QueryEngine
 from fedprag.shared.retrieval.encoder import SentenceEncoder
 from fedprag.shared.retrieval.index import PassageIndex
 
 CONCURRENCY = (1, 8, 32)
-PATHS = ("poly", "poly_router", "closed_book", "prag", "standard_rag")
+PATHS = ("poly", "poly_router", "closed_book", "prag_merge", "prag", "standard_rag")
+BASELINES = ("closed_book", "prag_merge", "prag", "standard_rag")
 
 baselines_api = FastAPI()
 
@@ -60,20 +63,32 @@ baselines_api = FastAPI()
 @serve.deployment(name="BaselineIngress", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512)
 @serve.ingress(baselines_api)
 class BaselineIngress:
-    """For the measurement only: central retrieval over the benchmark's passages, then a generator."""
+    """For the measurement only: central retrieval over the benchmark's passages (indexed in float32,
+    questions embedded as the replicas embed them), then a generator."""
 
-    def __init__(self, generator, texts: list[str], ids: list[str], top_k: int, max_new_tokens: int):
+    def __init__(self, generator, texts: list[str], ids: list[str], top_k: int, max_new_tokens: int, encoder_dtype: str):
         self.generator, self.texts, self.ids, self.top_k, self.max_new_tokens = generator, texts, ids, top_k, max_new_tokens
-        self.encoder = SentenceEncoder()
-        self.index = PassageIndex.build(self.encoder.embed(texts), list(range(len(texts))))
+        self.index = PassageIndex.build(SentenceEncoder().embed(texts), list(range(len(texts))))
+        self.encoder = SentenceEncoder(dtype=encoder_dtype)
+
+    def _search(self, questions: list[str]) -> list[Routing]:
+        scores, rows = self.index.search(self.encoder.embed(questions), self.top_k)
+        routings = []
+        for score_row, row in zip(scores, rows):
+            found = [int(r) for r in row if r >= 0]
+            routings.append(Routing(passage_ids=tuple(self.ids[r] for r in found),
+                                    scores=tuple(float(s) for s in score_row[:len(found)]),
+                                    documents=tuple(self.texts[r] for r in found)))
+        return routings
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def retrieve(self, questions: list[str]) -> list[Routing]:
+        """A batch of questions retrieved at once, as a serving replica routes them."""
+        return await asyncio.to_thread(self._search, questions)
 
     @baselines_api.post("/v1/query")
     async def query(self, body: dict) -> dict:
-        embedding = await asyncio.to_thread(self.encoder.embed, [body["question"]])
-        scores, rows = self.index.search(embedding, self.top_k)
-        found = [int(r) for r in rows[0] if r >= 0]
-        routing = Routing(passage_ids=tuple(self.ids[r] for r in found), scores=tuple(float(s) for s in scores[0][:len(found)]),
-                          documents=tuple(self.texts[r] for r in found))
+        routing = await self.retrieve(body["question"])
         generated = await self.generator.generate.remote(GenerateItem(body["question"], self.max_new_tokens,
                                                                       body["method"], routing=routing))
         return {"answer": generated.answer, "pool_version": 0, "trace": {"batch_size": generated.batch_size}}
@@ -86,11 +101,12 @@ def _baselines(config, federation, work: Path) -> QueryClient:
                     SentenceEncoder().embed, work / "prag", show_progress=False)
     prag, _ = encode_prag(corpus, config.prag)
     settings = config.serve
-    generator = generator_deployment(1, 1, 0, settings.replica_cpus).options(name="BaselineGenerator").bind(
-        config.model.path, registry_of(config), config.poly, max(1, int(settings.replica_cpus)), settings.max_batch_size,
-        settings.batch_wait_ms / 1e3, {"prag": prag, "standard_rag": StandardRAGModel()})
+    one_replica = dataclasses.replace(settings, replicas=1, max_replicas=0)
+    generator = generator_deployment(one_replica).options(name="BaselineGenerator").bind(
+        config.model.path, registry_of(config), config.poly, max(1, int(settings.replica_cpus)), Batching.of(settings),
+        {"prag": prag, "prag_merge": PerRequestMerge(prag), "standard_rag": StandardRAGModel()})
     serve.run(BaselineIngress.bind(generator, [p.text for p in dataset.passages], [p.passage_id for p in dataset.passages],
-                                   config.harness.top_k, config.harness.max_new_tokens),
+                                   config.harness.top_k, config.harness.max_new_tokens, settings.encoder_dtype),
               name="baselines", route_prefix="/baselines")
     return QueryClient(f"{federation.api.url}/baselines", "unused")
 
@@ -114,8 +130,9 @@ def _measure(paths: dict, questions: list[str], repeats: int) -> dict:
 
 
 def _overhead(federation, config, questions: list[str], repeats: int) -> dict:
-    """p50 latency of one Poly-PRAG question in process against over HTTP, interleaved."""
-    engine, encoder = QueryEngine(federation.base), SentenceEncoder()
+    """p50 latency of one Poly-PRAG question in process (the replicas' encoder, the same fan-out
+    and generate) against over HTTP, interleaved."""
+    engine, encoder = QueryEngine(federation.base), SentenceEncoder(dtype=config.serve.encoder_dtype)
     model = federation.model
     local, remote = [], []
     for i in range(repeats):
@@ -139,7 +156,7 @@ def _summary(runs: dict) -> dict:
                          "p95_ms": float(np.percentile(measured["latency"], 95))}
         row["vs"] = {mine: {other: statistics.median(p / o for p, o in zip(paths[mine]["throughput"],
                                                                           paths[other]["throughput"]))
-                            for other in ("closed_book", "prag", "standard_rag")} for mine in ("poly", "poly_router")}
+                            for other in BASELINES} for mine in ("poly", "poly_router")}
         out[concurrency] = row
     return out
 
@@ -156,12 +173,13 @@ def _markdown(summary: dict, overhead: dict, meta: dict) -> str:
             r = row[name]
             lines.append(f"| {concurrency} | {name} | {r['throughput_qps']:.1f} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} |")
     lines += ["", "Poly-PRAG's throughput over each path's (median of per-repeat ratios):", "",
-              "| concurrency | routing | vs closed-book | vs PRAG | vs standard RAG |", "|---|---|---|---|---|"]
+              "| concurrency | routing | vs closed-book | vs PRAG merge | vs PRAG batched | vs standard RAG |",
+              "|---|---|---|---|---|---|"]
     for concurrency, row in summary.items():
         for mine in ("poly", "poly_router"):
             ratio = row["vs"][mine]
-            lines.append(f"| {concurrency} | {'fan-out' if mine == 'poly' else 'learned router'} | "
-                         f"{ratio['closed_book']:.2f}× | {ratio['prag']:.2f}× | {ratio['standard_rag']:.2f}× |")
+            ratios = " | ".join(f"{ratio[b]:.2f}×" for b in BASELINES)
+            lines.append(f"| {concurrency} | {'fan-out' if mine == 'poly' else 'learned router'} | {ratios} |")
     lines += ["", (f"API overhead at concurrency 1 (Poly-PRAG, {meta['overhead_questions']} questions, interleaved): "
                    f"in process p50 {overhead['in_process_p50_ms']:.1f} ms, over HTTP p50 {overhead['http_p50_ms']:.1f} "
                    f"ms, median difference {overhead['overhead_p50_ms']:.1f} ms."), ""]
@@ -182,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = {"poly": lambda qs, c: federation.api.ask_many(qs, c),
                  "poly_router": lambda qs, c: federation.api.ask_many(qs, c, routing="router"),
                  "closed_book": lambda qs, c: federation.api.ask_many(qs, c, method="closed_book"),
+                 "prag_merge": lambda qs, c: baselines.ask_many(qs, c, method="prag_merge"),
                  "prag": lambda qs, c: baselines.ask_many(qs, c, method="prag"),
                  "standard_rag": lambda qs, c: baselines.ask_many(qs, c, method="standard_rag")}
         runs = _measure(paths, questions, args.repeats)

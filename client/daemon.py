@@ -42,6 +42,7 @@ from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 
+import faiss
 import grpc
 import psutil
 import torch
@@ -174,6 +175,7 @@ class SiteDaemon:
         for folder in (self.inbox, self.inbox / "done", self.inbox / "rejected"):
             folder.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(site.threads)
+        faiss.omp_set_num_threads(site.threads)  # OpenMP threads spin between a routing request's tiny searches
         self.model_spec = config.model.path
         self.base = load_causal_lm(self.model_spec, show_progress=False)
         self.serving_base: BaseModel | None = None  # distilled mode: the routing service's copy of the model

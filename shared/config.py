@@ -37,6 +37,7 @@ from fedprag.shared.methods.distilled.config import DistilledConfig
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.prag.config import PRAGConfig
 from fedprag.shared.models.augmenter import AugmentConfig
+from fedprag.shared.retrieval.encoder import DTYPES as ENCODER_DTYPES
 
 ENV_PREFIX = "FEDPRAG__"
 
@@ -156,7 +157,7 @@ class SiteSection:
     built-in model noise 3 roughly halves what an attacker decodes from them and costs about 0.3 exact match."""
     poll_seconds: float = 1.0
     threads: int = 1
-    """torch threads for the site's training and encoding."""
+    """torch and faiss threads for the site's training, encoding and searches."""
 
     def validate(self) -> None:
         if self.poll_seconds <= 0:
@@ -228,12 +229,22 @@ class ServeSection:
     min_replicas: int = 1
     max_replicas: int = 0
     """0 = a fixed number of replicas (``replicas``)."""
+    target_ongoing_requests: int = 16
+    """Autoscaling: requests in flight per replica that Ray Serve scales towards."""
+    upscale_delay_s: float = 30.0
+    """Autoscaling: seconds the load must stay above the target before a replica is added."""
     replica_cpus: float = 1.0
     """CPUs Ray reserves for each generator replica."""
     max_batch_size: int = 32
     batch_wait_ms: float = 2.0
-    """How long a replica waits to fill a batch before one forward pass (requests that arrive while a
-    batch runs queue for the next one anyway, so a short wait only saves latency when the load is light)."""
+    """How long an idle replica waits to fill a batch before routing and answering it (a lone request
+    pays this wait)."""
+    busy_batch_wait_ms: float = 20.0
+    """The wait while a replica is busy (its last batch held more than one request): under load a
+    longer wait gathers bigger batches, and a batch costs little more than one request."""
+    encoder_dtype: str = "auto"
+    """Precision of the replicas' question encoder: ``auto`` (bfloat16 on a CPU with native bfloat16,
+    such as AMX or AVX512-BF16, else float32), ``float32`` or ``bfloat16``. Sites index in float32."""
     max_new_tokens: int = 12
     api_keys: tuple[str, ...] = ()
     """Bearer tokens accepted by the query API. Required."""
@@ -244,7 +255,8 @@ class ServeSection:
     """Keys with a rate of their own, each ``<key>=<requests per second>`` (burst: twice the rate)."""
 
     def validate(self) -> None:
-        for name in ("port", "top_k", "replicas", "min_replicas", "max_batch_size", "max_new_tokens", "rate_limit_burst"):
+        for name in ("port", "top_k", "replicas", "min_replicas", "max_batch_size", "max_new_tokens", "rate_limit_burst",
+                     "target_ongoing_requests"):
             if getattr(self, name) < 1:
                 raise ValueError(f"serve.{name}: must be a positive integer")
         if not 0 <= self.grpc_port <= 65535 or self.port > 65535:
@@ -253,7 +265,10 @@ class ServeSection:
             raise ValueError(f"serve.routing: must be 'fanout' or 'router', not '{self.routing}'")
         if self.max_replicas and not self.min_replicas <= self.replicas <= self.max_replicas:
             raise ValueError("serve.replicas: must lie between serve.min_replicas and serve.max_replicas")
-        for name in ("site_deadline", "replica_cpus", "batch_wait_ms", "rate_limit_qps"):
+        if self.encoder_dtype not in ENCODER_DTYPES:
+            raise ValueError(f"serve.encoder_dtype: must be one of {ENCODER_DTYPES}, not '{self.encoder_dtype}'")
+        for name in ("site_deadline", "replica_cpus", "batch_wait_ms", "busy_batch_wait_ms", "rate_limit_qps",
+                     "upscale_delay_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"serve.{name}: must be positive")
         for key, rate in self.key_rates().items():

@@ -1,9 +1,10 @@
 """``fedprag serve``: the query API and the serving actor group, composed as one Ray Serve application.
 
-    Ingress (FastAPI, HTTP + gRPC) ──handle──▶ Router (embed; fan out to the sites, or the learned router)
-                                   └─handle──▶ Generator × N (batched generate on the LoRA path)
+    Ingress (FastAPI, HTTP + gRPC) ──handle──▶ Generator × N: a batch of questions routed at once
+                                               (embed; fan out to the sites, or the learned router),
+                                               then answered in one batched generate on the LoRA path
 
-:func:`build_app` binds the three deployments from the one typed configuration; :func:`start`
+:func:`build_app` binds the two deployments from the one typed configuration; :func:`start`
 starts Ray (a local one, or an existing cluster's), Serve's HTTP and gRPC proxies, and the app.
 """
 
@@ -16,9 +17,9 @@ import ray
 from ray import serve
 from ray.serve.config import HTTPOptions, gRPCOptions
 
-from fedprag.cluster.serving.generator import generator_deployment
+from fedprag.cluster.serving.generator import Batching, generator_deployment
 from fedprag.cluster.serving.ingress import Ingress, IngressSettings
-from fedprag.cluster.serving.router import router_deployment
+from fedprag.cluster.serving.router import RoutingSettings
 from fedprag.coordinator.app import registry_dir
 from fedprag.shared.config import FedpragConfig
 from fedprag.shared.io import read_tokens
@@ -36,23 +37,21 @@ def registry_of(config: FedpragConfig) -> str:
 
 
 def build_app(config: FedpragConfig) -> serve.Application:
-    """The application graph: the ingress holding handles to the router and the generator group."""
+    """The application graph: the ingress holding a handle to the generator group."""
     settings = config.serve
     settings.check_files()
     registry = registry_of(config)
     token = read_tokens(settings.site_token_file)[-1] if settings.sites else ""
     mode = config.federation.mode
-    router = router_deployment().bind(config.model.path, registry, config.poly, settings.site_addresses(),
-                                      settings.ca_cert, token, settings.site_deadline, mode)
+    routing = RoutingSettings(settings.site_addresses(), settings.ca_cert, token, settings.site_deadline,
+                              settings.encoder_dtype)
     threads = max(1, int(settings.replica_cpus))
-    generator = generator_deployment(settings.replicas, settings.min_replicas, settings.max_replicas,
-                                     settings.replica_cpus).bind(
-        config.model.path, registry, config.poly, threads, settings.max_batch_size, settings.batch_wait_ms / 1e3,
-        None, mode == "distilled")
+    generator = generator_deployment(settings).bind(config.model.path, registry, config.poly, threads,
+                                                    Batching.of(settings), None, mode, routing)
     ingress = IngressSettings(settings.api_keys, settings.rate_limit_qps, settings.rate_limit_burst,
                               settings.key_rates(), settings.routing if mode == "poly" else "fanout",
                               settings.top_k, settings.max_new_tokens, registry, mode)
-    return Ingress.bind(router, generator, ingress)
+    return Ingress.bind(generator, ingress)
 
 
 @dataclass(frozen=True)
@@ -64,15 +63,16 @@ class Endpoints:
 
 
 def _init_ray(address: str | None, num_cpus: int | None) -> None:
-    """Start (or join) Ray, tried twice: on a busy machine a new Ray's own GCS server can miss its
-    start-up deadline ("Timed out waiting for file .../gcs_server_port_...")."""
+    """Start (or join) Ray, tried twice: on a busy machine a new Ray's own GCS server or raylet can
+    miss its start-up deadline ("Timed out waiting for file .../gcs_server_port_...", "The current
+    node timed out during startup")."""
     for attempt in (1, 2):
         try:
             ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
                      log_to_driver=False)
             return
-        except RuntimeError as exc:
-            if attempt == 2 or "Timed out" not in str(exc):
+        except Exception as exc:  # Ray raises a bare Exception for a raylet's start-up timeout
+            if attempt == 2 or "timed out" not in str(exc).lower():
                 raise
             log.warning("serve.ray_start.retry", reason=str(exc)[:200])
             ray.shutdown()

@@ -1,9 +1,10 @@
 """The central query API: a FastAPI ingress on Ray Serve, over HTTP and gRPC.
 
 A request is admitted (body size and encoding, the body's schema, then the API key and its rate
-limit: FastAPI validates the body before the handler checks the key), routed by
-the :class:`~fedprag.cluster.serving.router.Router` deployment, answered by a
-:class:`~fedprag.cluster.serving.generator.Generator` replica, and returned with its trace.
+limit: FastAPI validates the body before the handler checks the key), then routed and answered by
+a :class:`~fedprag.cluster.serving.generator.Generator` replica in one handle call, and returned
+with its trace. The ingress keeps the newest pool version it has returned and asks for no older
+one, so versions never go backwards for a client (the ingress runs as one replica).
 ``/v1/query`` is fedprag's own shape; ``/v1/chat/completions``, ``/v1/completions`` and
 ``/v1/models`` are the OpenAI-compatible subset, and the gRPC ``FedpragQuery.Ask`` mirrors
 ``/v1/query``. ``/healthz`` and ``/metrics`` (Prometheus) need no key.
@@ -31,9 +32,10 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from fedprag.cluster.fanout import FanOutTrace
 from fedprag.cluster.serving import metrics
 from fedprag.cluster.serving.generator import Generated, GenerateItem
-from fedprag.cluster.serving.router import RouteRequest, RouteResult
+from fedprag.cluster.serving.router import RouteRequest
 from fedprag.cluster.serving.schema import (
     ERRORS,
     MAX_BODY_BYTES,
@@ -190,15 +192,15 @@ def _usage(generated: Generated) -> Usage:
                  total_tokens=generated.prompt_tokens + generated.completion_tokens)
 
 
-def _heaviest(weights: object, count: int = 16) -> list[ExpertWeight]:
-    """The ``count`` heaviest experts of a ``[G, K]`` mixture (none without one)."""
-    if weights is None:
-        return []
-    flat = weights.flatten()
-    top = flat.topk(min(count, flat.numel()))
-    experts = weights.shape[-1]
-    return [ExpertWeight(group=int(i) // experts, expert=int(i) % experts, weight=round(float(w), 6))
-            for w, i in zip(top.values, top.indices) if w > 0]
+def _trace(routing: str, generated: Generated, version: int, retries: int, started: float) -> Trace:
+    """The reply's trace: sites asked, answered and failed, the heaviest experts, and the timings."""
+    sites = generated.sites or FanOutTrace()
+    route_s, generate_s = generated.timings
+    return Trace(routing=routing, sites_asked=sites.asked, sites_answered=sites.answered, sites_failed=sites.failed,
+                 experts=[ExpertWeight(group=g, expert=e, weight=w) for g, e, w in generated.experts], pool_version=version,
+                 batch_size=generated.batch_size, replica_retries=retries,
+                 timings_ms={"route": round(route_s * 1e3, 2), "generate": round(generate_s * 1e3, 2),
+                             "total": round((time.perf_counter() - started) * 1e3, 2)})
 
 
 @serve.deployment(name="Ingress", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=512)
@@ -209,8 +211,10 @@ class Ingress:
     Ray Serve pickles this class by value as it decorates it, so everything it uses is defined above it.
     """
 
-    def __init__(self, router: DeploymentHandle, generator: DeploymentHandle, settings: IngressSettings):
-        self.router, self.generator, self.settings = router, generator, settings
+    def __init__(self, generator: DeploymentHandle, settings: IngressSettings):
+        self.generator, self.settings = generator, settings
+        self.newest = 0
+        """The newest pool version returned to an unpinned request: none older is asked for."""
         self._keys = [hashlib.sha256(k.encode()).digest() for k in settings.api_keys]
         self._rate = RateLimiter(settings.rate_limit_qps, settings.rate_limit_burst)
         self._own_rates = {hashlib.sha256(k.encode()).digest(): RateLimiter(qps, max(1, round(2 * qps)))
@@ -240,11 +244,14 @@ class Ingress:
             log.warning("serve.replica.retry", error=type(exc).__name__)
             return await self.generator.generate.remote(item), 1
 
-    async def _route(self, question: str, top_k: int | None, mode: str, model: str, method: str) -> RouteResult:
-        if method == "closed_book":  # nothing to route; the reply names the newest pool for the record
-            return RouteResult(version=await self.router.newest_version.remote())
-        return await self.router.route.remote(RouteRequest(question, top_k or self.settings.top_k, mode,
-                                                           pinned_version(model)))
+    def _route_request(self, question: str, top_k: int | None, mode: str, model: str,
+                       method: str) -> RouteRequest | None:
+        """What the replica routes the question by (nothing for closed-book)."""
+        if method == "closed_book":
+            return None
+        pinned = pinned_version(model)
+        return RouteRequest(question, top_k or self.settings.top_k, mode, pinned,
+                            min_version=self.newest if pinned is None else 0)
 
     async def _ask(self, question: str, top_k: int | None, routing: str | None, model: str,
                    max_tokens: int | None, method: str | None = None) -> tuple[Generated, Trace]:
@@ -256,31 +263,28 @@ class Ingress:
         if routing == "router" and method == "distilled":
             raise _validation_error("routing", "distilled mode routes by fan-out only: the sites generate the LoRA")
         mode = routing or self.settings.routing
-        routed = await self._route(question, top_k, mode, model, method)
-        for site in routed.trace.failed:
+        route = self._route_request(question, top_k, mode, model, method)
+        generated, retries = await self._generate(GenerateItem(question, max_tokens or self.settings.max_new_tokens,
+                                                               method, route))
+        for site in (generated.sites.failed if generated.sites else ()):
             metrics.SITE_ERRORS.labels(site).inc()
-        if routed.error == "not_found":
-            raise ApiError(404, routed.reason, "model_not_found")
-        if routed.error:
-            raise ApiError(503, routed.reason, "routing_unavailable")
-        metrics.STAGE.labels("route").observe(routed.seconds)
-        routed_at = time.perf_counter()
-        generated, retries = await self._generate(GenerateItem(
-            question, max_tokens or self.settings.max_new_tokens, method, routed.weights, routed.version, routed.routing))
-        if generated.error.startswith("question:"):
+        if generated.kind == "question":
             raise _validation_error("question", generated.error)
+        if generated.kind == "not_found":
+            raise ApiError(404, generated.error, "model_not_found")
+        if generated.kind == "unavailable":
+            raise ApiError(503, generated.error, "routing_unavailable")
         if generated.error:
             raise ApiError(503, generated.error, "generation_failed")
-        done = time.perf_counter()
-        metrics.STAGE.labels("generate").observe(done - routed_at)
+        version = generated.version if generated.version is not None else self.newest
+        if route is not None and route.version is None:
+            self.newest = max(self.newest, version)
+        route_s, generate_s = generated.timings
+        metrics.STAGE.labels("route").observe(route_s)
+        metrics.STAGE.labels("generate").observe(generate_s)
         metrics.BATCH.observe(generated.batch_size)
-        metrics.POOL_VERSION.set(routed.version)
-        return generated, Trace(
-            routing=mode if method != "closed_book" else "none", sites_asked=routed.trace.asked, sites_answered=routed.trace.answered,
-            sites_failed=routed.trace.failed, experts=_heaviest(routed.weights), pool_version=routed.version,
-            batch_size=generated.batch_size, replica_retries=retries,
-            timings_ms={"route": round((routed_at - started) * 1e3, 2),
-                        "generate": round((done - routed_at) * 1e3, 2), "total": round((done - started) * 1e3, 2)})
+        metrics.POOL_VERSION.set(version)
+        return generated, _trace(mode if route is not None else "none", generated, version, retries, started)
 
     # -- HTTP ------------------------------------------------------------------------------------
 
@@ -325,8 +329,7 @@ class Ingress:
 
     @app.get("/healthz", response_model=Health, summary="Liveness: the ingress answers; the newest pool version served")
     async def healthz(self) -> Health:
-        version = await self.router.newest_version.remote()
-        return Health(status="ok", pool_version=version or None, routing=self.settings.routing)
+        return Health(status="ok", pool_version=self.newest or None, routing=self.settings.routing)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response,
              responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})

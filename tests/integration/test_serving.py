@@ -2,7 +2,7 @@
 
 The module's federation is a coordinator and 3 site daemons (processes, TLS, node auth) training
 a last-layer pool for 2 rounds; every passage carries a planted canary. The serving application
-(ingress, router, 2 generator replicas) runs on the test session's Ray, and reaches the sites
+(the ingress, and 2 generator replicas that route and answer) runs on the test session's Ray, and reaches the sites
 through recording TLS proxies, so the test sees every byte that crosses a site boundary at query
 time. Tests that stop things (a site, a replica) and publish a new pool run last.
 """
@@ -28,7 +28,7 @@ from ray import serve
 from fedprag.client.app import forward
 from fedprag.client.daemon import admin_address, daemon_status
 from fedprag.cluster.deployment import LocalDeployment
-from fedprag.cluster.serving.app import start
+from fedprag.cluster.serving.app import APP_NAME, build_app, start
 from fedprag.cluster.simulation import prepare_sites
 from fedprag.coordinator.app import registry_dir
 from fedprag.coordinator.registry import PoolRegistry
@@ -312,3 +312,32 @@ def test_a_pool_published_under_load_is_picked_up_and_versions_never_go_backward
     print(f"\npool published under load: {sum(len(s) for s in results)} requests, 0 failed, versions "
           f"{sorted({v for s in results for _, v in s})}, never backwards")
     assert json.loads(httpx.get(f"{api['url']}/healthz").text)["pool_version"] == version
+
+
+def _generator_replicas() -> int:
+    states = serve.status().applications[APP_NAME].deployments["Generator"].replica_states
+    return states.get("RUNNING", 0)
+
+
+def test_the_generator_group_scales_out_under_load_within_its_bounds(api, federation):
+    """With autoscaling bounds (1 to 3), a sustained load above the target adds generator replicas."""
+    settings = replace(api["config"].serve, replicas=1, min_replicas=1, max_replicas=3, target_ongoing_requests=2,
+                       upscale_delay_s=2.0)
+    serve.run(build_app(replace(api["config"], serve=settings)), name=APP_NAME, route_prefix="/")
+    deadline = time.monotonic() + 60
+    while _generator_replicas() != 1 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert _generator_replicas() == 1
+    results, stop = [], threading.Event()
+    threads = [t for _ in range(3) for t in _load(api["url"], _single_hop(federation, 40), 0, results, stop)]
+    seen = 1
+    while seen < 2 and time.monotonic() < deadline + 60:
+        time.sleep(2)
+        seen = max(seen, _generator_replicas())
+    stop.set()
+    for t in threads:
+        t.join(120)
+    statuses = [s for client in results for s, _ in client]
+    print(f"\nautoscaling: 1 → {seen} generator replicas under 12 clients; {len(statuses)} requests, "
+          f"{sum(s != 200 for s in statuses)} failed")
+    assert 2 <= seen <= 3 and statuses and all(s == 200 for s in statuses)

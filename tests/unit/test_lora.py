@@ -5,7 +5,12 @@ import torch
 from torch import nn
 
 from fedprag.shared.lora.layers import LoRALinear, LowRank, applied, attach_lora, init_factors
+from fedprag.shared.methods.base import Routing
+from fedprag.shared.methods.baselines import ClosedBookModel
 from fedprag.shared.methods.prag.layers import PRAGAdapters
+from fedprag.shared.methods.prag.model import PRAGModel
+from fedprag.shared.models.loading import load_causal_lm
+from fedprag.shared.query import PerRequestMerge, QueryEngine
 
 
 class TwoLayer(nn.Module):
@@ -79,3 +84,21 @@ def test_unknown_passage_is_an_error():
     adapters = PRAGAdapters(["p0"], {}, 1.0)
     with pytest.raises(KeyError, match="p9"):
         adapters.rows(["p0", "p9"])
+
+
+def test_per_request_merge_answers_as_the_batched_path_does(random_llama_path):
+    """PRAG as published (each request's LoRA merged into the weights, one at a time) gives the same
+    answers as the batched LoRA path, and leaves the base weights as they were."""
+    base = load_causal_lm(str(random_llama_path))
+    engine = QueryEngine(base)
+    layers = engine.layers
+    factors = {n: (a * 0.3, b * 0.3) for n, (a, b) in _random_factors(layers, 4, 2, seed=3).items()}
+    prag = PRAGModel(PRAGAdapters([f"p{i}" for i in range(4)], factors, scale=2.0))
+    questions = ["Where was Ada born?", "What does Ada do?", "Who is Ada?"]
+    routings = [Routing(passage_ids=ids) for ids in (("p0", "p1"), ("p2", "p1"), ("p3", "p0"))]
+    weights = {n: layer.base.weight.clone() for n, layer in layers.items()}
+    merged_answers = engine.answer(PerRequestMerge(prag), questions, routings, 6, 6)
+    assert merged_answers == engine.answer(prag, questions, routings, 6, 6)
+    assert merged_answers != engine.answer(ClosedBookModel(), questions, routings, 6, 6)
+    for name, layer in layers.items():
+        torch.testing.assert_close(layer.base.weight, weights[name])

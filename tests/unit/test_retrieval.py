@@ -33,6 +33,18 @@ def test_questions_retrieve_their_gold_passage(encoder, tmp_path):
     assert recall > 0.9
 
 
+def test_questions_embedded_in_bfloat16_retrieve_what_float32_retrieves(encoder):
+    """The query API embeds questions in bfloat16 where the CPU has it; passages stay float32."""
+    data = make_benchmark(BenchmarkSpec(people=30))
+    index = PassageIndex.build(encoder.embed([p.text for p in data.passages]), list(range(len(data.passages))))
+    questions = [q.text for q in data.questions if q.kind == "single"]
+    exact, fast = encoder.embed(questions), SentenceEncoder(dtype="bfloat16").embed(questions)
+    assert fast.dtype == np.float32 and float(np.min(np.sum(exact * fast, axis=1))) > 0.999
+    assert (index.search(fast, 3)[1] == index.search(exact, 3)[1]).mean() > 0.97
+    with pytest.raises(ValueError, match="float16"):
+        SentenceEncoder(dtype="float16")
+
+
 def test_recall_at_k_counts_fraction_of_gold():
     assert recall_at_k([[1, 2, 3], [4, 5, 6]], [[1], [9, 5]], k=3) == pytest.approx(0.75)
     assert recall_at_k([[1, 2, 3]], [[3]], k=2) == 0.0

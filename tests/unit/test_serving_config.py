@@ -13,6 +13,10 @@ def test_serve_settings_are_validated_with_the_field_named():
         load_config(None, {"serve.sites": "site-a"})
     with pytest.raises(ConfigError, match="serve.routing"):
         load_config(None, {"serve.routing": "random"})
+    with pytest.raises(ConfigError, match="serve.encoder_dtype"):
+        load_config(None, {"serve.encoder_dtype": "float16"})
+    with pytest.raises(ConfigError, match="serve.busy_batch_wait_ms"):
+        load_config(None, {"serve.busy_batch_wait_ms": "0"})
     with pytest.raises(ConfigError, match="serve.key_rate_limits"):
         load_config(None, {"serve.api_keys": "a", "serve.key_rate_limits": "b=5"})
     config = load_config(None, {"serve.sites": "a=127.0.0.1:7070,b=10.0.0.2:7071", "serve.api_keys": "k1,k2",
