@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 from common import RESULTS, augmentations_for, setup  # benchmarks/common.py (scripts run from this folder)
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from fedprag.cluster.demo import running_federation
 from fedprag.cluster.serving.app import registry_of
@@ -66,7 +67,7 @@ class BaselineIngress:
     """For the measurement only: central retrieval over the benchmark's passages (indexed in float32,
     questions embedded as the replicas embed them), then a generator."""
 
-    def __init__(self, generator, texts: list[str], ids: list[str], top_k: int, max_new_tokens: int, encoder_dtype: str):
+    def __init__(self, generator: DeploymentHandle, texts: list[str], ids: list[str], top_k: int, max_new_tokens: int, encoder_dtype: str):
         self.generator, self.texts, self.ids, self.top_k, self.max_new_tokens = generator, texts, ids, top_k, max_new_tokens
         self.index = PassageIndex.build(SentenceEncoder().embed(texts), list(range(len(texts))))
         self.encoder = SentenceEncoder(dtype=encoder_dtype)
@@ -91,6 +92,8 @@ class BaselineIngress:
         routing = await self.retrieve(body["question"])
         generated = await self.generator.generate.remote(GenerateItem(body["question"], self.max_new_tokens,
                                                                       body["method"], routing=routing))
+        if generated.error:  # a failed answer must not count as a fast one
+            raise HTTPException(503, generated.error)
         return {"answer": generated.answer, "pool_version": 0, "trace": {"batch_size": generated.batch_size}}
 
 

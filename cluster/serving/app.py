@@ -10,7 +10,6 @@ starts Ray (a local one, or an existing cluster's), Serve's HTTP and gRPC proxie
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,34 +62,10 @@ class Endpoints:
     grpc: str | None
 
 
-SERVE_ENVIRONMENT = {
-    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-    "RAY_SERVE_LOG_TO_STDERR": "0",
-}
-"""Ray Serve's throughput settings: the proxy and the handles call replicas over gRPC instead of
-Ray actor tasks, user code and the request router run on the replica's own event loop, and access
-logs are buffered. They are ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` without its direct ingress (which
-would drop Serve's proxy and its port). They cut the API's own time per request from about 25 ms to
-about 10 ms here (docs/experiments.md §7.4)."""
-
-
-def use_serve_environment() -> None:
-    """Set :data:`SERVE_ENVIRONMENT` for the Ray this process starts (Ray's processes read it as
-    they start); a variable already set wins. A cluster joined with ``--address`` sets them on its
-    nodes (deploy/README.md)."""
-    for name, value in SERVE_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
-
-
 def _init_ray(address: str | None, num_cpus: int | None) -> None:
     """Start (or join) Ray, tried twice: on a busy machine a new Ray's own GCS server or raylet can
     miss its start-up deadline ("Timed out waiting for file .../gcs_server_port_...", "The current
     node timed out during startup")."""
-    if address is None:
-        use_serve_environment()
     for attempt in (1, 2):
         try:
             ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,

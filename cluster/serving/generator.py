@@ -39,7 +39,7 @@ from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.model import PolyModel
 from fedprag.shared.methods.poly.serializer import load_pool
 from fedprag.shared.models.loading import load_causal_lm
-from fedprag.shared.query import QueryEngine
+from fedprag.shared.query import PerRequestMerge, QueryEngine
 
 log = get_logger(__name__)
 
@@ -173,7 +173,7 @@ class Generator:
         if not asked:
             return out
         if self.router is None:
-            results = [RouteResult(error="unavailable", reason="this replica routes nothing (no serve.sites)")] * len(asked)
+            results = [RouteResult(error="unavailable", reason="this replica was built without routing")] * len(asked)
         else:
             results = self.router.route([items[i].route for i in asked])  # type: ignore[misc]
         for i, result in zip(asked, results):
@@ -196,8 +196,9 @@ class Generator:
             answers = self.engine.answer(model, [items[i].question for i in runnable], [routings[i] for i in runnable],
                                          limit)
             answer_lengths = [len(ids) for ids in self.base.tokenizer(answers).input_ids]
+            shared = 1 if isinstance(model, PerRequestMerge) else len(runnable)  # requests in one forward pass
             for i, answer, n in zip(runnable, answers, answer_lengths):
-                out[i] = Generated(answer, lengths[i], n, len(runnable))
+                out[i] = Generated(answer, lengths[i], n, shared)
         return out  # type: ignore[return-value]
 
     def _answer_batch(self, items: list[GenerateItem], routed: list[RouteResult | None]) -> list[Generated]:

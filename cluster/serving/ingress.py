@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ray import serve
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -192,6 +192,15 @@ def _usage(generated: Generated) -> Usage:
                  total_tokens=generated.prompt_tokens + generated.completion_tokens)
 
 
+REPLICA_GONE = (RayActorError, ActorUnavailableError, grpc.aio.AioRpcError)
+"""What a handle call raises when its replica died (``AioRpcError``: Ray Serve's gRPC transport)."""
+
+
+def _replica_failed(exc: BaseException) -> ApiError:
+    log.error("serve.replica.failed", error=type(exc).__name__)
+    return ApiError(503, "no generator replica could answer; try again", "generation_failed")
+
+
 def _trace(routing: str, generated: Generated, version: int, retries: int, started: float) -> Trace:
     """The reply's trace: sites asked, answered and failed, the heaviest experts, and the timings."""
     sites = generated.sites or FanOutTrace()
@@ -236,13 +245,19 @@ class Ingress:
     # -- the query path --------------------------------------------------------------------------
 
     async def _generate(self, item: GenerateItem) -> tuple[Generated, int]:
-        """The generator's answer; re-sent once if the replica died under it."""
+        """The generator's answer; re-sent once if the replica died under it. A replica that fails
+        the request otherwise (a bug, not the input) is a 503, never a bare 500."""
         try:
             return await self.generator.generate.remote(item), 0
-        except (RayActorError, ActorUnavailableError) as exc:
+        except REPLICA_GONE as exc:
             metrics.RETRIES.inc()
             log.warning("serve.replica.retry", error=type(exc).__name__)
+        except RayError as exc:
+            raise _replica_failed(exc) from None
+        try:
             return await self.generator.generate.remote(item), 1
+        except (RayError, grpc.aio.AioRpcError) as exc:
+            raise _replica_failed(exc) from None
 
     def _route_request(self, question: str, top_k: int | None, mode: str, model: str,
                        method: str) -> RouteRequest | None:
@@ -283,7 +298,7 @@ class Ingress:
         metrics.STAGE.labels("route").observe(route_s)
         metrics.STAGE.labels("generate").observe(generate_s)
         metrics.BATCH.observe(generated.batch_size)
-        metrics.POOL_VERSION.set(version)
+        metrics.POOL_VERSION.set(self.newest)
         return generated, _trace(mode if route is not None else "none", generated, version, retries, started)
 
     # -- HTTP ------------------------------------------------------------------------------------

@@ -74,7 +74,6 @@ class RouteResult:
     """The whole routing (distilled mode: the sites' generated factors and mask-token counts)."""
     version: int = 0
     trace: FanOutTrace = field(default_factory=FanOutTrace)
-    seconds: float = 0.0
     error: str = ""
     reason: str = ""
 
@@ -91,7 +90,6 @@ class RoutingStage:
         self.routers: dict[int, QueryRouter] = {}
 
     def _fanout(self, embeddings: np.ndarray, request: RouteRequest) -> list[RouteResult]:
-        started = time.perf_counter()
         if self.fanout is None:
             return [RouteResult(error="unavailable", reason="no sites are configured (serve.sites)")] * len(embeddings)
         try:
@@ -100,8 +98,7 @@ class RoutingStage:
             pinned_elsewhere = request.version is not None and "routes with pool version" in str(exc)
             error = "not_found" if pinned_elsewhere else "unavailable"  # 404: the sites route with another version
             return [RouteResult(error=error, reason=str(exc)[:300])] * len(embeddings)
-        seconds = time.perf_counter() - started
-        return [RouteResult(r.weights, r, trace.pool_version, trace, seconds) for r in routings]
+        return [RouteResult(r.weights, r, trace.pool_version, trace) for r in routings]
 
     def _central(self, embeddings: np.ndarray, request: RouteRequest) -> list[RouteResult]:
         if self.mode != "poly":
@@ -123,7 +120,7 @@ class RoutingStage:
             logits = self.routers[version](torch.from_numpy(embeddings).float())
         weights = keep_top_m(routing_weights(logits), self.poly.top_m)
         trace = FanOutTrace(pool_version=version, seconds=time.perf_counter() - started)
-        return [RouteResult(w, None, version, trace, trace.seconds) for w in weights]
+        return [RouteResult(w, None, version, trace) for w in weights]
 
     def route(self, requests: list[RouteRequest]) -> list[RouteResult]:
         """Each request's routing, in order: one embedding pass for all, one call per site per group."""

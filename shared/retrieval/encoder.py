@@ -44,7 +44,7 @@ class SentenceEncoder:
 
     ``dtype`` is the weights' precision (:data:`DTYPES`). Passages are indexed in float32; the query
     API embeds questions with ``auto``: in bfloat16 on a CPU that has it, the same top-3 passages
-    and cosine 0.9999 to float32 on the benchmark's questions, at 2.5× the speed (docs/experiments.md §7.4).
+    and cosine 0.9999 to float32 on the 64 benchmark questions tried, at 2.5× the speed (docs/experiments.md §7.4).
     """
 
     def __init__(self, path: Path | None = None, batch_size: int = 64, max_length: int = 256,

@@ -15,14 +15,10 @@ def small_model_spec():
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """The test session's one Ray (2 CPUs, no dashboard, Ray Serve's settings as ``fedprag serve``
-    starts it with), shut down at the end."""
+    """The test session's one Ray (2 CPUs, no dashboard), shut down at the end."""
     import ray
 
-    from fedprag.cluster.serving.app import use_serve_environment
-
     if not ray.is_initialized():
-        use_serve_environment()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
