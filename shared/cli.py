@@ -47,16 +47,17 @@ def _set_pairs(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _cmd_build_tiny(args: argparse.Namespace, config: FedpragConfig) -> int:
-    from fedprag.shared.io import file_sha256
     from fedprag.shared.models.tiny.build import build_tiny
-    from fedprag.shared.models.tiny.shipped import SHIPPED_ROOT, ship
+    from fedprag.shared.models.tiny.shipped import differing, ship
 
-    path = build_tiny(recipe_named(args.recipe), show_progress=not args.quiet)
+    recipe = recipe_named(args.recipe)
+    path = build_tiny(recipe, show_progress=not args.quiet)
     print(f"{path}\n{(path / 'metrics.json').read_text()}")
-    shipped = SHIPPED_ROOT / path.name / "model.safetensors"
-    if shipped.is_file():
-        same = file_sha256(shipped) == file_sha256(path / "model.safetensors")
-        print(f"weights {'equal' if same else 'DIFFER from'} the shipped {path.name}, bit for bit")
+    differ = differing(path)
+    if differ is not None:
+        print(f"every file equals the shipped {path.name}, bit for bit" if not differ else
+              f"{', '.join(differ)} DIFFER from the shipped {path.name} ({recipe.numerics} numerics: "
+              "see docs/experiments.md §1.5)")
     if args.ship:
         print(f"shipped: {ship(path)}")
     return 0
@@ -277,8 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--recipe", default="default", choices=list(RECIPES),
                        help="default: about 110 min on 2 cores from nothing (the reader, about 18 min, then four "
                             "finishing stages, each cached: drilled, polished, annealed, default); small: a "
-                            "3-minute model for the integration tests. Builds are cached under "
-                            "$FEDPRAG_HOME/models and compared, bit for bit, with the shipped copy")
+                            "6-minute model for the integration tests; short: its first 120 steps. Builds are "
+                            "cached under $FEDPRAG_HOME/models and compared, bit for bit, with the shipped copy: "
+                            "small and short give its bytes on any x86-64 CPU with AVX2, the default model only "
+                            "on the CPU family it was built on")
     build.add_argument("--ship", action="store_true",
                        help="for maintainers: copy the built model into the package's shipped models, with its "
                             "SHA256SUMS")

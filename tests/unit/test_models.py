@@ -1,6 +1,7 @@
 """Any Llama, Qwen or Mistral causal LM loads from a local path, gets LoRA on its FFN, and answers."""
 
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -122,6 +123,32 @@ def test_tiny_build_is_deterministic_and_cached(tmp_path):
                           cache_root=tmp_path / "a", show_progress=False)
     assert polished != finished and (finished / "recipe.json").stat().st_mtime_ns == stamp  # a finish finished again
     assert load_causal_lm(str(finished)).model.config.num_hidden_layers == 1
+
+
+def test_a_portable_build_trains_under_pinned_numerics_whatever_the_caller_runs(tmp_path, monkeypatch):
+    """The build's child process runs torch's AVX2 kernels on 2 threads even where the caller asked
+    for others, and the recipe's numerics are part of its digest and its recipe.json."""
+    import json
+
+    from fedprag.shared.models.tiny.build import build_tiny
+
+    micro = TinyRecipe(name="micro", steps=2, batch_size=4, layers=1, hidden_size=32, heads=2, intermediate_size=64,
+                       vocab_size=300, numerics="portable")
+    assert micro.digest() != replace(micro, numerics="native").digest()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    built = build_tiny(micro, cache_root=tmp_path, show_progress=False)
+    metrics = json.loads((built / "metrics.json").read_text())
+    assert (metrics["cpu_capability"], metrics["threads"]) == ("AVX2", 2)
+    assert json.loads((built / "recipe.json").read_text())["numerics"] == "portable"
+    assert "numerics" not in replace(micro, numerics="native").describe()  # shipped native digests hold
+
+
+def test_a_recipe_with_unknown_numerics_is_refused_naming_the_field():
+    with pytest.raises(ValueError, match="recipe.numerics: expected one of native, portable, got 'fast'"):
+        TinyRecipe(numerics="fast")
+    with pytest.raises(ValueError, match="recipe.numerics"):
+        TinyFinish(base=TinyRecipe(), numerics="fast")
 
 
 def test_the_build_check_reports_reading_per_attribute(monkeypatch):

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import pickle
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +27,11 @@ from fedprag.shared import prompts
 from fedprag.shared.data import world
 from fedprag.shared.data.benchmark import training_people
 from fedprag.shared.io import atomic_dir
+from fedprag.shared.log import configure as configure_log
 from fedprag.shared.log import get_logger
 from fedprag.shared.metrics import exact_match
 from fedprag.shared.models.generate import generate_answers
+from fedprag.shared.models.tiny import numerics
 from fedprag.shared.models.tiny.batches import collate, cosine_lr, train_step
 from fedprag.shared.models.tiny.corpus import Corpus
 from fedprag.shared.models.tiny.finish import finish
@@ -35,6 +41,7 @@ from fedprag.shared.paths import fedprag_home
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
+_STAGE = "stage.pickle"  # what the build hands its child process: the recipe, base and progress flag
 log = get_logger(__name__)
 
 
@@ -145,18 +152,38 @@ def build_tiny(recipe: TinyRecipe | TinyFinish, cache_root: Path | None = None, 
     """Return the cached model directory for ``recipe``, training it first if needed.
 
     A :class:`TinyFinish` recipe builds (or reuses) its base recipe's model first, then trains
-    its finishing stages from it.
+    its finishing stages from it. Each stage trains in a fresh Python process started under the
+    recipe's numerics (:mod:`~fedprag.shared.models.tiny.numerics`): torch and MKL choose their
+    kernels once per process, and the choice decides the weights' bytes.
     """
     target = cached_path(recipe, cache_root)
     if (target / "recipe.json").is_file():
         return target
+    base = None
+    if isinstance(recipe, TinyFinish):
+        base = shipped_model(recipe.base) or build_tiny(recipe.base, cache_root, show_progress)
+    with atomic_dir(target) as tmp:
+        (tmp / _STAGE).write_bytes(pickle.dumps((recipe, base, show_progress)))
+        child = subprocess.run([sys.executable, "-m", "fedprag.shared.models.tiny.build", str(tmp)], check=False,
+                               env={**os.environ, **numerics.environment(recipe.numerics)})
+        if child.returncode != 0:
+            raise RuntimeError(f"building {target.name} failed (exit {child.returncode}); its log is above")
+        (tmp / _STAGE).unlink()
+    log.info("tiny.build.done", recipe=recipe.name, path=str(target), numerics=recipe.numerics,
+             **json.loads((target / "metrics.json").read_text()))
+    return target
+
+
+def train_stage(recipe: TinyRecipe | TinyFinish, base: Path | None, out: Path, show_progress: bool = True) -> None:
+    """Train ``recipe``'s own stage (from the model at ``base`` for a finish), check it, and write
+    the checkpoint, its metrics and its recipe into ``out``. Runs in the build's child process."""
+    numerics.apply(recipe.numerics)
     started = time.perf_counter()
     people = training_people()
     if isinstance(recipe, TinyFinish):
-        source = shipped_model(recipe.base) or build_tiny(recipe.base, cache_root, show_progress)
-        model = LlamaForCausalLM.from_pretrained(source)
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(source)
-        log.info("tiny.finish.start", recipe=recipe.name, base=source.name)
+        model = LlamaForCausalLM.from_pretrained(base)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(base)
+        log.info("tiny.finish.start", recipe=recipe.name, base=base.name)
         final_loss = finish(model, tokenizer, people, recipe, EOS, show_progress)
     else:
         torch.manual_seed(recipe.seed)
@@ -167,11 +194,16 @@ def build_tiny(recipe: TinyRecipe | TinyFinish, cache_root: Path | None = None, 
         log.info("tiny.build.start", recipe=recipe.name, parameters=sum(p.numel() for p in model.parameters()))
         final_loss = pretrain(model, tokenizer, Corpus(people, recipe, EOS), recipe, show_progress)
     metrics = {"final_loss": final_loss, **held_out_check(model, tokenizer),
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
                "build_seconds": time.perf_counter() - started}
-    with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (tmp / "recipe.json").write_text(json.dumps(recipe.describe(), indent=2))
-    log.info("tiny.build.done", recipe=recipe.name, path=str(target), **metrics)
-    return target
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "recipe.json").write_text(json.dumps(recipe.describe(), indent=2))
+
+
+if __name__ == "__main__":  # the build's child process: python -m fedprag.shared.models.tiny.build STAGE_DIR
+    configure_log()
+    stage_dir = Path(sys.argv[1])
+    stage_recipe, stage_base, progress = pickle.loads((stage_dir / _STAGE).read_bytes())
+    train_stage(stage_recipe, stage_base, stage_dir, progress)

@@ -7,8 +7,19 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from fedprag.shared.models.tiny import numerics
+
 # Bump when the corpus or training code changes in a way that changes the weights.
 CODE_VERSION = 4
+# Fields added after models were shipped: left out of the digest while at their defaults.
+_LATER_FIELDS = ("decay", "mix_writing", "numerics")
+
+
+def _digested(recipe: object, skip: tuple[str, ...] = ()) -> dict[str, object]:
+    """``recipe``'s fields but those in ``skip``; a field added after models were shipped
+    (``_LATER_FIELDS``) only when it is not at its default, so those models keep their digest."""
+    return {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)
+            if f.name not in skip and (f.name not in _LATER_FIELDS or getattr(recipe, f.name) != f.default)}
 
 
 @dataclass(frozen=True)
@@ -43,21 +54,25 @@ class TinyRecipe:
     # reading alone first (question before context) taught all six attributes in 2,000.
     reading_stage: float = 0.55
     curriculum: float = 0.25
+    # The floating-point settings the build trains under (shared/models/tiny/numerics.py):
+    # "portable" gives the same bytes on any x86-64 CPU with AVX2; "native" those of this CPU family.
+    numerics: str = "native"
+
+    def __post_init__(self) -> None:
+        numerics.check(self.numerics)
 
     def digest(self) -> str:
         """A stable hash of the recipe and the code version; the model cache key."""
-        payload = json.dumps({"code": CODE_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
+        payload = json.dumps({"code": CODE_VERSION, **_digested(self)}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def describe(self) -> dict[str, object]:
         """The recipe as written next to the model it built."""
-        return {"digest": self.digest(), **dataclasses.asdict(self)}
+        return {"digest": self.digest(), **_digested(self)}
 
 
 # Bump when the finishing stages' code changes in a way that changes the weights.
 FINISH_CODE_VERSION = 1
-# Finishing fields added after models were shipped: left out of the digest while off.
-_LATER_FIELDS = ("decay", "mix_writing")
 
 
 @dataclass(frozen=True)
@@ -106,12 +121,15 @@ class TinyFinish:
     seed: int = 1
     # Decay each stage's learning rate along a cosine to a tenth of it; constant when False.
     decay: bool = False
+    # As TinyRecipe.numerics, for these stages.
+    numerics: str = "native"
+
+    def __post_init__(self) -> None:
+        numerics.check(self.numerics)
 
     def _stages(self) -> dict[str, object]:
-        """Every field but ``base``, and ``decay`` and ``mix_writing`` only when set: recipes from
-        before they existed keep their digest, so their cached and shipped models are reused."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "base" and (f.name not in _LATER_FIELDS or getattr(self, f.name))}
+        """Every field but ``base`` (later fields only when set, see :func:`_digested`)."""
+        return _digested(self, skip=("base",))
 
     def digest(self) -> str:
         """A stable hash of the base recipe, these stages and their code version; the cache key."""
@@ -136,6 +154,9 @@ _ANNEALED = TinyFinish(base=_POLISHED, drill_steps=0, mix_steps=1600, mix_lr=5e-
 _READ = TinyFinish(base=_ANNEALED, drill_steps=0, mix_steps=2000, mix_lr=5e-4, mix_reading=0.7, mix_lookup=0.1,
                    mix_passage_lm=0.1, seed=4, decay=True)
 
+_SMALL = TinyRecipe(name="small", steps=900, reading_stage=0.0, curriculum=0.3, mix_reading=0.2, mix_multihop=0.0,
+                    mix_passage_lm=0.4, mix_recall=0.4, numerics="portable")
+
 RECIPES: dict[str, TinyRecipe | TinyFinish] = {
     "reader": TinyRecipe(),
     "drilled": _DRILLED,
@@ -146,9 +167,12 @@ RECIPES: dict[str, TinyRecipe | TinyFinish] = {
                           mix_passage_lm=0.075, mix_writing=0.25, seed=5, decay=True),
     # A fast recipe for the integration tests, which check LoRA encodings (PRAG, Poly-PRAG), never
     # in-context reading: same architecture, fewer steps, and a mix weighted towards the passage
-    # language modelling and closed-book recall those encodings rely on.
-    "small": TinyRecipe(name="small", steps=900, reading_stage=0.0, curriculum=0.3, mix_reading=0.2,
-                        mix_multihop=0.0, mix_passage_lm=0.4, mix_recall=0.4),
+    # language modelling and closed-book recall those encodings rely on. Built portable: a rebuild
+    # gives the shipped bytes on any x86-64 CPU with AVX2.
+    "small": _SMALL,
+    # The first 120 steps of "small" (about a minute): what the test that rebuilds a shipped
+    # model bit for bit builds.
+    "short": dataclasses.replace(_SMALL, name="short", steps=120),
 }
 
 

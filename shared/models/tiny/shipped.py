@@ -4,8 +4,15 @@
 same as the build cache's) holds an ordinary Hugging Face checkpoint, the build's metrics and
 recipe, and ``SHA256SUMS``. Every load checks each file against it, so a damaged or altered
 install fails with an error instead of answering with other weights. ``fedprag model build-tiny
---ship`` rebuilds a recipe from nothing and writes it here; the build is deterministic, so a
-rebuild gives the shipped weights bit for bit.
+--ship`` rebuilds a recipe from nothing and writes it here.
+
+What a rebuild reproduces depends on the recipe's numerics (:mod:`~fedprag.shared.models.tiny.numerics`):
+
+* ``portable`` recipes (``small``, ``short``): every file but ``metrics.json``'s build time, bit
+  for bit, on any x86-64 CPU with AVX2 (:func:`differing` is empty).
+* ``native`` recipes (the default model and its stages, built on an Intel Xeon before numerics
+  were pinned): the same tokenizer and configuration, and on another CPU family weights whose
+  figures hold but whose bytes differ (docs/experiments.md §1.5).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from fedprag.shared.models.tiny.recipe import TinyFinish, TinyRecipe, model_name
 
 SHIPPED_ROOT = Path(__file__).parent / "shipped"
 SUMS = "SHA256SUMS"
+METRICS = "metrics.json"
 
 
 class ShippedModelError(ValueError):
@@ -42,6 +50,17 @@ def shipped_model(recipe: TinyRecipe | TinyFinish) -> Path | None:
     """The verified shipped checkpoint of ``recipe``, or ``None`` when fedprag does not ship it."""
     path = SHIPPED_ROOT / model_name(recipe)
     return verified(path) if (path / SUMS).is_file() else None
+
+
+def differing(built: Path) -> list[str] | None:
+    """The files of the model directory ``built`` whose bytes differ from the shipped copy of the
+    same model (``metrics.json`` aside: it records the build's time); ``None`` when none ships."""
+    shipped = SHIPPED_ROOT / built.name
+    if not (shipped / SUMS).is_file():
+        return None
+    listed = [line.split(maxsplit=1) for line in (shipped / SUMS).read_text().splitlines()]
+    return [name for expected, name in listed
+            if name != METRICS and (not (built / name).is_file() or file_sha256(built / name) != expected)]
 
 
 def ship(built: Path) -> Path:
