@@ -27,8 +27,7 @@ from common import setup  # benchmarks/common.py (scripts run from this folder)
 from fedprag.client.routing_service import SiteRouter
 from fedprag.cluster.fanout import FanOut
 from fedprag.cluster.simulation import prepare_sites, simulate
-from fedprag.coordinator.app import registry_dir
-from fedprag.coordinator.registry import PoolRegistry
+from fedprag.coordinator.registry import PoolRegistry, registry_dir
 from fedprag.shared.data.benchmark import make_benchmark
 from fedprag.shared.eval.harness import evaluate
 from fedprag.shared.eval.methods import Routed

@@ -37,8 +37,7 @@ from common import setup  # benchmarks/common.py (scripts run from this folder)
 
 from fedprag.client.routing_service import FactorRouter
 from fedprag.cluster.simulation import prepare_sites, simulate
-from fedprag.coordinator.app import registry_dir
-from fedprag.coordinator.registry import GeneratorRegistry
+from fedprag.coordinator.registry import GeneratorRegistry, registry_dir
 from fedprag.shared.data.benchmark import make_benchmark
 from fedprag.shared.data.schema import Passage
 from fedprag.shared.eval.harness import evaluate

@@ -28,7 +28,8 @@ from common import setup  # benchmarks/common.py (scripts run from this folder)
 
 from fedprag.cluster.deployment import federate
 from fedprag.cluster.simulation import prepare_sites
-from fedprag.coordinator.app import recorded_rounds, registry_dir
+from fedprag.coordinator.app import recorded_rounds
+from fedprag.coordinator.registry import registry_dir
 from fedprag.shared.data.benchmark import make_benchmark
 from fedprag.shared.eval.resources import machine_description
 from fedprag.shared.io import atomic_write_text

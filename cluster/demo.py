@@ -32,8 +32,8 @@ from fedprag.cluster.fanout import FanOut
 from fedprag.cluster.serving import app as serving_app
 from fedprag.cluster.serving.client import QueryClient
 from fedprag.cluster.simulation import prepare_sites, simulate
-from fedprag.coordinator.app import RoundReport, recorded_rounds, registry_dir
-from fedprag.coordinator.registry import GeneratorRegistry, PoolRegistry
+from fedprag.coordinator.app import RoundReport, recorded_rounds
+from fedprag.coordinator.registry import GeneratorRegistry, PoolRegistry, registry_dir
 from fedprag.shared.config import FedpragConfig
 from fedprag.shared.data.augment import own_augmentations
 from fedprag.shared.data.benchmark import make_benchmark

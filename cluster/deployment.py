@@ -45,7 +45,8 @@ from fedprag.client.daemon import DAEMON_FILE, daemon_status
 from fedprag.cluster.certs import NodeKeys, TlsFiles, write_node_keys, write_routing_cert, write_tls
 from fedprag.cluster.fanout import RemoteSite
 from fedprag.cluster.simulation import simulate
-from fedprag.coordinator.app import RoundReport, recorded_rounds, registry_dir
+from fedprag.coordinator.app import RoundReport, recorded_rounds
+from fedprag.coordinator.registry import registry_dir
 from fedprag.shared.config import FedpragConfig, SiteSection, config_to_toml
 from fedprag.shared.io import atomic_write_text, read_tokens
 from fedprag.shared.log import get_logger

@@ -16,7 +16,8 @@ from flwr.simulation import run_simulation
 
 from fedprag.client.app import make_client_app
 from fedprag.client.store import SiteStore
-from fedprag.coordinator.app import RoundReport, make_server_app, recorded_rounds, registry_dir
+from fedprag.coordinator.app import RoundReport, make_server_app, recorded_rounds
+from fedprag.coordinator.registry import registry_dir
 from fedprag.shared.config import FedpragConfig
 from fedprag.shared.data.schema import Dataset
 from fedprag.shared.processes import FLOWER_QUIET

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from fedprag.shared.config import FederationSection
 from fedprag.shared.lora.layers import LoRALinear
 from fedprag.shared.lora.store import EncodingMismatch
 from fedprag.shared.methods.distilled import serializer as distilled_serializer
@@ -30,6 +31,11 @@ _VERSION = re.compile(r"^v(\d{6})$")
 ROUTER_DIR = "router"
 DRAFT_ROUTER_DIR = "router.draft"
 """The learned router as the rounds left it: what a resumed federation continues; never served."""
+
+
+def registry_dir(federation: FederationSection) -> Path:
+    """Where the coordinator publishes versions and serving reads them: ``<work_dir>/registry``."""
+    return Path(federation.work_dir) / "registry"
 
 
 class VersionedRegistry:

@@ -20,7 +20,7 @@ from ray.serve.config import HTTPOptions, gRPCOptions
 from fedprag.cluster.serving.generator import Batching, generator_deployment
 from fedprag.cluster.serving.ingress import Ingress, IngressSettings
 from fedprag.cluster.serving.router import RoutingSettings
-from fedprag.coordinator.app import registry_dir
+from fedprag.coordinator.registry import registry_dir
 from fedprag.shared.config import FedpragConfig
 from fedprag.shared.io import read_tokens
 from fedprag.shared.log import get_logger

@@ -4,6 +4,7 @@ import json
 import secrets
 import subprocess
 import sys
+from pathlib import Path
 
 from fedprag.client.store import SiteStore
 from fedprag.cluster.simulation import prepare_sites
@@ -11,6 +12,8 @@ from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
 from fedprag.shared.data.schema import Dataset, Passage
 
 CANARIES = ["QZXCANARY7781", "Vorbluq Tessamine"]
+LAST_LAYER = Path(__file__).resolve().parents[2] / "benchmarks" / "poly_last_layer.toml"
+"""The last-layer pool's configuration (new passages encode routing-only), by absolute path."""
 
 
 def canary_sites(work):

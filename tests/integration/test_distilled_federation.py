@@ -29,8 +29,8 @@ from fedprag.cluster.deployment import LocalDeployment
 from fedprag.cluster.fanout import FanOut
 from fedprag.cluster.serving.app import start
 from fedprag.cluster.simulation import prepare_sites
-from fedprag.coordinator.app import recorded_rounds, registry_dir
-from fedprag.coordinator.registry import GeneratorRegistry
+from fedprag.coordinator.app import recorded_rounds
+from fedprag.coordinator.registry import GeneratorRegistry, registry_dir
 from fedprag.shared.config import load_config
 from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
 from fedprag.shared.data.schema import Dataset

@@ -30,8 +30,7 @@ from fedprag.client.daemon import admin_address, daemon_status
 from fedprag.cluster.deployment import LocalDeployment
 from fedprag.cluster.serving.app import APP_NAME, build_app, start
 from fedprag.cluster.simulation import prepare_sites
-from fedprag.coordinator.app import registry_dir
-from fedprag.coordinator.registry import PoolRegistry
+from fedprag.coordinator.registry import PoolRegistry, registry_dir
 from fedprag.shared.config import load_config
 from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
 from fedprag.shared.methods.poly.serializer import pool_arrays, router_arrays
@@ -40,7 +39,7 @@ from fedprag.shared.models.loading import load_causal_lm
 from fedprag.shared.processes import free_port
 from fedprag.shared.proto import routing_pb2, routing_pb2_grpc
 from fedprag.shared.wire import PoolRelease
-from tests.integration.federation_support import with_unique_canaries
+from tests.integration.federation_support import LAST_LAYER, with_unique_canaries
 from tests.integration.wire_recorder import RecordingProxy
 
 pytestmark = pytest.mark.integration
@@ -55,7 +54,7 @@ def federation(tmp_path_factory):
     dataset = make_benchmark(BenchmarkSpec(people=60, sites=3, alpha=100.0, seed=3))
     planted, canaries = with_unique_canaries(dataset)
     stores = prepare_sites(planted, work / "sites")
-    config = load_config("benchmarks/poly_last_layer.toml", {
+    config = load_config(LAST_LAYER, {
         "federation.rounds": 2, "federation.local_epochs": 40, "federation.min_sites": 3,
         "federation.work_dir": str(work), "federation.home_experts": 0})
     config = replace(config, poly=replace(config.poly, batch_size=64))
@@ -77,7 +76,7 @@ def api(federation, ray_session):
         site.close()
     settings = {f"serve.{field}": value for field, value in deployment.serve_settings().items()}
     settings["serve.sites"] = [f"{name}=127.0.0.1:{proxy.port}" for name, proxy in proxies]  # through the recorders
-    config = load_config("benchmarks/poly_last_layer.toml", {
+    config = load_config(LAST_LAYER, {
         **settings, "federation.work_dir": str(federation["work"]), "serve.api_keys": f"{KEY},{OTHER_KEY}",
         "serve.port": free_port(), "serve.grpc_port": free_port(), "serve.replicas": 2, "serve.replica_cpus": 0.5,
         "serve.rate_limit_qps": 200, "serve.rate_limit_burst": 400, "serve.key_rate_limits": f"{OTHER_KEY}=2"})

@@ -25,8 +25,8 @@ from fedprag.client.daemon import DAEMON_FILE, daemon_status
 from fedprag.cluster.deployment import LocalDeployment
 from fedprag.cluster.fanout import FanOut, RemoteSite, SiteUnavailable
 from fedprag.cluster.simulation import prepare_sites
-from fedprag.coordinator.app import recorded_rounds, registry_dir
-from fedprag.coordinator.registry import PoolRegistry
+from fedprag.coordinator.app import recorded_rounds
+from fedprag.coordinator.registry import PoolRegistry, registry_dir
 from fedprag.shared.config import FedpragConfig, load_config
 from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
 from fedprag.shared.data.schema import Dataset
@@ -37,10 +37,9 @@ from fedprag.shared.proto import routing_pb2, routing_pb2_grpc
 from fedprag.shared.query import QueryEngine
 from fedprag.shared.retrieval.encoder import SentenceEncoder
 from fedprag.shared.wire import EMBEDDINGS, RoutingRequest
+from tests.integration.federation_support import LAST_LAYER
 
 pytestmark = pytest.mark.integration
-
-LAST_LAYER = "benchmarks/poly_last_layer.toml"
 
 
 def _config(work) -> FedpragConfig:

@@ -9,9 +9,11 @@ import torch
 from dp_accounting import dp_event, pld, rdp
 
 from fedprag.coordinator.app import RoundReport, aggregate_and_publish
+from fedprag.coordinator.modes import PoolMode
 from fedprag.coordinator.privacy import DPSettings, add_noise, clipped_change, epsilon, secure_normal
 from fedprag.coordinator.registry import PoolRegistry
 from fedprag.coordinator.strategy import MASS_KEY, STRATEGIES
+from fedprag.shared.config import FederationSection
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool
 from fedprag.shared.methods.poly.serializer import pool_arrays
@@ -98,13 +100,14 @@ def test_the_coordinator_with_dp_on_publishes_differently_noised_pools_and_no_lo
     for run in ("a", "b"):
         registry = PoolRegistry(tmp_path / run, "d" * 64)
         report = RoundReport(round=1, version=None)
-        noised, version = aggregate_and_publish(registry, STRATEGIES[strategy](), pool, updates, report,
-                                                PolyConfig(n_experts=K), DPSettings(clip=0.1, noise_multiplier=1.0),
-                                                sites_asked=3)
+        mode = PoolMode(registry, pool, 0, 0, None, PolyConfig(n_experts=K),
+                        FederationSection(strategy=strategy, dp_clip=0.1, dp_noise_multiplier=1.0))
+        version = aggregate_and_publish(mode, updates, report, sites_asked=3)
         manifest = json.loads((registry.path(version) / "manifest.json").read_text())
         assert "loss" not in manifest["metrics"] and report.loss is None
         assert manifest["metrics"]["epsilon"] == pytest.approx(epsilon(1, 1.0, 1e-5))
-        published.append(pool_arrays(noised))
+        assert mode.router is None and not registry.versions_with_router(draft=True)  # no router under central DP
+        published.append(pool_arrays(mode.pool))
     assert _norm(published[0], published[1]) > 0.1  # two runs, same inputs: different noise
     exact = STRATEGIES[strategy]().private_sum(pool, updates, 0.1)
     denominator = STRATEGIES[strategy]().private_denominator(3)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedprag.coordinator.app import federated_router
+from fedprag.coordinator.modes import federated_router
 from fedprag.coordinator.registry import PoolRegistry
 from fedprag.coordinator.strategy import ExpertMassAggregation, FedAvgAggregation, strategy_named
 from fedprag.shared.methods.poly.layers import ExpertPool, QueryRouter
