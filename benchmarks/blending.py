@@ -25,7 +25,8 @@ import torch
 from common import setup  # benchmarks/common.py (scripts run from this folder)
 
 from fedprag.client.routing_service import SiteRouter
-from fedprag.cluster.fanout import FanOut
+from fedprag.cluster.serving.fanout import FanOut
+from fedprag.cluster.serving.modes import serving_mode
 from fedprag.cluster.simulation import prepare_sites, simulate
 from fedprag.coordinator.registry import PoolRegistry, registry_dir
 from fedprag.shared.data.benchmark import make_benchmark
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     encoder = SentenceEncoder()
     sites = [InProcessSite(s.root.name, SiteRouter(s, encoder, base.digest, pool)) for s in stores]
     k = config.harness.top_k
-    methods = [Routed(PolyModel(pool, config.poly, name="poly_federated"), FanOut(sites, k, config.poly).routings),
+    methods = [Routed(PolyModel(pool, config.poly, name="poly_federated"), FanOut(sites, k, config.poly, serving_mode("poly")).routings),
                Routed(PolyModel(pool, config.poly, name="poly_federated_rows"), exact_rows(sites, k, config.poly))]
     report = evaluate(dataset, base, methods, config.harness, work / "eval", show_progress=False,
                       augment=config.augment)

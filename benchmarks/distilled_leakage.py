@@ -4,13 +4,13 @@ protecting them costs in exact match.
 One run, one machine, the default base model, its generator (the cached one; distilled first if
 there is none, about 13 minutes) and the default benchmark's 60 passages. It measures:
 
-* inversion (:func:`~fedprag.shared.methods.distilled.leakage.inversion`): the nearest-token, span
+* inversion (:func:`~fedprag.shared.eval.leakage.inversion`): the nearest-token, span
   and mixture attacks on each passage's own factors (the worst case: one document per LoRA) and on
   the factors of the harness's top-k for one question about the passage (what a site sends), raw
-  and through :func:`~fedprag.shared.methods.distilled.leakage.protect` at several noise levels
+  and through :func:`~fedprag.shared.methods.distilled.layers.protect` at several noise levels
   (and with the embedding table's top principal directions projected out); and, for Poly-PRAG, the same attacks on the pool's experts under the passage's routing weights
   (a query's message is only those weights, but the server holds the pool);
-* extraction (:func:`~fedprag.shared.methods.distilled.leakage.extraction`): the served model asked
+* extraction (:func:`~fedprag.shared.eval.leakage.extraction`): the served model asked
   for each passage verbatim, for closed-book, standard RAG, Poly-PRAG, DistilledPRAG and
   DistilledPRAG with protection (``--extraction-noise``);
 * exact match of DistilledPRAG with and without protection (``--noise``), through the evaluation
@@ -35,13 +35,13 @@ from common import augmentations_for, setup  # benchmarks/common.py (scripts run
 from fedprag.shared import prompts
 from fedprag.shared.data.benchmark import make_benchmark
 from fedprag.shared.data.schema import Dataset
+from fedprag.shared.eval import leakage
 from fedprag.shared.eval.harness import Retriever, evaluate
 from fedprag.shared.eval.methods import Encoded, EvalContext, EvalMethod, build_methods
 from fedprag.shared.io import atomic_write_text
 from fedprag.shared.lora.layers import Adapter, LowRank, attach_lora
 from fedprag.shared.methods.base import Corpus, EncodingCost, MethodModel, Routing
 from fedprag.shared.methods.baselines import ClosedBookModel, StandardRAGModel
-from fedprag.shared.methods.distilled import leakage
 from fedprag.shared.methods.distilled import serializer as distilled_serializer
 from fedprag.shared.methods.distilled.model import DistilledModel
 from fedprag.shared.methods.distilled.trainer import DistilledEncoder
@@ -137,7 +137,7 @@ def markdown(inversion: dict[str, dict[str, dict]], extraction: dict[str, dict],
     """The run's tables and what they say, below the harness's exact-match table."""
     lines = ["", (f"Run on one {machine['cores']}-core {machine['cpu']} (accelerator: {machine['accelerator']}) in "
                   f"{seconds / 60:.1f} minutes: `{command}`. {generator}"), "",
-             ("Attacks (`fedprag.shared.methods.distilled.leakage.inversion`), each on one document set's factors "
+             ("Attacks (`fedprag.shared.eval.leakage.inversion`), each on one document set's factors "
               "against the base model's input embedding table: **nearest**, every column of `B` and row of `A` of "
               "the model's width decoded to its nearest token by cosine (and the negated vector's); **span**, tokens "
               "whose embedding's residual after projection onto the column space of `ΔW = B·A` is below "

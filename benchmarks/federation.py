@@ -32,7 +32,8 @@ def _run(config, work: Path, baselines=()):
     config = dataclasses.replace(config, federation=dataclasses.replace(config.federation, work_dir=str(work)))
     started = time.perf_counter()
     with running_federation(config, show_progress=False) as federation:
-        report = evaluate_federation(federation, config, show_progress=False, baselines=baselines)
+        report = evaluate_federation(federation, config.method_configs(), config.harness, config.augment,
+                                     Path(config.federation.work_dir) / "eval", False, baselines)
     return report, federation.rounds, time.perf_counter() - started
 
 

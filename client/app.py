@@ -5,7 +5,7 @@
 :class:`~fedprag.shared.wire.SiteUpdate` (a :class:`~fedprag.shared.wire.GeneratorUpdate`);
 ``query.release`` carries a :class:`~fedprag.shared.wire.PoolRelease` (a
 :class:`~fedprag.shared.wire.GeneratorRelease`) and is answered with a
-:class:`~fedprag.shared.wire.ReleaseAck` (:func:`fedprag.client.train.site_work` does all four).
+:class:`~fedprag.shared.wire.ReleaseAck` (:meth:`fedprag.client.modes.SiteMode.work` does all four).
 
 Where the work runs comes from the node config:
 
@@ -112,7 +112,7 @@ def make_client_app(model_spec: str | None = None, sites_root: str | None = None
                 reply = forward(str(config["daemon"]), request)
             else:
                 # Only here, in-process, does this ClientApp need torch and the model.
-                from fedprag.client.train import run_locally
+                from fedprag.client.modes import run_locally
                 reply = run_locally(root, model_spec or str(config.get("model", "tiny")), request, threads, augment)
         except SiteFailure:
             raise

@@ -47,45 +47,20 @@ import grpc
 import psutil
 import torch
 
-from fedprag.client.routing_service import (
-    FactorRouter,
-    RoutingCounters,
-    RoutingLimits,
-    ServerTls,
-    SiteRouter,
-    serve_routing,
-)
+from fedprag.client.modes import SITE_MODES
+from fedprag.client.routing_service import RoutingCounters, RoutingLimits, ServerTls, SiteIndex, serve_routing
 from fedprag.client.store import SiteStore, read_sources
-from fedprag.client.train import (
-    CannotEncode,
-    RememberedEmbed,
-    encode_pending,
-    keep_generator,
-    keep_release,
-    release_ack,
-    site_augmenter,
-    site_work,
-)
+from fedprag.client.train import CannotEncode, RememberedEmbed, site_augmenter
 from fedprag.shared.config import ConfigError, FedpragConfig
 from fedprag.shared.data.schema import DatasetError
 from fedprag.shared.io import atomic_write_text, read_tokens
 from fedprag.shared.log import get_logger
-from fedprag.shared.lora.layers import attach_lora
 from fedprag.shared.lora.store import EncodingMismatch
-from fedprag.shared.models.loading import BaseModel, load_causal_lm
+from fedprag.shared.models.loading import load_causal_lm
 from fedprag.shared.processes import bin_path, flower_env, free_port, signal_group, spawn, stop
 from fedprag.shared.proto import routing_pb2, routing_pb2_grpc
 from fedprag.shared.retrieval.encoder import SentenceEncoder
-from fedprag.shared.wire import (
-    RELEASES,
-    TASKS,
-    GeneratorRelease,
-    GeneratorTask,
-    PoolRelease,
-    RoundTask,
-    WireError,
-    WireMessage,
-)
+from fedprag.shared.wire import RELEASES, TASKS, WireError, WireMessage
 
 log = get_logger(__name__)
 
@@ -120,10 +95,6 @@ def daemon_status(data_dir: str | Path, timeout: float = 5.0) -> routing_pb2.Sit
         return routing_pb2_grpc.SiteAdminStub(channel).Status(routing_pb2.StatusRequest(), timeout=timeout)
 
 
-MODE_WORK: dict[str, tuple[type[WireMessage], ...]] = {"poly": (RoundTask, PoolRelease),
-                                                       "distilled": (GeneratorTask, GeneratorRelease)}
-"""The coordinator's messages a daemon works on, by its ``federation.mode``; the other mode's are refused."""
-
 ADMIN_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 """The local socket carries whole pools (a round task, a site update): no message size limit."""
 
@@ -142,10 +113,11 @@ class _Admin(routing_pb2_grpc.SiteAdminServicer):
         return self.daemon.status()
 
     def Work(self, request: routing_pb2.WireRecord, context: grpc.ServicerContext) -> routing_pb2.WireRecord:
-        kinds: dict[str, type[WireMessage]] = {k.KIND: k for k in MODE_WORK[self.daemon.mode]}
-        if request.kind in {k.KIND for k in (*TASKS, *RELEASES)} - set(kinds):
+        mode = self.daemon.mode
+        kinds: dict[str, type[WireMessage]] = {k.KIND: k for k in (mode.task, mode.release)}
+        if request.kind in {k.KIND for k in (*TASKS, *RELEASES)} - set(kinds):  # the other mode's are refused
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"this site runs federation.mode = '{self.daemon.mode}'; it does no '{request.kind}' work")
+                          f"this site runs federation.mode = '{mode.name}'; it does no '{request.kind}' work")
         if request.kind not in kinds:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a site does no work for '{request.kind}' messages")
         try:
@@ -176,18 +148,15 @@ class SiteDaemon:
             folder.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(site.threads)
         faiss.omp_set_num_threads(site.threads)  # OpenMP threads spin between a routing request's tiny searches
-        self.model_spec = config.model.path
-        self.base = load_causal_lm(self.model_spec, show_progress=False)
-        self.serving_base: BaseModel | None = None  # distilled mode: the routing service's copy of the model
-        self.serving_lock = threading.Lock()  # one use of that copy at a time, across releases
+        self.base = load_causal_lm(config.model.path, show_progress=False)
         self.encoder = SentenceEncoder()
-        self.questions_embed = RememberedEmbed(self.encoder.embed)  # the router's training questions, embedded once
-        self.augment = site_augmenter(self.store, self.base, config.augment)
+        questions_embed = RememberedEmbed(self.encoder.embed)  # the router's training questions, embedded once
+        self.mode = SITE_MODES[config.federation.mode](self.store, self.base, questions_embed,
+                                                       site_augmenter(self.store, self.base, config.augment))
         self.tokens = read_tokens(site.tokens_file)
         self.counters = RoutingCounters()
-        self.mode = config.federation.mode
-        self.router: SiteRouter | FactorRouter | None = None
-        self.encoding = "no pool released yet" if self.mode == "poly" else "no generator released yet"
+        self.router: SiteIndex | None = None
+        self.encoding = self.mode.unreleased
         self.last_error = ""
         self.inbox_accepted = self.inbox_rejected = 0
         self.started = time.monotonic()
@@ -199,54 +168,21 @@ class SiteDaemon:
         self.routing_port = 0
         self._servers: list[grpc.Server] = []
 
-    # -- the released pool and the routing it serves ----------------------------------------
+    # -- the released version and the routing it serves -------------------------------------
     def refresh(self) -> None:
-        """Serve the released pool: rebuild the router over the encoded passages, then encode the
-        pending (in distilled mode: serve the released generator over every passage)."""
-        if self.mode == "distilled":
-            if self.serving_base is None:  # the routing service's own copy (see FactorRouter)
-                self.serving_base = load_causal_lm(self.model_spec, show_progress=False)
-            released_generator = self.store.generator(self.serving_base, attach_lora(self.serving_base.model))
-            if released_generator is not None:
-                generator, version = released_generator
-                self.router = FactorRouter(self.store, self.encoder, generator, version, self.config.factor_noise,
-                                           self.serving_lock)
-                self.encoding = "none needed: the released generator reads passages at query time"
-            return
-        released = self.store.pool(self.base.digest)
-        if released is None:
-            return
-        pool, config, version = released
-        try:
-            self.router = SiteRouter(self.store, self.encoder, self.base.digest, pool, version)
-        except EncodingMismatch as exc:  # the released pool has another shape: the rows must be fitted again
-            if not config.encodes_new_passages:
-                self.router = None
-                self.last_error = f"routing rows do not fit pool version {version} ({exc}); they wait for the next round"
-                return
-            log.warning("daemon.refit", pool_version=version, reason=str(exc)[:200])
-            with self.store.locked():
-                self.store.clear_routing()
-            self.router = SiteRouter(self.store, self.encoder, self.base.digest, pool, version)
-        self.encoding = "routing-only against the released pool" if config.encodes_new_passages else \
-            f"waits for rounds (poly.layers = '{config.layers}' cannot encode new passages)"
+        """Serve the version the store holds: a new router over its passages, then serve the pending."""
+        serving = self.mode.serve(self.encoder, self.config.factor_noise)
+        self.router, self.encoding = serving.router, serving.encoding
+        if serving.error:
+            self.last_error = serving.error
         self.encode()
 
     def encode(self) -> None:
-        """Encode pending passages against the released pool and start serving them (in distilled
-        mode, index and serve new passages: they need no encoding)."""
-        if isinstance(self.router, FactorRouter):
-            new = [p.passage_id for p in self.store.passages()][len(self.router):]
-            if new:
-                self.router.add(new)
-                log.info("daemon.encode.served", passages=len(new), served=len(self.router))
+        """Serve the passages stored since the router was made (encoding them where the mode must)."""
+        if self.router is None:
             return
-        released = self.store.pool(self.base.digest)
-        if released is None or self.router is None:
-            return
-        pool, config, _ = released
         try:
-            rows = encode_pending(self.store, self.base, pool, config, self.augment)
+            added = self.mode.encode(self.router)
         except (CannotEncode, EncodingMismatch) as exc:
             self.last_error = str(exc)
             log.warning("daemon.encode.refused", reason=self.last_error)
@@ -255,23 +191,15 @@ class SiteDaemon:
             self.last_error = f"encoding failed: {type(exc).__name__}"  # the kind only: a message could quote text
             log.error("daemon.encode.failed", kind=type(exc).__name__)
             return
-        if rows.passage_ids:
-            self.router.add(rows)
-            log.info("daemon.encode.served", passages=len(rows.passage_ids), served=len(self.router))
+        if added:
+            log.info("daemon.encode.served", passages=added, served=len(self.router))
 
     def work(self, request: WireMessage) -> WireMessage:
-        """A round task or a pool release, handed over by this site's ClientApp."""
+        """A round task or a release, handed over by this site's ClientApp; a release is served
+        (rows fitted again where needed) before it is acknowledged."""
         with self._work_lock:
             try:
-                if isinstance(request, PoolRelease):  # keep it, serve it (re-fitting rows if needed), then ack
-                    keep_release(self.store, self.base, request)
-                    self.refresh()
-                    return release_ack(self.store, self.base, request, self.questions_embed, self.augment)
-                if isinstance(request, GeneratorRelease):
-                    ack = keep_generator(self.store, self.base, request)
-                    self.refresh()
-                    return ack
-                return site_work(self.store, self.base, request, self.questions_embed, self.augment)
+                return self.mode.work(request, kept=self.refresh)
             except Exception as exc:
                 self.last_error = f"{request.KIND}: {type(exc).__name__}"
                 raise

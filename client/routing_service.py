@@ -46,7 +46,7 @@ from fedprag.client.store import SiteStore
 from fedprag.shared.io import atomic_write_text
 from fedprag.shared.limits import RateLimiter
 from fedprag.shared.log import get_logger
-from fedprag.shared.methods.distilled.leakage import protect
+from fedprag.shared.methods.distilled.layers import protect
 from fedprag.shared.methods.distilled.serializer import factor_arrays
 from fedprag.shared.methods.distilled.trainer import DistilledEncoder
 from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable, routing_weights
@@ -169,7 +169,7 @@ class FactorRouter(SiteIndex):
     """Serves DistilledPRAG for one site store (distilled mode): every stored passage is searched,
     and each query's top-``k`` passages become one LoRA through the released generator, at the
     site. Only the factors, the scores and the passages' token counts leave. The factors go
-    through :func:`~fedprag.shared.methods.distilled.leakage.protect` with ``factor_noise``,
+    through :func:`~fedprag.shared.methods.distilled.layers.protect` with ``factor_noise``,
     keyed by the site's secret and the passages, so the same passages always get the same noise.
     With ``factor_noise`` 0, the default, they leave as generated, and an attacker holding the base
     model decodes 14–45% of their facts from them (benchmarks/results/distilled_leakage.md).

@@ -16,11 +16,9 @@ Passage text stays in the site store.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import random
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,8 +42,8 @@ from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable, routing
 from fedprag.shared.methods.poly.serializer import pool_arrays, pool_from_arrays, router_arrays, router_from_arrays
 from fedprag.shared.methods.poly.trainer import encode_incremental, train_pool, train_query_router
 from fedprag.shared.models.augmenter import AugmentConfig, make_augmenter
-from fedprag.shared.models.loading import BaseModel, load_causal_lm
-from fedprag.shared.retrieval.encoder import EMBEDDING_DIM, SentenceEncoder
+from fedprag.shared.models.loading import BaseModel
+from fedprag.shared.retrieval.encoder import EMBEDDING_DIM
 from fedprag.shared.wire import (
     GeneratorRelease,
     GeneratorTask,
@@ -54,7 +52,6 @@ from fedprag.shared.wire import (
     ReleaseAck,
     RoundTask,
     SiteUpdate,
-    WireMessage,
 )
 
 log = get_logger(__name__)
@@ -208,51 +205,16 @@ def generator_round(store: SiteStore, base: BaseModel, task: GeneratorTask, augm
                            qa_pairs=qa_pairs, loss=loss, generator=generator_arrays(encoder))
 
 
-def keep_generator(store: SiteStore, base: BaseModel, release: GeneratorRelease) -> ReleaseAck:
-    """Keep a released generator in the store (the routing service answers with it); every passage
-    is served from now on, so none is pending."""
+def keep_generator(store: SiteStore, base: BaseModel, release: GeneratorRelease) -> None:
+    """Keep a released generator in the store (the routing service answers with it)."""
     encoder, _ = received_generator(base, release.settings, release.generator)
     with store.locked():
         store.save_generator(encoder, release.version)
         store.state.pool_version = release.version
         store.save_state()
     log.info("client.release.kept", site=store.state.site_id, version=release.version, mode="distilled")
-    return ReleaseAck(site=store.state.site_id, pool_version=release.version, encoded=len(store.passages()), pending=0)
-
-
-def site_work(store: SiteStore, base: BaseModel, request: WireMessage, embed: Embed, augment: Augmenter) -> WireMessage:
-    """Answer a coordinator's message: a round task with a site update, a release with an ack."""
-    if isinstance(request, RoundTask):
-        return local_round(store, base, request, embed, augment)
-    if isinstance(request, PoolRelease):
-        keep_release(store, base, request)
-        return release_ack(store, base, request, embed, augment)
-    if isinstance(request, GeneratorTask):
-        return generator_round(store, base, request, augment)
-    if isinstance(request, GeneratorRelease):
-        return keep_generator(store, base, request)
-    raise TypeError(f"a site does not answer {request.KIND} messages")
-
-
-@functools.lru_cache(maxsize=1)
-def _questions_embed() -> RememberedEmbed:
-    return RememberedEmbed(SentenceEncoder().embed)
-
-
-@functools.lru_cache(maxsize=2)
-def _base(spec: str) -> BaseModel:
-    return load_causal_lm(spec)
 
 
 def site_augmenter(store: SiteStore, base: BaseModel, config: AugmentConfig) -> Augmenter:
     """The augmenter ``config`` chooses for this site, caching what it writes in the site's store."""
     return make_augmenter(config, base, store.root / "augment")
-
-
-def run_locally(root: Path, model_spec: str, request: WireMessage, threads: int = 1,
-                augment: AugmentConfig | None = None) -> WireMessage:
-    """:func:`site_work` in this process, for a ClientApp with no site daemon (simulation, a bare
-    SuperNode); passages without the owner's augmentation get ``augment``'s (default: the defaults)."""
-    torch.set_num_threads(threads)
-    store, base = SiteStore(root), _base(model_spec)
-    return site_work(store, base, request, _questions_embed(), site_augmenter(store, base, augment or AugmentConfig()))

@@ -28,22 +28,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fedprag.cluster.deployment import LocalDeployment
-from fedprag.cluster.fanout import FanOut
 from fedprag.cluster.serving import app as serving_app
 from fedprag.cluster.serving.client import QueryClient
+from fedprag.cluster.serving.fanout import FanOut
+from fedprag.cluster.serving.modes import serving_mode
 from fedprag.cluster.simulation import prepare_sites, simulate
 from fedprag.coordinator.app import RoundReport, recorded_rounds
-from fedprag.coordinator.registry import GeneratorRegistry, PoolRegistry, registry_dir
+from fedprag.coordinator.registry import registry_dir
 from fedprag.shared.config import FedpragConfig
 from fedprag.shared.data.augment import own_augmentations
 from fedprag.shared.data.benchmark import make_benchmark
 from fedprag.shared.data.schema import Dataset
 from fedprag.shared.eval.report import Report
-from fedprag.shared.io import atomic_write_text, dir_bytes
+from fedprag.shared.io import atomic_write_text
 from fedprag.shared.log import get_logger
 from fedprag.shared.methods.base import MethodModel
-from fedprag.shared.methods.distilled.model import DistilledModel
-from fedprag.shared.methods.poly.model import PolyModel
 from fedprag.shared.models.loading import BaseModel, load_causal_lm
 from fedprag.shared.processes import free_port
 
@@ -62,6 +61,7 @@ class Federation:
     stored_bytes: int
     fanout: FanOut
     rounds: list[RoundReport]
+    baselines: tuple[str, ...]  # what the results table trains centrally beside the release (by mode)
     api: QueryClient | None = None
 
 
@@ -93,37 +93,22 @@ def running_federation(config: FedpragConfig, show_progress: bool = True, servin
     with LocalDeployment(work, sites, config.model.path, rounds=not simulated, augment=config.augment,
                          mode=federation.mode) as deployment:
         reports = recorded_rounds(registry_dir(federation)) if simulated else deployment.run(config)
-        model, stored_bytes = federated_model(config, base)
-        fanout = FanOut(deployment.routing_sites(), config.harness.top_k, config.poly, mode=federation.mode)
+        mode = serving_mode(federation.mode)
+        # The release's model, named <mode>_federated; the query API holds the pool, or in distilled
+        # mode no more than the base model (the sites hold the generator, whose bytes are counted).
+        model, stored_bytes = mode.federated_model(registry_dir(federation), base, config.poly,
+                                                   f"{mode.name}_federated")
+        fanout = FanOut(deployment.routing_sites(), config.harness.top_k, config.poly, mode)
         api = None
         try:
             api = _start_serving(config, deployment) if serving else None
-            yield Federation(dataset, base, model, stored_bytes, fanout, reports, api)
+            yield Federation(dataset, base, model, stored_bytes, fanout, reports, mode.baselines, api)
         finally:
             fanout.close()
             if serving:
                 if api is not None:
                     api.close()
                 serving_app.stop()
-
-
-def federated_model(config: FedpragConfig, base: BaseModel) -> tuple[MethodModel, int]:
-    """The model the federation's latest release answers with at the query API, named
-    ``<mode>_federated``, and the release's bytes on disk: the pool, or in distilled mode the
-    generator (which the sites hold; the query API holds no more than the base model)."""
-    root, name = registry_dir(config.federation), f"{config.federation.mode}_federated"
-    if config.federation.mode == "distilled":
-        registry = GeneratorRegistry(root, base.digest)
-        versions = registry.versions()
-        if not versions:
-            raise RuntimeError("the federation published no generator; see the coordinator log")
-        return DistilledModel.served(base, registry.mask_vector(), name=name), dir_bytes(registry.path(versions[-1]))
-    registry = PoolRegistry(root, base.digest)
-    latest = registry.latest()
-    if latest is None:
-        raise RuntimeError("the federation published no pool; see the coordinator log")
-    pool, manifest = latest
-    return PolyModel(pool, config.poly, name=name), dir_bytes(registry.path(manifest["version"]))
 
 
 def _start_serving(config: FedpragConfig, deployment: LocalDeployment) -> QueryClient:

@@ -43,7 +43,7 @@ import psutil
 
 from fedprag.client.daemon import DAEMON_FILE, daemon_status
 from fedprag.cluster.certs import NodeKeys, TlsFiles, write_node_keys, write_routing_cert, write_tls
-from fedprag.cluster.fanout import RemoteSite
+from fedprag.cluster.serving.fanout import RemoteSite
 from fedprag.cluster.simulation import simulate
 from fedprag.coordinator.app import RoundReport, recorded_rounds
 from fedprag.coordinator.registry import registry_dir

@@ -128,7 +128,8 @@ def _cmd_demo(args: argparse.Namespace, config: FedpragConfig) -> int:
     from fedprag.shared.eval.federated import evaluate_federation
 
     with running_federation(config, show_progress=not args.quiet, serving=True) as federation:
-        report = evaluate_federation(federation, config, show_progress=not args.quiet)
+        report = evaluate_federation(federation, config.method_configs(), config.harness, config.augment,
+                                     Path(config.federation.work_dir) / "eval", show_progress=not args.quiet)
     md_path = write_results(report, federation.rounds, config.federation.work_dir)
     print(report.to_markdown())
     served = next(r for r in report.results if r.method == federation.model.name)

@@ -153,7 +153,7 @@ class SiteSection:
     """Gaussian noise σ on every routing reply's scores and mixture (0 = exact replies)."""
     factor_noise: float = 0.0
     """Distilled mode: Gaussian noise on the LoRA factors a reply carries, relative to each column's
-    norm (``fedprag.shared.methods.distilled.leakage.protect``). 0 sends them as generated; on the
+    norm (``fedprag.shared.methods.distilled.layers.protect``). 0 sends them as generated; on the
     built-in model noise 3 roughly halves what an attacker decodes from them and costs about 0.3 exact match."""
     poll_seconds: float = 1.0
     threads: int = 1

@@ -53,7 +53,7 @@ In distilled mode (``federation.mode = "distilled"``) the shared model is Distil
   the query API puts that many mask tokens in the prompt); ``factors`` (the LoRA the generator
   made from the site's top-k documents, ``<module>.lora_A [r, in]`` and ``<module>.lora_B
   [out, r]``, the LoRA scale folded into B), with ``site.factor_noise`` on them (none by default;
-  :mod:`fedprag.shared.methods.distilled.leakage` measures what they give away).
+  :mod:`fedprag.shared.eval.leakage` measures what they give away).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from ray.serve.config import HTTPOptions, gRPCOptions
 
 from fedprag.cluster.serving.generator import Batching, generator_deployment
 from fedprag.cluster.serving.ingress import Ingress, IngressSettings
+from fedprag.cluster.serving.modes import serving_mode
 from fedprag.cluster.serving.router import RoutingSettings
 from fedprag.coordinator.registry import registry_dir
 from fedprag.shared.config import FedpragConfig
@@ -42,15 +43,15 @@ def build_app(config: FedpragConfig) -> serve.Application:
     settings.check_files()
     registry = registry_of(config)
     token = read_tokens(settings.site_token_file)[-1] if settings.sites else ""
-    mode = config.federation.mode
+    mode = serving_mode(config.federation.mode)
     routing = RoutingSettings(settings.site_addresses(), settings.ca_cert, token, settings.site_deadline,
                               settings.encoder_dtype)
     threads = max(1, int(settings.replica_cpus))
     generator = generator_deployment(settings).bind(config.model.path, registry, config.poly, threads,
-                                                    Batching.of(settings), None, mode, routing)
+                                                    Batching.of(settings), None, mode.name, routing)
     ingress = IngressSettings(settings.api_keys, settings.rate_limit_qps, settings.rate_limit_burst,
-                              settings.key_rates(), settings.routing if mode == "poly" else "fanout",
-                              settings.top_k, settings.max_new_tokens, registry, mode)
+                              settings.key_rates(), settings.routing if mode.learned_router else "fanout",
+                              settings.top_k, settings.max_new_tokens, registry, mode.name, mode.learned_router)
     return Ingress.bind(generator, ingress)
 
 

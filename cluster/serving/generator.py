@@ -26,15 +26,15 @@ from dataclasses import dataclass
 import torch
 from ray import serve
 
-from fedprag.cluster.fanout import FanOutTrace
 from fedprag.cluster.serving.batching import by_group
+from fedprag.cluster.serving.fanout import FanOutTrace
+from fedprag.cluster.serving.modes import serving_mode
 from fedprag.cluster.serving.router import RouteRequest, RouteResult, RoutingSettings, RoutingStage
-from fedprag.coordinator.registry import GeneratorRegistry, PoolRegistry
+from fedprag.coordinator.registry import PoolRegistry
 from fedprag.shared.config import ServeSection
 from fedprag.shared.log import get_logger
 from fedprag.shared.methods.base import MethodModel, Routing
 from fedprag.shared.methods.baselines import ClosedBookModel
-from fedprag.shared.methods.distilled.model import DistilledModel
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.model import PolyModel
 from fedprag.shared.methods.poly.serializer import load_pool
@@ -125,8 +125,9 @@ class Generator:
         self.base = load_causal_lm(model_spec, show_progress=False)
         self.engine = QueryEngine(self.base)
         self.registry = PoolRegistry(registry, self.base.digest)
-        self.router = RoutingStage(self.registry, poly, routing, mode) if routing is not None else None
-        self.poly, self.mode = poly, mode
+        self.mode = serving_mode(mode)
+        self.router = RoutingStage(self.registry, poly, routing, self.mode) if routing is not None else None
+        self.poly = poly
         self.pools: dict[int, PolyModel] = {}
         self.models: dict[str, MethodModel] = {"closed_book": ClosedBookModel(), **(extra or {})}
         self.context = self.base.model.config.max_position_embeddings
@@ -151,11 +152,11 @@ class Generator:
     def _model(self, item: GenerateItem) -> MethodModel:
         if item.method == "poly":
             return self._pool(item.version)
-        if item.method == "distilled" and self.mode == "distilled":
-            with self._loading:  # the mask token's vector, from the federation's generator, once
-                if "distilled" not in self.models:
-                    mask = GeneratorRegistry(self.registry.root, self.base.digest).mask_vector()
-                    self.models["distilled"] = DistilledModel.served(self.base, mask)
+        if item.method == self.mode.name:
+            with self._loading:  # the federation's own model (distilled: the generator's mask token), once
+                if item.method not in self.models:
+                    self.models[item.method], _ = self.mode.federated_model(self.registry.root, self.base, self.poly,
+                                                                           item.method)
         if item.method not in self.models:
             raise ValueError(f"method '{item.method}' is not served here (served: poly, {', '.join(self.models)})")
         return self.models[item.method]

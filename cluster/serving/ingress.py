@@ -32,8 +32,8 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fedprag.cluster.fanout import FanOutTrace
 from fedprag.cluster.serving import metrics
+from fedprag.cluster.serving.fanout import FanOutTrace
 from fedprag.cluster.serving.generator import Generated, GenerateItem
 from fedprag.cluster.serving.router import RouteRequest
 from fedprag.cluster.serving.schema import (
@@ -169,6 +169,8 @@ class IngressSettings:
     registry: str
     method: str = "poly"
     """The federation's method (``federation.mode``): what a request that names none is answered with."""
+    learned_router: bool = True
+    """Whether that method can be routed by the learned router (``routing: "router"``), with no site."""
 
 
 def _validation_error(field: str, message: str) -> RequestValidationError:
@@ -275,8 +277,8 @@ class Ingress:
         if method not in (self.settings.method, "closed_book"):
             raise _validation_error("method", f"this federation serves '{self.settings.method}' (or closed_book), "
                                               f"not '{method}'")
-        if routing == "router" and method == "distilled":
-            raise _validation_error("routing", "distilled mode routes by fan-out only: the sites generate the LoRA")
+        if routing == "router" and method == self.settings.method and not self.settings.learned_router:
+            raise _validation_error("routing", f"{method} routes by fan-out only: the sites make what answers")
         mode = routing or self.settings.routing
         route = self._route_request(question, top_k, mode, model, method)
         generated, retries = await self._generate(GenerateItem(question, max_tokens or self.settings.max_new_tokens,

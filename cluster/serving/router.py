@@ -6,14 +6,14 @@ It embeds the batch's questions at once (the retrieval encoder from ``gt-all-min
 routes them one of two ways:
 
 * **fanout**: the embeddings go to every site daemon's routing service in one gRPC call per site,
-  with a deadline (:class:`~fedprag.cluster.fanout.FanOut`); a site that is down, late or on
+  with a deadline (:class:`~fedprag.cluster.serving.fanout.FanOut`); a site that is down, late or on
   another pool version is skipped and named in the trace;
 * **router**: the learned central query router the federation trained with the pool (each site on
   its own questions; the coordinator averaged them), so no site needs to be online.
 
 In distilled mode (``federation.mode``) only fan-out routes: each site answers with the LoRA its
 generator made from its passages, and the result's :class:`~fedprag.shared.methods.base.Routing`
-carries the factors of the sites that hold the global top-k (:mod:`fedprag.cluster.fanout`).
+carries the factors of the sites that hold the global top-k (:mod:`fedprag.cluster.serving.fanout`).
 
 Pool versions never go backwards: a request carries ``min_version``, the newest version the
 ingress has returned, and is never routed with an older one.
@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedprag.cluster.fanout import FanOut, FanOutTrace, RemoteSite, SiteUnavailable
 from fedprag.cluster.serving.batching import GROUP_ERRORS, by_group
+from fedprag.cluster.serving.fanout import FanOut, FanOutTrace, RemoteSite, SiteUnavailable
+from fedprag.cluster.serving.modes import ServingMode
 from fedprag.coordinator.registry import PoolRegistry
 from fedprag.shared.log import get_logger
 from fedprag.shared.methods.base import Routing
@@ -81,7 +82,7 @@ class RouteResult:
 class RoutingStage:
     """Embeds and routes a batch of questions (one per replica; used from one thread at a time)."""
 
-    def __init__(self, registry: PoolRegistry, poly: PolyConfig, settings: RoutingSettings, mode: str = "poly"):
+    def __init__(self, registry: PoolRegistry, poly: PolyConfig, settings: RoutingSettings, mode: ServingMode):
         self.encoder = SentenceEncoder(dtype=settings.encoder_dtype)
         self.poly, self.registry, self.mode = poly, registry, mode
         remote = [RemoteSite(name, address, settings.ca_cert, settings.token, settings.deadline)
@@ -101,9 +102,9 @@ class RoutingStage:
         return [RouteResult(r.weights, r, trace.pool_version, trace) for r in routings]
 
     def _central(self, embeddings: np.ndarray, request: RouteRequest) -> list[RouteResult]:
-        if self.mode != "poly":
+        if not self.mode.learned_router:
             return [RouteResult(error="unavailable", reason="the learned router routes Poly-PRAG only; this "
-                                f"federation serves '{self.mode}', which routes by fan-out")] * len(embeddings)
+                                f"federation serves '{self.mode.name}', which routes by fan-out")] * len(embeddings)
         started = time.perf_counter()
         available, version = self.registry.versions_with_router(), request.version
         if version is None:

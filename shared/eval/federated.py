@@ -6,27 +6,23 @@ The federation is passed in (anything with the attributes of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from fedprag.shared.config import FedpragConfig
 from fedprag.shared.data.schema import Dataset
-from fedprag.shared.eval.harness import evaluate
+from fedprag.shared.eval.harness import HarnessConfig, evaluate
 from fedprag.shared.eval.methods import EvalMethod, Routed, Served, build_methods
 from fedprag.shared.eval.report import Report
-from fedprag.shared.methods.base import MethodModel, Routing
+from fedprag.shared.methods.base import MethodConfig, MethodModel, Routing
+from fedprag.shared.models.augmenter import AugmentConfig
 from fedprag.shared.models.loading import BaseModel
-
-CENTRALISED = ("closed_book", "standard_rag", "standard_rag_top1", "prag", "poly")
-"""What a federated pool is compared with, each trained centrally on the union of the sites' data."""
-CENTRALISED_DISTILLED = ("closed_book", "standard_rag", "standard_rag_top1", "distilled")
-"""What a federated generator is compared with (``distilled``: the generator the federation starts from)."""
 
 
 class FanOutLike(Protocol):
-    """Routing for queries from the federation's sites (:class:`fedprag.cluster.fanout.FanOut`)."""
+    """Routing for queries from the federation's sites (:class:`fedprag.cluster.serving.fanout.FanOut`)."""
 
     def routings(self, query_embeddings: np.ndarray) -> list[Routing]: ...
 
@@ -45,21 +41,22 @@ class FederationLike(Protocol):
     model: MethodModel
     stored_bytes: int
     fanout: FanOutLike
+    baselines: tuple[str, ...]
     api: ServedLike | None
 
 
-def evaluate_federation(federation: FederationLike, config: FedpragConfig, show_progress: bool = True,
+def evaluate_federation(federation: FederationLike, method_configs: Mapping[str, MethodConfig], harness: HarnessConfig,
+                        augment: AugmentConfig, work_dir: Path, show_progress: bool = True,
                         baselines: tuple[str, ...] | None = None) -> Report:
-    """The results table: ``baselines`` trained centrally on the union of the data (default: those
-    of the federation's mode), and the federation's latest release, ``<mode>_federated``, routed by
+    """The results table: ``baselines`` trained centrally on the union of the data (default: the
+    federation's own, those of its mode), and the federation's latest release, ``<mode>_federated``, routed by
     fan-out to its site daemons over gRPC with what the sites send: asked over HTTP through the
-    query API when the federation serves one, else through an in-process fan-out."""
-    if baselines is None:
-        baselines = CENTRALISED_DISTILLED if config.federation.mode == "distilled" else CENTRALISED
+    query API when the federation serves one, else through an in-process fan-out. The methods are
+    configured by ``method_configs``, encode with ``augment`` and work under ``work_dir``."""
+    baselines = federation.baselines if baselines is None else baselines
     if federation.api is not None:
         federated: EvalMethod = Served(federation.model.name, federation.api.answers, federation.stored_bytes)
     else:
         federated = Routed(federation.model, federation.fanout.routings, federation.stored_bytes)
-    methods = [*build_methods(baselines, config.method_configs()), federated]
-    return evaluate(federation.dataset, federation.base, methods, config.harness,
-                    Path(config.federation.work_dir) / "eval", show_progress, augment=config.augment)
+    methods = [*build_methods(baselines, method_configs), federated]
+    return evaluate(federation.dataset, federation.base, methods, harness, work_dir, show_progress, augment=augment)

@@ -26,8 +26,9 @@ from ray import serve
 
 from fedprag.client.daemon import daemon_status
 from fedprag.cluster.deployment import LocalDeployment
-from fedprag.cluster.fanout import FanOut
 from fedprag.cluster.serving.app import start
+from fedprag.cluster.serving.fanout import FanOut
+from fedprag.cluster.serving.modes import serving_mode
 from fedprag.cluster.simulation import prepare_sites
 from fedprag.coordinator.app import recorded_rounds
 from fedprag.coordinator.registry import GeneratorRegistry, registry_dir
@@ -56,7 +57,7 @@ def federation(tmp_path_factory):
     kept = Dataset([p for p in dataset.passages if p is not new], dataset.questions, dataset.augmentations)
     stores = prepare_sites(kept, work / "sites")
     config = load_config(None, {**SETTINGS, "federation.work_dir": str(work)})
-    with LocalDeployment(work, [(s.root.name, s.root) for s in stores], "tiny", mode="distilled") as deployment:
+    with LocalDeployment(work, [(s.root.name, s.root) for s in stores], "tiny", serving_mode("distilled")) as deployment:
         deployment.run(replace(config, federation=replace(config.federation, rounds=1)))
         deployment.restart_superlink()  # the coordinator restarts between the rounds and resumes
         rounds = deployment.run(config)
@@ -69,7 +70,7 @@ def ask(federation):
     """What the query API does in distilled mode: fan out, combine the sites' LoRAs, one generate (top passage)."""
     base = load_causal_lm("tiny")
     encoder = SentenceEncoder()
-    fanout = FanOut(federation["deployment"].routing_sites(), 1, federation["config"].poly, mode="distilled")
+    fanout = FanOut(federation["deployment"].routing_sites(), 1, federation["config"].poly, serving_mode("distilled"))
     engine = QueryEngine(base)
     mask = GeneratorRegistry(registry_dir(federation["config"].federation), base.digest).mask_vector()
     model = DistilledModel.served(base, mask)

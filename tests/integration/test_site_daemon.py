@@ -23,7 +23,8 @@ import pytest
 
 from fedprag.client.daemon import DAEMON_FILE, daemon_status
 from fedprag.cluster.deployment import LocalDeployment
-from fedprag.cluster.fanout import FanOut, RemoteSite, SiteUnavailable
+from fedprag.cluster.serving.fanout import FanOut, RemoteSite, SiteUnavailable
+from fedprag.cluster.serving.modes import serving_mode
 from fedprag.cluster.simulation import prepare_sites
 from fedprag.coordinator.app import recorded_rounds
 from fedprag.coordinator.registry import PoolRegistry, registry_dir
@@ -70,7 +71,7 @@ def query_api(federation):
     base = load_causal_lm("tiny")
     pool, _ = PoolRegistry(registry_dir(federation["config"].federation), base.digest).latest()
     encoder = SentenceEncoder()
-    fanout = FanOut(federation["deployment"].routing_sites(), 3, federation["config"].poly)
+    fanout = FanOut(federation["deployment"].routing_sites(), 3, federation["config"].poly, serving_mode("poly"))
     engine = QueryEngine(base)
     model = PolyModel(pool, federation["config"].poly, name="poly_federated")
 

@@ -23,7 +23,7 @@ import pytest
 from fedprag.client.routing_service import FactorRouter, RoutingCounters, RoutingServicer, SiteRouter
 from fedprag.client.store import SiteStore
 from fedprag.cluster.deployment import LocalDeployment
-from fedprag.cluster.fanout import RemoteSite
+from fedprag.cluster.serving.fanout import RemoteSite
 from fedprag.cluster.simulation import prepare_sites
 from fedprag.coordinator.registry import PoolRegistry
 from fedprag.shared.config import load_config

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedprag.cluster.fanout import FanOut, check_factor_reply, combine_factor_replies
+from fedprag.cluster.serving.fanout import FanOut, check_factor_reply, combine_factor_replies
+from fedprag.cluster.serving.modes import serving_mode
 from fedprag.coordinator.privacy import DPSettings
 from fedprag.coordinator.strategy import GeneratorAveraging
 from fedprag.shared.config import ConfigError, load_config
@@ -170,12 +171,12 @@ def test_a_site_whose_factors_have_another_shape_is_skipped_and_named():
                                              factors={"m.lora_A": np.ones((2, 2), dtype=np.float32),
                                                       "m.lora_B": np.ones((3, 2), dtype=np.float32)})]
     sites = [_FactorSite("site-a", [0.5]), _FactorSite("site-b", [0.4]), odd]
-    _, trace = FanOut(sites, k=2, config=PolyConfig(), mode="distilled").route(np.zeros((1, 8), np.float32))
+    _, trace = FanOut(sites, k=2, config=PolyConfig(), mode=serving_mode("distilled")).route(np.zeros((1, 8), np.float32))
     assert sorted(trace.answered) == ["site-a", "site-b"] and "another shape" in trace.failed["site-odd"]
 
 
 def test_a_site_serving_the_other_mode_is_skipped_and_named():
-    fanout = FanOut([_FactorSite("site-a", [0.5]), _PolySite("site-p", [])], k=2, config=PolyConfig(), mode="distilled")
+    fanout = FanOut([_FactorSite("site-a", [0.5]), _PolySite("site-p", [])], k=2, config=PolyConfig(), mode=serving_mode("distilled"))
     (routing,), trace = fanout.route(np.zeros((1, 8), dtype=np.float32))
     assert trace.answered == ["site-a"] and "other mode" in trace.failed["site-p"]
     assert len(routing.factors) == 1 and routing.lengths == ((10,),)

@@ -10,7 +10,7 @@ import torch
 
 from fedprag.client.routing_service import FactorRouter
 from fedprag.client.store import SiteStore
-from fedprag.cluster.fanout import check_factor_reply, combine_factor_replies
+from fedprag.cluster.serving.fanout import check_factor_reply, combine_factor_replies
 from fedprag.shared.lora.layers import attach_lora
 from fedprag.shared.methods.distilled import MASK_TOKEN, DistilledConfig
 from fedprag.shared.methods.distilled.model import DistilledModel

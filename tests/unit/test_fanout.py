@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedprag.cluster.fanout import FanOut, SiteUnavailable, blend_replies
+from fedprag.cluster.serving.fanout import FanOut, SiteUnavailable, blend_replies
+from fedprag.cluster.serving.modes import serving_mode
 from fedprag.shared.methods.base import Routing
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool, combine
@@ -16,6 +17,7 @@ from fedprag.shared.wire import MIXTURE, RoutingReply
 
 K = 4
 CONFIG = PolyConfig(n_experts=K, top_m=K, score_temperature=0.1)
+POOL = serving_mode("poly")
 
 
 class _Site:
@@ -55,7 +57,7 @@ SITES = [_Site("site-a", [(0.9, _row(1, 0, 0, 0)), (0.2, _row(0, 1, 0, 0))]),
 
 
 def test_without_passages_outside_the_global_top_k_blending_at_the_sites_is_exact():
-    fanout = FanOut(SITES, k=4, config=CONFIG)
+    fanout = FanOut(SITES, k=4, config=CONFIG, mode=POOL)
     query = np.zeros((1, 8), dtype=np.float32)
     (blended,) = fanout.routings(query)
     everything = _Site("all", [h for site in SITES for h in site.hits])
@@ -64,24 +66,24 @@ def test_without_passages_outside_the_global_top_k_blending_at_the_sites_is_exac
 
 
 def test_a_site_that_does_not_answer_is_skipped_and_named():
-    fanout = FanOut([*SITES, _Down()], k=4, config=CONFIG)
+    fanout = FanOut([*SITES, _Down()], k=4, config=CONFIG, mode=POOL)
     (routing,) = fanout.routings(np.zeros((1, 8), dtype=np.float32))
     assert fanout.last_trace.answered == ["site-a", "site-b"] and "DEADLINE_EXCEEDED" in fanout.last_trace.failed["site-down"]
     assert routing.scores == pytest.approx((0.9, 0.7, 0.6, 0.2))
     with pytest.raises(SiteUnavailable, match="no site answered"):
-        FanOut([_Down()], k=4, config=CONFIG).routings(np.zeros((1, 8), dtype=np.float32))
+        FanOut([_Down()], k=4, config=CONFIG, mode=POOL).routings(np.zeros((1, 8), dtype=np.float32))
 
 
 def test_while_a_release_spreads_only_the_newest_pool_versions_replies_are_blended():
     query = np.zeros((1, 8), dtype=np.float32)
     upgraded = _Site("site-b", SITES[1].hits, version=2)
-    (routing,), trace = FanOut([SITES[0], upgraded], k=4, config=CONFIG).route(query)
+    (routing,), trace = FanOut([SITES[0], upgraded], k=4, config=CONFIG, mode=POOL).route(query)
     assert trace.pool_version == 2 and trace.answered == ["site-b"] and "pool version 1" in trace.failed["site-a"]
     assert routing.scores == pytest.approx((0.7, 0.6))
-    (_,), pinned = FanOut([SITES[0], upgraded], k=4, config=CONFIG).route(query, version=1)
+    (_,), pinned = FanOut([SITES[0], upgraded], k=4, config=CONFIG, mode=POOL).route(query, version=1)
     assert pinned.answered == ["site-a"] and pinned.pool_version == 1
     with pytest.raises(SiteUnavailable, match="usable pool"):  # never back to a version older than one served
-        FanOut([SITES[0]], k=4, config=CONFIG).route(query, min_version=2)
+        FanOut([SITES[0]], k=4, config=CONFIG, mode=POOL).route(query, min_version=2)
 
 
 def test_a_sites_mixture_counts_by_its_share_of_the_global_top_k():

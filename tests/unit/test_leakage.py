@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from fedprag.shared.lora.layers import LowRank
-from fedprag.shared.methods.distilled.leakage import (
+from fedprag.shared.eval.leakage import (
     inversion,
     longest_common_substring,
     protect,
     token_recall,
 )
+from fedprag.shared.lora.layers import LowRank
 
 VOCAB, WIDTH, RANK, INNER = 500, 64, 8, 96
 

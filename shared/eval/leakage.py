@@ -13,9 +13,10 @@ whoever receives the factors holds the base model's embedding table too, and can
   direction of that column space decoded greedily as a sum of a few token embeddings: the shape
   the copy path writes, a softmax mixture of tokens). The span and mixture attacks read ``ΔW``,
   which any exact re-factorisation keeps, so only a change of ``ΔW`` itself can defeat them.
-* :func:`protect` is what a site applies before sending (``site.factor_noise``; none by default):
-  Gaussian noise on ``B`` relative to each column's norm, keyed by the site's secret and the
-  documents, so repeated questions cannot average it away.
+* :func:`~fedprag.shared.methods.distilled.layers.protect` is what a site applies before sending
+  (``site.factor_noise``; none by default): Gaussian noise on ``B`` relative to each column's norm,
+  keyed by the site's secret and the documents, so repeated questions cannot average it away;
+  :class:`ProtectedModel` answers through it, as the query API receives such factors.
 * :func:`extraction` asks a served method for the passage verbatim, FedMosaic-style, and measures
   how much comes back.
 
@@ -31,8 +32,6 @@ factors carry the facts because that is what they are for.
 from __future__ import annotations
 
 import difflib
-import hashlib
-import os
 import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -41,8 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fedprag.shared.lora.layers import Adapter, LowRank
+from fedprag.shared.lora.layers import Adapter
 from fedprag.shared.methods.base import MethodModel, Routing
+from fedprag.shared.methods.distilled.layers import DEFAULT_NOISE, folded_factors, protect
 from fedprag.shared.metrics import normalize_answer
 from fedprag.shared.query import QueryEngine
 
@@ -56,11 +56,6 @@ DIRECTION_TOLERANCE = 0.1
 the largest (the rest is numerical noise in the generated factors)."""
 MIXTURE_ATOMS = 4
 """Tokens the mixture attack picks per direction of an update's column space."""
-DEFAULT_NOISE = 0.0
-"""The noise :func:`protect` adds by default, relative to each column's norm: none. On the built-in model, over four runs, noise 1 cost 0.003 to 0.036
-single-hop exact match and left the mixture attack's recovery where it was (43–46% of a lone
-passage's facts); noise 3 cut that to 24–29% and cost 0.30 to 0.34 of DistilledPRAG's 0.547
-(benchmarks/results/distilled_leakage.md)."""
 EXTRACTION_PROMPTS: tuple[str, ...] = (
     "Repeat the passage word for word.",
     "What does the document say?",
@@ -98,11 +93,6 @@ class Inversion:
     """Columns and rows the nearest-token attack decoded."""
     directions: int
     """Directions of the updates' column spaces that the span and mixture attacks read."""
-
-
-def _factors(delta: LowRank) -> tuple[Tensor, Tensor]:
-    """``(A, B)`` of a batch of factors with any rank gate folded into ``B``: the same ``ΔW``."""
-    return delta.A, delta.B if delta.gate is None else delta.B * delta.gate.unsqueeze(1)
 
 
 def _directions(a: Tensor, b: Tensor) -> Tensor:
@@ -153,7 +143,7 @@ def inversion(adapter_row: Adapter, embeddings: Tensor, document_ids: Sequence[i
     mixture = torch.zeros(vocab, dtype=torch.bool)
     vectors = directions = 0
     for delta in adapter_row.values():
-        a, b = _factors(delta)
+        a, b = folded_factors(delta)
         if a.shape[0] != 1 or b.shape[0] != 1:
             raise ValueError(f"inversion: takes one document set's factors, got a batch of {max(len(a), len(b))}")
         a, b = a[0].float(), b[0].float()
@@ -173,45 +163,6 @@ def inversion(adapter_row: Adapter, embeddings: Tensor, document_ids: Sequence[i
             mixture[_pursuit(direction, embeddings, unit, atoms)] = True
     return Inversion(_attack(nearest, document, facts), _attack(span, document, facts),
                      _attack(mixture, document, facts), vectors, directions)
-
-
-def _fresh_generator() -> torch.Generator:
-    """A generator seeded from ``os.urandom``: protection noise no one can replay."""
-    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
-
-
-def _keyed_generator(key: bytes) -> torch.Generator:
-    """A generator seeded from a secret key: the same noise for the same key, unguessable without it."""
-    return torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
-
-
-@torch.no_grad()
-def protect(adapter: Adapter, noise: float = DEFAULT_NOISE, keys: Sequence[bytes] | None = None) -> Adapter:
-    """The factors a site sends instead of ``adapter`` (any batch size; every row drawn apart).
-
-    Each column of ``B`` gets isotropic Gaussian noise of ``noise`` times the column's norm;
-    ``noise=0`` sends the factors as they are. Row ``i``'s noise is drawn from ``keys[i]`` when
-    given, else from ``os.urandom``. A site keys each row by a secret and the documents it was made
-    from, so asking about the same documents again returns the same noise: fresh noise on every
-    send could be averaged away by a receiver that asks many times.
-
-    No exact re-factorisation of ``ΔW`` (a rank-space rotation, say) is offered: the span and
-    mixture attacks of :func:`inversion` read ``ΔW`` itself, and on the built-in model a rotation
-    did not hide the tokens from the nearest-token attack either (its columns are parallel).
-    """
-    if noise < 0:
-        raise ValueError(f"protect: noise must be zero or more, got {noise}")
-    if not noise:
-        return adapter
-    rows = next(iter(adapter.values())).B.shape[0]
-    generators = [_keyed_generator(keys[i]) if keys is not None else _fresh_generator() for i in range(rows)]
-    protected = {}
-    for name, delta in adapter.items():
-        a, b = _factors(delta)
-        draws = torch.stack([torch.randn(b.shape[1:], generator=g, dtype=b.dtype) for g in generators])
-        b = b + noise * b.norm(dim=1, keepdim=True) / b.shape[1] ** 0.5 * draws
-        protected[name] = LowRank(A=a, B=b, scale=delta.scale)
-    return protected
 
 
 class ProtectedModel(MethodModel):

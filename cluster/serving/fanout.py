@@ -149,6 +149,16 @@ class RoutingSite(Protocol):
               score_temperature: float) -> list[RoutingReply] | list[FactorReply]: ...
 
 
+class Combination(Protocol):
+    """What the fan-out needs of the federation's mode (:class:`fedprag.cluster.serving.modes.ServingMode`)."""
+
+    name: str
+    reply: type
+    noun: str
+
+    def combine(self, replies: Sequence, k: int, poly: PolyConfig) -> Routing: ...
+
+
 class RemoteSite:
     """A site daemon's routing service over gRPC: TLS against the federation's CA, a bearer token,
     and ``deadline`` seconds per call."""
@@ -211,7 +221,7 @@ class FanOut:
     the other sites in the trace, so a query is never answered with a mixture of two pools.
     """
 
-    def __init__(self, sites: Sequence[RoutingSite], k: int, config: PolyConfig, mode: str = "poly"):
+    def __init__(self, sites: Sequence[RoutingSite], k: int, config: PolyConfig, mode: Combination):
         self.sites, self.k, self.config, self.mode = list(sites), k, config, mode
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.sites)), thread_name_prefix="fanout")
         self.last_trace = FanOutTrace()
@@ -224,8 +234,7 @@ class FanOut:
                 site.close()
 
     def routings(self, query_embeddings: np.ndarray) -> list[Routing]:
-        """One routing per query (a blended expert mixture ``[G, K]``, or in distilled mode the sites'
-        LoRA factors), from the replies of the sites that answered."""
+        """One routing per query (the mode's combination of the answering sites' replies)."""
         routings, self.last_trace = self.route(query_embeddings)
         return routings
 
@@ -238,7 +247,6 @@ class FanOut:
         trace = FanOutTrace(asked=[site.name for site in self.sites])
         calls = [self._pool.submit(site.route, query_embeddings, k, self.config.score_temperature)
                  for site in self.sites]
-        expected = RoutingReply if self.mode == "poly" else FactorReply
         answers: dict[str, list] = {}
         for site, call in zip(self.sites, calls):
             try:
@@ -246,9 +254,9 @@ class FanOut:
             except SiteUnavailable as exc:
                 trace.failed[site.name] = str(exc)[:200]
                 continue
-            if not isinstance(answers[site.name][0], expected):
+            if not isinstance(answers[site.name][0], self.mode.reply):
                 trace.failed[site.name] = (f"answers in the other mode ({answers.pop(site.name)[0].KIND}); this query "
-                                           f"API serves federation.mode = '{self.mode}'")
+                                           f"API serves federation.mode = '{self.mode.name}'")
         wanted = version if version is not None else max((version_of(r[0]) for r in answers.values()), default=0)
         for name, replies in list(answers.items()):
             if version_of(replies[0]) != wanted or wanted < min_version:
@@ -259,8 +267,7 @@ class FanOut:
             common = max(set(shapes.values()) - {None}, key=list(shapes.values()).count)
             for name, shape in shapes.items():
                 if shape is not None and shape != common:
-                    trace.failed[name] = f"{'mixtures' if self.mode == 'poly' else 'factors'} of another shape than " \
-                                         "the other sites'"
+                    trace.failed[name] = f"{self.mode.noun} of another shape than the other sites'"
                     del answers[name]
         for name, reason in trace.failed.items():
             log.warning("fanout.site.failed", site=name, reason=reason)
@@ -269,7 +276,5 @@ class FanOut:
         trace.answered, trace.pool_version = list(answers), wanted
         trace.seconds = time.perf_counter() - started
         replies = list(answers.values())
-        if self.mode == "distilled":
-            return [combine_factor_replies([site[q] for site in replies], k, self.config.score_temperature)
-                    for q in range(len(query_embeddings))], trace
-        return [blend_replies([site[q] for site in replies], k, self.config) for q in range(len(query_embeddings))], trace
+        return [self.mode.combine([site[q] for site in replies], k, self.config)
+                for q in range(len(query_embeddings))], trace
