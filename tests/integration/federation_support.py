@@ -37,7 +37,7 @@ def with_unique_canaries(dataset):
 
 def federate_command(work, spec, rounds, runtime):
     """The ``fedprag federate`` command line an operator would type."""
-    return [sys.executable, "-m", "fedprag.shared.cli", "--quiet", "federate", "--model", spec, "--rounds", str(rounds),
+    return [sys.executable, "-m", "fedprag.cli", "--quiet", "federate", "--model", spec, "--rounds", str(rounds),
             "--min-sites", "2", "--local-epochs", "1", "--runtime", runtime, "--work-dir", str(work)]
 
 

@@ -64,7 +64,7 @@ def test_no_canary_byte_leaves_any_site(federation):
 
 def test_client_status_reports_the_site(federation):
     _, stores, _, _ = federation
-    result = subprocess.run([sys.executable, "-m", "fedprag.shared.cli", "client", "status", str(stores[0].root)],
+    result = subprocess.run([sys.executable, "-m", "fedprag.cli", "client", "status", str(stores[0].root)],
                             capture_output=True, text=True, timeout=120, check=False)
     status = json.loads(result.stdout)
     assert status["passages"] == len(stores[0].passages()) and status["rounds_joined"] == [1, 2]

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 def _ingest(site, source) -> subprocess.Popen:
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "fedprag.shared.cli", "--quiet", "client", "ingest", str(site),
+    return subprocess.Popen([sys.executable, "-m", "fedprag.cli", "--quiet", "client", "ingest", str(site),
                              str(source)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
 
@@ -26,7 +26,7 @@ def test_sigkill_mid_ingest_loses_nothing_and_a_rerun_completes(tmp_path):
     site = tmp_path / "site"
     first = tmp_path / "first.jsonl"
     first.write_text("".join(json.dumps({"id": f"a{i}", "text": f"Passage a{i} says {i}."}) + "\n" for i in range(50)))
-    assert subprocess.run([sys.executable, "-m", "fedprag.shared.cli", "--quiet", "client", "ingest", str(site),
+    assert subprocess.run([sys.executable, "-m", "fedprag.cli", "--quiet", "client", "ingest", str(site),
                            str(first)], capture_output=True, check=False).returncode == 0
     accepted = {p.passage_id: p.text for p in SiteStore(site).passages()}
     big = tmp_path / "big.jsonl"
@@ -44,7 +44,7 @@ def test_sigkill_mid_ingest_loses_nothing_and_a_rerun_completes(tmp_path):
         outcomes.append(len(stored) > len(accepted))
         if outcomes[-1]:
             break
-    assert subprocess.run([sys.executable, "-m", "fedprag.shared.cli", "--quiet", "client", "ingest", str(site),
+    assert subprocess.run([sys.executable, "-m", "fedprag.cli", "--quiet", "client", "ingest", str(site),
                            str(big)], capture_output=True, check=False).returncode == 0
     final = {p.passage_id: p.text for p in SiteStore(site).passages()}
     assert len(final) == 30_050 and {k: final[k] for k in accepted} == accepted

@@ -61,7 +61,7 @@ def test_eval_command_prints_the_table(small_model_spec, tmp_path):
     write_dataset(make_benchmark(BenchmarkSpec(people=4, sites=2)), data)
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "fedprag.shared.cli", "--quiet", "eval", "--data", str(data), "--model", small_model_spec,
+        [sys.executable, "-m", "fedprag.cli", "--quiet", "eval", "--data", str(data), "--model", small_model_spec,
          "--methods", "closed_book,standard_rag", "--out", str(out), "--set", "harness.latency_queries=2"],
         capture_output=True, text=True, timeout=600, check=False,
     )

@@ -178,7 +178,7 @@ def replace_k(request, k):
 
 def test_client_status_asks_the_running_daemon(federation):
     site = federation["stores"][2].root
-    shown = subprocess.run([sys.executable, "-m", "fedprag.shared.cli", "client", "status", str(site)],
+    shown = subprocess.run([sys.executable, "-m", "fedprag.cli", "client", "status", str(site)],
                            capture_output=True, text=True, timeout=60, check=True)
     status = json.loads(shown.stdout)
     assert status["daemon"] == "running" and status["rounds_joined"] == [1, 2] and status["pool_version"] == 2

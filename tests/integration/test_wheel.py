@@ -32,7 +32,7 @@ def test_the_wheel_installs_fedprag_alone_with_its_models_and_the_cli_runs(tmp_p
     Path(site, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
                    check=True, capture_output=True)
-    where = subprocess.run([str(python), "-c", "import fedprag.shared.cli as c; print(c.__file__)"], cwd=tmp_path,
+    where = subprocess.run([str(python), "-c", "import fedprag.cli as c; print(c.__file__)"], cwd=tmp_path,
                            check=True, capture_output=True, text=True).stdout
     assert where.startswith(str(fresh))
     for argv in (["--help"], ["demo", "--help"]):

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fedprag.shared.cli import main
+from fedprag.cli import main
 from fedprag.shared.data.schema import PASSAGES_FILE
 
 

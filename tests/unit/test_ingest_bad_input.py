@@ -46,7 +46,7 @@ def refused(store, source, *names, match=None):
 
 def run_cli(site_dir, *sources):
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    return subprocess.run([sys.executable, "-m", "fedprag.shared.cli", "client", "ingest", str(site_dir),
+    return subprocess.run([sys.executable, "-m", "fedprag.cli", "client", "ingest", str(site_dir),
                            *map(str, sources)], check=False, capture_output=True, text=True, timeout=240, env=env)
 
 

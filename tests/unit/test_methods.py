@@ -12,7 +12,7 @@ from fedprag.shared.methods import REGISTRY, method_model
 from fedprag.shared.methods.base import MethodConfig, MethodModel
 from fedprag.shared.methods.distilled.model import DistilledModel
 
-METHODS_DIR = Path(__file__).resolve().parents[2] / "shared" / "methods"
+METHODS_DIR = Path(__file__).resolve().parents[2] / "src" / "fedprag" / "shared" / "methods"
 
 
 def _context(hits: Hits) -> EvalContext:

@@ -1,50 +1,89 @@
-"""fedprag installs under one import name, and nothing imports its folders as top-level modules."""
+"""fedprag's folders are its import names, and its packages import only downwards, with no cycle."""
 
 import ast
 import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = ("shared", "client", "coordinator", "cluster")
+SRC = ROOT / "src"
+
+# Every package, lowest first: a package may import only packages of a lower level (and itself);
+# packages of one level are peers that never import each other. The modules of ``fedprag.shared``
+# that no subpackage holds (io, log, wire, …) are its foundation, ``shared``.
+LEVELS = (
+    ("fedprag.shared.proto",),
+    ("shared",),
+    ("fedprag.shared.data", "fedprag.shared.retrieval", "fedprag.shared.lora"),
+    ("fedprag.shared.models",),
+    ("fedprag.shared.methods",),
+    ("fedprag.shared.query",),
+    ("fedprag.shared.eval",),
+    ("fedprag.shared.config",),
+    ("fedprag.client", "fedprag.coordinator"),
+    ("fedprag.cluster.serving",),
+    ("fedprag.cluster",),
+    ("fedprag.cli",),
+)
+LEVEL = {package: level for level, packages in enumerate(LEVELS) for package in packages}
 HARNESS = ("fedprag.shared.eval.harness", "fedprag.shared.eval.methods", "fedprag.shared.eval.federated")
 
 
-def _sources() -> list[Path]:
-    return [p for p in ROOT.rglob("*.py") if not ({".venv", "build", ".git"} & set(p.relative_to(ROOT).parts))]
+def _modules() -> dict[str, Path]:
+    """Every module under src/, by the import name its path gives it."""
+    out = {}
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
 
 
-def test_every_package_folder_installs_under_fedprag():
+def package_of(module: str) -> str:
+    """The package of ``module`` in :data:`LEVELS` (the longest that names it; else the foundation)."""
+    named = [p for p in LEVEL if module == p or module.startswith(p + ".")]
+    return max(named, key=len) if named else "shared"
+
+
+def _imports(source: str) -> list[str]:
+    """The fedprag modules ``source`` imports, at any depth of its code (typing-only imports too)."""
+    names = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names += [node.module]
+        elif isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+    return [n for n in names if n == "fedprag" or n.startswith("fedprag.")]
+
+
+def upward_imports(sources: dict[str, str]) -> list[str]:
+    """Each import in ``sources`` (module name: code) of a package not below the importer's."""
+    return [f"{name} ({package_of(name)}) imports {target}" for name, source in sources.items()
+            for target in map(package_of, _imports(source))
+            if target != package_of(name) and LEVEL[target] >= LEVEL[package_of(name)]]
+
+
+def test_every_module_lives_at_its_import_name_under_src():
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    listed = set(setuptools["packages"])
-    found = {"fedprag." + ".".join(p.parent.relative_to(ROOT).parts)
-             for folder in FOLDERS for p in (ROOT / folder).rglob("__init__.py")}
-    assert found == listed
-    assert setuptools["package-dir"] == {f"fedprag.{f}": f for f in FOLDERS}
+    assert setuptools["packages"] == {"find": {"where": ["src"]}} and "package-dir" not in setuptools
+    assert {name.split(".")[0] for name in _modules()} == {"fedprag"}
+    assert not [p for p in ROOT.iterdir() if p.name in ("shared", "client", "coordinator", "cluster")]
 
 
-def test_no_module_imports_a_folder_as_a_top_level_name():
-    offenders = []
-    for path in _sources():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
-            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in FOLDERS]
+def test_packages_import_only_downwards_so_never_in_a_circle():
+    """Every import goes to a lower level, so no chain of imports can come back to where it started."""
+    assert upward_imports({name: path.read_text(encoding="utf-8") for name, path in _modules().items()}) == []
+
+
+def test_the_query_path_does_not_go_through_the_evaluation_harness():
+    offenders = [f"{path.relative_to(ROOT)}: {n}" for name, path in _modules().items()
+                 if name.startswith("fedprag.cluster.serving") for n in _imports(path.read_text(encoding="utf-8"))
+                 if n.startswith(HARNESS)]
     assert offenders == []
 
 
-def test_lower_layers_never_import_upwards():
-    """Model, LoRA, method and data code sit below evaluation and the launchers, and the cluster's
-    query path does not go through the evaluation harness."""
-    lower = ("shared/models", "shared/lora", "shared/methods", "shared/data", "shared/retrieval")
-    upper = ("fedprag.shared.eval", "fedprag.shared.cli", "fedprag.shared.config", "fedprag.client",
-             "fedprag.cluster", "fedprag.coordinator")
-    offenders = []
-    for folder in lower:
-        for path in (ROOT / folder).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(upper):
-                    offenders.append(f"{path.relative_to(ROOT)}: {node.module}")
-    for path in (ROOT / "cluster").rglob("*.py"):
-        offenders += [f"{path.relative_to(ROOT)}: {n.module}" for n in ast.walk(ast.parse(path.read_text()))
-                      if isinstance(n, ast.ImportFrom) and (n.module or "").startswith(HARNESS)]
-    assert offenders == []
+def test_the_rule_catches_an_upward_import_a_peer_import_and_a_cycle():
+    assert upward_imports({"fedprag.shared.methods.poly.model": "from fedprag.shared.eval.harness import evaluate"})
+    assert upward_imports({"fedprag.client.daemon": "import fedprag.coordinator.app"})  # peers
+    cycle = {"fedprag.cluster.demo": "from fedprag.cluster.serving import app",
+             "fedprag.cluster.serving.app": "def f():\n    from fedprag.cluster.demo import running_federation"}
+    assert upward_imports(cycle) == ["fedprag.cluster.serving.app (fedprag.cluster.serving) imports fedprag.cluster"]
+    assert not upward_imports({"fedprag.cluster.serving.app": "from fedprag.shared.query import QueryEngine"})

@@ -3,8 +3,8 @@
 import pytest
 from pydantic import ValidationError
 
+from fedprag.cli import main
 from fedprag.cluster.serving.schema import ChatCompletionRequest, QueryRequest, pinned_version
-from fedprag.shared.cli import main
 from fedprag.shared.config import ConfigError, load_config
 
 
