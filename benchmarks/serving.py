@@ -43,7 +43,8 @@ from ray.serve.handle import DeploymentHandle
 from fedprag.cluster.demo import running_federation
 from fedprag.cluster.serving.app import registry_of
 from fedprag.cluster.serving.client import QueryClient
-from fedprag.cluster.serving.generator import Batching, GenerateItem, generator_deployment
+from fedprag.cluster.serving.generator import Batching, generator_deployment
+from fedprag.cluster.serving.messages import GenerateItem
 from fedprag.shared.eval.resources import machine_description
 from fedprag.shared.io import atomic_write_text
 from fedprag.shared.lora.layers import attach_lora

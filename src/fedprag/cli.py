@@ -57,7 +57,7 @@ def _cmd_build_tiny(args: argparse.Namespace, config: FedpragConfig) -> int:
     if differ is not None:
         print(f"every file equals the shipped {path.name}, bit for bit" if not differ else
               f"{', '.join(differ)} DIFFER from the shipped {path.name} ({recipe.numerics} numerics: "
-              "see docs/experiments.md §1.5)")
+              "see docs/experiments.md §1.5-1.6)")
     if args.ship:
         print(f"shipped: {ship(path)}")
     return 0
@@ -171,7 +171,8 @@ def _cmd_certs(args: argparse.Namespace, config: FedpragConfig) -> int:
 
 
 def _cmd_client_ingest(args: argparse.Namespace, config: FedpragConfig) -> int:
-    from fedprag.client.store import SiteStore, read_sources
+    from fedprag.client.sources import read_sources
+    from fedprag.client.store import SiteStore
 
     passages = read_sources(args.sources)  # every source is checked before the store is created or touched
     store = SiteStore(args.data_dir, site_id=args.site_id)
@@ -179,6 +180,24 @@ def _cmd_client_ingest(args: argparse.Namespace, config: FedpragConfig) -> int:
     split = f" ({result.split} long passages split into chunks)" if result.split else ""
     print(f"{store.state.site_id}: {result.added} passages added{split}, {result.unchanged} already stored, "
           f"{len(store.passages())} in total")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace, config: FedpragConfig) -> int:
+    from fedprag.client.modes import SITE_MODES
+    from fedprag.client.store import SiteStore
+    from fedprag.shared.models.loading import load_causal_lm
+
+    if not Path(args.data_dir).is_dir():
+        raise FileNotFoundError(f"{args.data_dir}: no site store here")
+    mode = SITE_MODES[config.federation.mode](SiteStore(args.data_dir), load_causal_lm(config.model.path))
+    try:
+        out = mode.export(args.passage_id, Path(args.out))
+    except ValueError as exc:
+        print(f"fedprag: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{out}: PEFT adapter for passage '{args.passage_id}' on {config.model.path}; load it with "
+          "PeftModel.from_pretrained(base_model, path)")
     return 0
 
 
@@ -367,6 +386,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--routing-address", dest="site.routing_address", help="host:port the routing service listens on")
     _model_option(run)
     run.set_defaults(handler=_cmd_client_run)
+
+    export = groups.add_parser(
+        "export", parents=[common], help="one passage's encoding as a PEFT adapter directory (at its site)",
+        description="Write the released pool with one passage's routing (its top-m experts, as the site answers "
+                    "when the passage is a query's only hit) as a PEFT LoRA adapter: PeftModel.from_pretrained("
+                    "base_model, OUT) answers as fedprag does. Runs at the site that holds the passage, on its "
+                    "store; nothing leaves it. Poly-PRAG only (federation.mode = poly).")
+    export.add_argument("data_dir", help="the site's data directory")
+    export.add_argument("passage_id", help="the passage to export (an encoded one)")
+    export.add_argument("--out", required=True, help="the adapter directory to write")
+    export.add_argument("--mode", dest="federation.mode", choices=("poly", "distilled"),
+                        help="the federation's mode (default poly)")
+    _model_option(export)
+    export.set_defaults(handler=_cmd_export)
 
     serve = groups.add_parser(
         "serve", parents=[common], help="the query API and the serving actor group on Ray Serve (HTTP and gRPC)",

@@ -57,7 +57,7 @@ def federation(tmp_path_factory):
     kept = Dataset([p for p in dataset.passages if p is not new], dataset.questions, dataset.augmentations)
     stores = prepare_sites(kept, work / "sites")
     config = load_config(None, {**SETTINGS, "federation.work_dir": str(work)})
-    with LocalDeployment(work, [(s.root.name, s.root) for s in stores], "tiny", serving_mode("distilled")) as deployment:
+    with LocalDeployment(work, [(s.root.name, s.root) for s in stores], "tiny", mode="distilled") as deployment:
         deployment.run(replace(config, federation=replace(config.federation, rounds=1)))
         deployment.restart_superlink()  # the coordinator restarts between the rounds and resumes
         rounds = deployment.run(config)

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fedprag.client.store import SiteStore, split_passage
+from fedprag.client.sources import split_passage
+from fedprag.client.store import SiteStore
 from fedprag.shared.data.schema import MAX_PASSAGE_CHARS, DatasetError
 
 GOOD = {"g1": "Kara was born in 1873.", "g2": "Lo plays the harp."}

@@ -1,6 +1,8 @@
 """fedprag's folders are its import names, and its packages import only downwards, with no cycle."""
 
 import ast
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -87,3 +89,8 @@ def test_the_rule_catches_an_upward_import_a_peer_import_and_a_cycle():
              "fedprag.cluster.serving.app": "def f():\n    from fedprag.cluster.demo import running_federation"}
     assert upward_imports(cycle) == ["fedprag.cluster.serving.app (fedprag.cluster.serving) imports fedprag.cluster"]
     assert not upward_imports({"fedprag.cluster.serving.app": "from fedprag.shared.query import QueryEngine"})
+
+
+def test_the_ingress_which_holds_no_model_loads_no_torch():
+    code = "import sys, fedprag.cluster.serving.ingress; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -3,7 +3,7 @@ the generator group is deployed."""
 
 from fedprag.cluster.serving.generator import Batching, generator_deployment
 from fedprag.cluster.serving.ingress import Ingress, IngressSettings
-from fedprag.cluster.serving.router import RouteRequest
+from fedprag.cluster.serving.messages import RouteRequest
 from fedprag.shared.config import ServeSection
 
 

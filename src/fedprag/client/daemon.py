@@ -49,7 +49,8 @@ import torch
 
 from fedprag.client.modes import SITE_MODES
 from fedprag.client.routing_service import RoutingCounters, RoutingLimits, ServerTls, SiteIndex, serve_routing
-from fedprag.client.store import SiteStore, read_sources
+from fedprag.client.sources import read_sources
+from fedprag.client.store import SiteStore
 from fedprag.client.train import CannotEncode, RememberedEmbed, site_augmenter
 from fedprag.shared.config import ConfigError, FedpragConfig
 from fedprag.shared.data.schema import DatasetError

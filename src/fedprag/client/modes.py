@@ -40,6 +40,9 @@ from fedprag.shared.data.augment import Augmenter
 from fedprag.shared.log import get_logger
 from fedprag.shared.lora.layers import attach_lora
 from fedprag.shared.lora.store import EncodingMismatch
+from fedprag.shared.methods.base import Routing
+from fedprag.shared.methods.poly.model import PolyModel
+from fedprag.shared.methods.poly.serializer import export_peft
 from fedprag.shared.models.augmenter import AugmentConfig
 from fedprag.shared.models.loading import BaseModel, load_causal_lm
 from fedprag.shared.retrieval.encoder import SentenceEncoder
@@ -74,7 +77,9 @@ class SiteMode(ABC):
     unreleased: ClassVar[str]
     """The status's encoding line before the coordinator released anything."""
 
-    def __init__(self, store: SiteStore, base: BaseModel, embed: Embed, augment: Augmenter):
+    def __init__(self, store: SiteStore, base: BaseModel, embed: Embed | None = None, augment: Augmenter | None = None):
+        """``embed`` (the site's router questions) and ``augment`` (its encoding data) are what
+        rounds and releases need; serving and exporting need neither."""
         self.store, self.base, self.embed, self.augment = store, base, embed, augment
 
     def work(self, message: WireMessage, kept: Callable[[], None] = lambda: None) -> WireMessage:
@@ -109,6 +114,11 @@ class SiteMode(ABC):
         """Serve the passages stored since ``router`` was made; returns how many. Raises
         :class:`~fedprag.client.train.CannotEncode` or :class:`EncodingMismatch` where they must
         wait for a round."""
+
+    @abstractmethod
+    def export(self, passage_id: str, directory: Path) -> Path:
+        """One passage's encoding under the released version, as a PEFT adapter directory
+        (``fedprag export``); a ``ValueError`` says why it cannot be."""
 
 
 class PoolSite(SiteMode):
@@ -147,6 +157,21 @@ class PoolSite(SiteMode):
                 self.store.clear_routing()
             return Serving(SiteRouter(self.store, encoder, self.base.digest, pool, version), encoding)
 
+    def export(self, passage_id: str, directory: Path) -> Path:
+        """The released pool with the passage's own routing, as the site answers when the passage is
+        a query's only hit (its top-m experts)."""
+        released = self.store.pool(self.base.digest)
+        if released is None:
+            raise ValueError(f"site {self.store.state.site_id}: no pool released yet, so no passage is encoded")
+        pool, config, _ = released
+        rows = self.store.encoded(pool, self.base.digest)
+        if passage_id not in rows.passage_ids:
+            stored = passage_id in {p.passage_id for p in self.store.passages()}
+            raise ValueError(f"passage '{passage_id}': " + ("stored but not encoded yet (pending)" if stored else
+                                                            "not in this site's store"))
+        weights = PolyModel(pool, config, rows).expert_weights([Routing(passage_ids=(passage_id,), scores=(1.0,))])
+        return export_peft(directory, pool, weights[0], str(self.base.path))
+
     def encode(self, router: SiteRouter) -> int:
         released = self.store.pool(self.base.digest)
         if released is None:
@@ -169,7 +194,7 @@ class GeneratorSite(SiteMode):
     name, task, release = "distilled", GeneratorTask, GeneratorRelease
     unreleased = "no generator released yet"
 
-    def __init__(self, store: SiteStore, base: BaseModel, embed: Embed, augment: Augmenter):
+    def __init__(self, store: SiteStore, base: BaseModel, embed: Embed | None = None, augment: Augmenter | None = None):
         super().__init__(store, base, embed, augment)
         self.serving_base: BaseModel | None = None
         self.serving_lock = threading.Lock()
@@ -194,6 +219,14 @@ class GeneratorSite(SiteMode):
         generator, version = released
         return Serving(FactorRouter(self.store, encoder, generator, version, factor_noise, self.serving_lock),
                        "none needed: the released generator reads passages at query time")
+
+    def export(self, passage_id: str, directory: Path) -> Path:
+        """Not offered: a generated LoRA answers only with the passage's mask tokens in the prompt,
+        whose embedding the query API installs on the base model, and a PEFT adapter directory
+        carries no new token."""
+        raise ValueError("federation.mode = 'distilled': a generated LoRA needs the passage's mask tokens in the "
+                         "prompt and their embedding on the base model, which a PEFT adapter cannot carry; "
+                         "export Poly-PRAG encodings instead")
 
     def encode(self, router: FactorRouter) -> int:
         new = [p.passage_id for p in self.store.passages()][len(router):]

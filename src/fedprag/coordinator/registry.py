@@ -12,11 +12,11 @@ runtime (simulation or a deployed SuperLink) reports the same way.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from torch import Tensor
 
+from fedprag.coordinator.versions import version_dir, versions_at
 from fedprag.shared.config import FederationSection
 from fedprag.shared.lora.layers import LoRALinear
 from fedprag.shared.lora.store import EncodingMismatch
@@ -27,7 +27,6 @@ from fedprag.shared.methods.poly.layers import ExpertPool, QueryRouter
 from fedprag.shared.methods.poly.serializer import load_pool, load_router, save_pool, save_router
 from fedprag.shared.models.loading import BaseModel
 
-_VERSION = re.compile(r"^v(\d{6})$")
 ROUTER_DIR = "router"
 DRAFT_ROUTER_DIR = "router.draft"
 """The learned router as the rounds left it: what a resumed federation continues; never served."""
@@ -47,18 +46,10 @@ class VersionedRegistry:
         self.base_digest = base_digest
 
     def versions(self) -> list[int]:
-        return self.versions_at(self.root)
-
-    @staticmethod
-    def versions_at(root: str | Path) -> list[int]:
-        """The complete versions under ``root``, oldest first (none if there is no registry yet)."""
-        root = Path(root)
-        if not root.is_dir():
-            return []
-        return sorted(int(m.group(1)) for p in root.iterdir() if (m := _VERSION.match(p.name)))
+        return versions_at(self.root)
 
     def path(self, version: int) -> Path:
-        return self.root / f"v{version:06d}"
+        return version_dir(self.root, version)
 
     def record_round(self, summary: dict) -> None:
         """Append one round's summary (JSON-serialisable) to ``rounds.jsonl``."""

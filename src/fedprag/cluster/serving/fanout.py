@@ -25,7 +25,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +32,7 @@ import grpc
 import numpy as np
 import torch
 
+from fedprag.cluster.serving.messages import FanOutTrace
 from fedprag.shared.data.schema import MAX_PASSAGE_CHARS
 from fedprag.shared.log import get_logger
 from fedprag.shared.methods.base import Routing
@@ -199,17 +199,6 @@ class RemoteSite:
 
     def close(self) -> None:
         self._channel.close()
-
-
-@dataclass
-class FanOutTrace:
-    """One fan-out: which sites answered, which did not and why, the pool version routed with, and how long it took."""
-
-    asked: list[str] = field(default_factory=list)
-    answered: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    pool_version: int = 0
-    seconds: float = 0.0
 
 
 class FanOut:

@@ -27,9 +27,9 @@ import torch
 from ray import serve
 
 from fedprag.cluster.serving.batching import by_group
-from fedprag.cluster.serving.fanout import FanOutTrace
+from fedprag.cluster.serving.messages import Generated, GenerateItem, RouteResult
 from fedprag.cluster.serving.modes import serving_mode
-from fedprag.cluster.serving.router import RouteRequest, RouteResult, RoutingSettings, RoutingStage
+from fedprag.cluster.serving.router import RoutingSettings, RoutingStage
 from fedprag.coordinator.registry import PoolRegistry
 from fedprag.shared.config import ServeSection
 from fedprag.shared.log import get_logger
@@ -45,44 +45,6 @@ log = get_logger(__name__)
 
 POOLS_KEPT = 3
 """Pool versions a replica keeps loaded: the three newest (requests in flight keep theirs alive)."""
-
-
-@dataclass(frozen=True)
-class GenerateItem:
-    """One question to answer with ``method``. ``route`` asks the replica to route it first (Poly-PRAG
-    and distilled mode: the expert mixture, or the sites' generated factors, and the pool version);
-    without it the item brings its own ``weights`` and ``version``, or a ``routing`` (a method the
-    replica was given: retrieved passage ids and scores, and for standard RAG their text)."""
-
-    question: str
-    max_new_tokens: int
-    method: str = "poly"
-    route: RouteRequest | None = None
-    weights: torch.Tensor | None = None
-    version: int | None = None
-    routing: Routing | None = None
-
-
-@dataclass(frozen=True)
-class Generated:
-    """One answer and how it was routed, or why the question could not be answered: ``error`` says
-    why, ``kind`` is ``question`` (the question itself: too long for the context), ``not_found``
-    (the pinned version is not there), ``unavailable`` (no site or router could route it) or ``failed``."""
-
-    answer: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    batch_size: int = 0
-    version: int | None = None
-    """The pool version the request was routed with (``None``: it was not routed here)."""
-    sites: FanOutTrace | None = None
-    """The sites asked, answered and failed (fan-out)."""
-    experts: tuple[tuple[int, int, float], ...] = ()
-    """The heaviest experts of its mixture: ``(group, expert, weight)``."""
-    timings: tuple[float, float] = (0.0, 0.0)
-    """Seconds routing and generating this request's batch."""
-    error: str = ""
-    kind: str = ""
 
 
 @dataclass(frozen=True)

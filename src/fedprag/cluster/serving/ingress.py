@@ -33,9 +33,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedprag.cluster.serving import metrics
-from fedprag.cluster.serving.fanout import FanOutTrace
-from fedprag.cluster.serving.generator import Generated, GenerateItem
-from fedprag.cluster.serving.router import RouteRequest
+from fedprag.cluster.serving.messages import FanOutTrace, Generated, GenerateItem, RouteRequest
 from fedprag.cluster.serving.schema import (
     ERRORS,
     MAX_BODY_BYTES,
@@ -57,7 +55,7 @@ from fedprag.cluster.serving.schema import (
     Usage,
     pinned_version,
 )
-from fedprag.coordinator.registry import PoolRegistry
+from fedprag.coordinator.versions import versions_at
 from fedprag.shared.limits import RateLimiter
 from fedprag.shared.log import get_logger
 from fedprag.shared.proto import routing_pb2
@@ -340,7 +338,7 @@ class Ingress:
     async def models(self, credentials: Credentials) -> ModelList:
         self._admit(credentials)
         now = int(time.time())
-        versions = PoolRegistry.versions_at(self.settings.registry)
+        versions = versions_at(self.settings.registry)
         return ModelList(data=[ModelCard(id=MODEL, created=now)] + [ModelCard(id=_versioned(v), created=now)
                                                                    for v in versions])
 

@@ -22,17 +22,17 @@ ingress has returned, and is never routed with an older one.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from fedprag.cluster.serving.batching import GROUP_ERRORS, by_group
-from fedprag.cluster.serving.fanout import FanOut, FanOutTrace, RemoteSite, SiteUnavailable
+from fedprag.cluster.serving.fanout import FanOut, RemoteSite, SiteUnavailable
+from fedprag.cluster.serving.messages import FanOutTrace, RouteRequest, RouteResult
 from fedprag.cluster.serving.modes import ServingMode
 from fedprag.coordinator.registry import PoolRegistry
 from fedprag.shared.log import get_logger
-from fedprag.shared.methods.base import Routing
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import QueryRouter, keep_top_m, routing_weights
 from fedprag.shared.retrieval.encoder import SentenceEncoder
@@ -51,32 +51,6 @@ class RoutingSettings:
     token: str = ""
     deadline: float = 2.0
     encoder_dtype: str = "auto"
-
-
-@dataclass(frozen=True)
-class RouteRequest:
-    question: str
-    top_k: int
-    mode: str
-    """``fanout`` or ``router``."""
-    version: int | None = None
-    """A pinned pool version (``fedprag@<version>``), else the newest."""
-    min_version: int = 0
-    """The oldest version an unpinned request may be routed with: the newest the ingress returned."""
-
-
-@dataclass
-class RouteResult:
-    """A question's expert mixture ``[G, K]`` and how it was found; ``error`` says why there is none
-    (``unavailable``: no site or router could route it; ``not_found``: the pinned version is not there)."""
-
-    weights: torch.Tensor | None = None
-    routing: Routing | None = None
-    """The whole routing (distilled mode: the sites' generated factors and mask-token counts)."""
-    version: int = 0
-    trace: FanOutTrace = field(default_factory=FanOutTrace)
-    error: str = ""
-    reason: str = ""
 
 
 class RoutingStage:

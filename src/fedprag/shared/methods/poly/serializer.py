@@ -12,17 +12,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
-from peft import LoraConfig
-from safetensors.torch import save_file
 from torch import Tensor
 
-from fedprag.shared.io import atomic_dir
+from fedprag.shared.lora.export import save_peft
 from fedprag.shared.lora.store import EncodingMismatch, load_encoding, save_encoding
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool, QueryRouter, RoutingTable
@@ -149,26 +146,9 @@ def load_router(directory: str | Path, base_digest: str) -> tuple[QueryRouter, s
 
 
 def export_peft(directory: str | Path, pool: ExpertPool, weights: Tensor, base_model_path: str) -> Path:
-    """Write one mixture ``[G, K]`` as a PEFT LoRA adapter (``adapter_config.json`` + safetensors).
-
-    ``Σ_k w_k B_k A_k`` is a single LoRA of rank ``K·r`` whose ``A`` stacks ``w_k·A_k`` and whose
-    ``B`` concatenates the ``B_k``; ``lora_alpha`` is set so PEFT's ``alpha / r`` equals our scale.
-    """
+    """Write one mixture ``[G, K]`` as a PEFT LoRA adapter directory: ``Σ_k w_k B_k A_k`` is a single
+    LoRA of rank ``K·r`` (:func:`fedprag.shared.lora.export.save_peft`)."""
     if weights.shape != (pool.n_groups, pool.n_experts):
         raise ValueError(f"mixture must be [{pool.n_groups}, {pool.n_experts}], got {list(weights.shape)}")
-    rank = pool.n_experts * pool.rank
-    state = {}
-    for name in pool.names:
-        a, b = pool.factors(name)
-        w = weights[pool.groups[name]]
-        state[f"base_model.model.{name}.lora_A.weight"] = (w[:, None, None] * a).reshape(rank, a.shape[2]).detach()
-        state[f"base_model.model.{name}.lora_B.weight"] = b.permute(1, 0, 2).reshape(b.shape[1], rank).detach()
-    targets = sorted({name.rsplit(".", 1)[-1] for name in pool.names})
-    config = LoraConfig(r=rank, lora_alpha=pool.scale * rank, lora_dropout=0.0, target_modules=targets,
-                        base_model_name_or_path=str(base_model_path), task_type="CAUSAL_LM")
-    with atomic_dir(directory) as tmp:
-        config.save_pretrained(str(tmp))
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "adapter_model.safetensors"))
-        (tmp / "fedprag_mixture.json").write_text(json.dumps({"weights": weights.tolist()}))
-    return Path(directory)
+    return save_peft(directory, pool.adapter(weights[None]), base_model_path, {"method": "poly", "mixture": weights.tolist()})
 

@@ -2,7 +2,7 @@
 
 Trained weights depend, bit for bit, on which kernels do the arithmetic, and torch and MKL pick
 their kernels by the CPU. Measured on one 2-core AMD EPYC (Zen 4) by building the same 100-step
-recipe once per setting (docs/experiments.md §1.1): each of torch's kernel levels
+recipe once per setting (docs/experiments.md §1.5): each of torch's kernel levels
 (``ATEN_CPU_CAPABILITY`` = default, avx2, avx512), each MKL branch (``MKL_CBWR``) and a change of
 thread count gave other weights; the same settings always gave the same weights.
 

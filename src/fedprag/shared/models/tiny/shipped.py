@@ -12,7 +12,7 @@ What a rebuild reproduces depends on the recipe's numerics (:mod:`~fedprag.share
   for bit, on any x86-64 CPU with AVX2 (:func:`differing` is empty).
 * ``native`` recipes (the default model and its stages, built on an Intel Xeon before numerics
   were pinned): the same tokenizer and configuration, and on another CPU family weights whose
-  figures hold but whose bytes differ (docs/experiments.md §1.5).
+  figures hold but whose bytes differ (docs/experiments.md §1.6).
 """
 
 from __future__ import annotations
