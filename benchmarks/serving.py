@@ -3,7 +3,7 @@
 One run on one machine. A federation (site daemons as processes, the default pool) is trained on
 the benchmark, then served by ``fedprag serve``'s application on Ray Serve. Four paths answer the
 same single-hop questions over HTTP, at concurrency 1, 8 and 32, interleaved (every repeat runs
-every path once, in a rotated order), on generator replicas of the same size:
+every path once, in a rotated order), on replicas of the same size:
 
 * ``poly``: Poly-PRAG, each question routed by fan-out to the site daemons over gRPC (mixed routings
   in every batch), through ``/v1/query``; the daemons share this machine's cores with the API;
@@ -16,7 +16,7 @@ every path once, in a rotated order), on generator replicas of the same size:
 
 PRAG and standard RAG need the passages (and their per-passage LoRAs) in one place, which the query
 API never has; they are served by a second application built here for the measurement only (central
-retrieval, batched like the replicas' routing, then a generator replica of the same class and size).
+retrieval, batched like the replicas' routing, then a replica of the same class and size).
 
 It also measures the API's own overhead: the same Poly-PRAG question answered in process (embed,
 fan out, generate) against over HTTP, at concurrency 1, interleaved.
@@ -43,8 +43,8 @@ from ray.serve.handle import DeploymentHandle
 from fedprag.cluster.demo import running_federation
 from fedprag.cluster.serving.app import registry_of
 from fedprag.cluster.serving.client import QueryClient
-from fedprag.cluster.serving.generator import Batching, generator_deployment
 from fedprag.cluster.serving.messages import GenerateItem
+from fedprag.cluster.serving.replica import Batching, replica_deployment
 from fedprag.shared.eval.resources import machine_description
 from fedprag.shared.io import atomic_write_text
 from fedprag.shared.lora.layers import attach_lora
@@ -106,7 +106,7 @@ def _baselines(config, federation, work: Path) -> QueryClient:
     prag, _ = encode_prag(corpus, config.prag)
     settings = config.serve
     one_replica = dataclasses.replace(settings, replicas=1, max_replicas=0)
-    generator = generator_deployment(one_replica).options(name="BaselineGenerator").bind(
+    generator = replica_deployment(one_replica).options(name="BaselineReplica").bind(
         config.model.path, registry_of(config), config.poly, max(1, int(settings.replica_cpus)), Batching.of(settings),
         {"prag": prag, "prag_merge": PerRequestMerge(prag), "standard_rag": StandardRAGModel()})
     serve.run(BaselineIngress.bind(generator, [p.text for p in dataset.passages], [p.passage_id for p in dataset.passages],
@@ -169,7 +169,7 @@ def _markdown(summary: dict, overhead: dict, meta: dict) -> str:
     machine = ", ".join(f"{k}: {v}" for k, v in meta["machine"].items())
     header = (f"# Serving benchmark\n\nMachine: {machine}. Model: {meta['model']}. {meta['questions']} single-hop "
               f"questions, {meta['repeats']} interleaved repeats per concurrency, {meta['sites']} site daemons, "
-              f"{meta['replicas']} generator replica(s) of {meta['replica_cpus']} CPU each, answers of at most "
+              f"{meta['replicas']} replica(s) of {meta['replica_cpus']} CPU each, answers of at most "
               f"{meta['max_new_tokens']} tokens (greedy, stopping at end-of-text).\n")
     lines = [header, "| concurrency | path | throughput (q/s, median) | p50 ms | p95 ms |", "|---|---|---|---|---|"]
     for concurrency, row in summary.items():

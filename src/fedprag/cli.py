@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = groups.add_parser(
         "serve", parents=[common], help="the query API and the serving actor group on Ray Serve (HTTP and gRPC)",
         description="Start the query API (POST /v1/query, OpenAI-compatible /v1/chat/completions, /v1/completions, "
-                    "/v1/models; /healthz, /metrics, /docs; gRPC FedpragQuery.Ask) and the generator replicas on Ray "
+                    "/v1/models; /healthz, /metrics, /docs; gRPC FedpragQuery.Ask) and the replicas on Ray "
                     "Serve, and serve until SIGTERM. Questions are routed by fanning out to the site daemons "
                     "(serve.sites, with serve.ca_cert and serve.site_token_file) or by the federation's learned "
                     "router; answers come from the newest pool in the registry (serve.registry). API keys: "
@@ -414,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", dest="serve.port", help="HTTP port (default 8000)")
     serve.add_argument("--grpc-port", dest="serve.grpc_port", help="gRPC port (default 9000; 0 = no gRPC)")
     serve.add_argument("--registry", dest="serve.registry", help="the coordinator's pool registry directory")
-    serve.add_argument("--replicas", dest="serve.replicas", help="generator replicas (default 1)")
+    serve.add_argument("--replicas", dest="serve.replicas", help="serving replicas that route and answer (default 1)")
     _model_option(serve)
     serve.set_defaults(handler=_cmd_serve)
     return parser

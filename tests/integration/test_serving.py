@@ -2,7 +2,7 @@
 
 The module's federation is a coordinator and 3 site daemons (processes, TLS, node auth) training
 a last-layer pool for 2 rounds; every passage carries a planted canary. The serving application
-(the ingress, and 2 generator replicas that route and answer) runs on the test session's Ray, and reaches the sites
+(the ingress, and 2 replicas that route and answer) runs on the test session's Ray, and reaches the sites
 through recording TLS proxies, so the test sees every byte that crosses a site boundary at query
 time. Tests that stop things (a site, a replica) and publish a new pool run last.
 """
@@ -262,7 +262,7 @@ def test_killing_a_generator_replica_under_load_fails_no_request(api, federation
     results, stop = [], threading.Event()
     threads = _load(api["url"], _single_hop(federation, 40), 0, results, stop)
     time.sleep(3)
-    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "Generator" in a["name"]]
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True) if "Replica" in a["name"]]
     assert len(replicas) == 2
     ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
     time.sleep(8)
@@ -313,30 +313,30 @@ def test_a_pool_published_under_load_is_picked_up_and_versions_never_go_backward
     assert json.loads(httpx.get(f"{api['url']}/healthz").text)["pool_version"] == version
 
 
-def _generator_replicas() -> int:
-    states = serve.status().applications[APP_NAME].deployments["Generator"].replica_states
+def _replicas() -> int:
+    states = serve.status().applications[APP_NAME].deployments["Replica"].replica_states
     return states.get("RUNNING", 0)
 
 
-def test_the_generator_group_scales_out_under_load(api, federation):
-    """With autoscaling bounds (1 to 3), a sustained load above the target adds generator replicas."""
+def test_the_replica_group_scales_out_under_load(api, federation):
+    """With autoscaling bounds (1 to 3), a sustained load above the target adds replicas."""
     settings = replace(api["config"].serve, replicas=1, min_replicas=1, max_replicas=3, target_ongoing_requests=2,
                        upscale_delay_s=2.0)
     serve.run(build_app(replace(api["config"], serve=settings)), name=APP_NAME, route_prefix="/")
     deadline = time.monotonic() + 60
-    while _generator_replicas() != 1 and time.monotonic() < deadline:
+    while _replicas() != 1 and time.monotonic() < deadline:
         time.sleep(1)
-    assert _generator_replicas() == 1
+    assert _replicas() == 1
     results, stop = [], threading.Event()
     threads = [t for _ in range(3) for t in _load(api["url"], _single_hop(federation, 40), 0, results, stop)]
     seen = 1
     while seen < 2 and time.monotonic() < deadline + 60:
         time.sleep(2)
-        seen = max(seen, _generator_replicas())
+        seen = max(seen, _replicas())
     stop.set()
     for t in threads:
         t.join(120)
     statuses = [s for client in results for s, _ in client]
-    print(f"\nautoscaling: 1 → {seen} generator replicas under 12 clients; {len(statuses)} requests, "
+    print(f"\nautoscaling: 1 → {seen} replicas under 12 clients; {len(statuses)} requests, "
           f"{sum(s != 200 for s in statuses)} failed")
     assert seen >= 2 and statuses and all(s == 200 for s in statuses)

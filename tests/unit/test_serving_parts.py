@@ -1,9 +1,9 @@
 """The serving application's parts that need no Ray: what the ingress asks a replica for, and how
-the generator group is deployed."""
+the replica group is deployed."""
 
-from fedprag.cluster.serving.generator import Batching, generator_deployment
 from fedprag.cluster.serving.ingress import Ingress, IngressSettings
 from fedprag.cluster.serving.messages import RouteRequest
+from fedprag.cluster.serving.replica import Batching, replica_deployment
 from fedprag.shared.config import ServeSection
 
 
@@ -17,10 +17,10 @@ def test_the_ingress_never_asks_for_a_version_older_than_one_it_returned():
     assert ingress._route_request("Who?", None, "fanout", "fedprag", "closed_book") is None
 
 
-def test_the_generator_group_autoscales_only_within_bounds_it_was_given():
-    fixed = generator_deployment(ServeSection(replicas=2))
+def test_the_replica_group_autoscales_only_within_bounds_it_was_given():
+    fixed = replica_deployment(ServeSection(replicas=2))
     assert fixed.num_replicas == 2 and fixed._deployment_config.autoscaling_config is None
-    scaled = generator_deployment(ServeSection(replicas=1, min_replicas=1, max_replicas=3, target_ongoing_requests=4,
+    scaled = replica_deployment(ServeSection(replicas=1, min_replicas=1, max_replicas=3, target_ongoing_requests=4,
                                                upscale_delay_s=5.0)).\
         _deployment_config.autoscaling_config
     assert (scaled.min_replicas, scaled.max_replicas, scaled.target_ongoing_requests, scaled.upscale_delay_s) == (1, 3, 4, 5.0)

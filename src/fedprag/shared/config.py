@@ -234,7 +234,7 @@ class ServeSection:
     upscale_delay_s: float = 30.0
     """Autoscaling: seconds the load must stay above the target before a replica is added."""
     replica_cpus: float = 1.0
-    """CPUs Ray reserves for each generator replica."""
+    """CPUs Ray reserves for each replica."""
     max_batch_size: int = 32
     batch_wait_ms: float = 2.0
     """How long an idle replica waits to fill a batch before routing and answering it (a lone request

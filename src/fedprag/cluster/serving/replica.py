@@ -77,8 +77,8 @@ def _routed(generated: Generated, result: RouteResult) -> Generated:
                                experts=heaviest_experts(result.weights))
 
 
-class Generator:
-    """A serving replica (a Ray Serve deployment; see :func:`generator_deployment`)."""
+class Replica:
+    """A serving replica (a Ray Serve deployment; see :func:`replica_deployment`)."""
 
     def __init__(self, model_spec: str, registry: str, poly: PolyConfig, threads: int = 1,
                  batching: Batching = Batching(), extra: Mapping[str, MethodModel] | None = None,
@@ -97,7 +97,7 @@ class Generator:
         self.batching = batching
         self.generate.set_max_batch_size(batching.max_size)
         self.generate.set_batch_wait_timeout_s(batching.idle_wait_s)
-        log.info("serve.generator.ready", model=self.base.path.name, threads=threads, mode=mode,
+        log.info("serve.replica.ready", model=self.base.path.name, threads=threads, mode=mode,
                  sites=len(routing.sites) if routing else 0)
 
     def _pool(self, version: int) -> PolyModel:
@@ -108,7 +108,7 @@ class Generator:
                 self.pools[version] = PolyModel(pool, self.poly, name=f"poly@{version}")
                 while len(self.pools) > POOLS_KEPT:
                     del self.pools[min(self.pools)]
-                log.info("serve.generator.pool_loaded", version=version)
+                log.info("serve.replica.pool_loaded", version=version)
             return self.pools[version]
 
     def _model(self, item: GenerateItem) -> MethodModel:
@@ -182,7 +182,7 @@ class Generator:
                                           item.max_new_tokens),
                             self._answer_group,
                             lambda exc: Generated(error=f"generation failed: {type(exc).__name__}", kind="failed"),
-                            "serve.generator.failed")
+                            "serve.replica.failed")
         for (i, _), generated in zip(ready, answered):
             result = routed[i]
             out[i] = generated if result is None else _routed(generated, result)
@@ -210,7 +210,7 @@ class Generator:
             self.router.close()
 
 
-def generator_deployment(settings: ServeSection) -> serve.Deployment:
+def replica_deployment(settings: ServeSection) -> serve.Deployment:
     """The generator as a Ray Serve deployment: ``serve.replicas`` of them, or autoscaled between
     ``serve.min_replicas`` and ``serve.max_replicas`` when the latter is set."""
     options: dict = {"ray_actor_options": {"num_cpus": settings.replica_cpus}, "max_ongoing_requests": 64,
@@ -222,4 +222,4 @@ def generator_deployment(settings: ServeSection) -> serve.Deployment:
                                          "upscale_delay_s": settings.upscale_delay_s}
     else:
         options["num_replicas"] = settings.replicas
-    return serve.deployment(Generator, name="Generator").options(**options)
+    return serve.deployment(Replica, name="Replica").options(**options)
