@@ -18,7 +18,9 @@ def ray_session():
     """The test session's one Ray (2 CPUs, no dashboard), shut down at the end."""
     import ray
 
+    from fedprag.cluster.serving.app import init_ray
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        init_ray(None, num_cpus=2)  # retried: on a busy machine a raylet can miss Ray's start-up deadline
     yield
     ray.shutdown()

@@ -63,17 +63,17 @@ class Endpoints:
     grpc: str | None
 
 
-def _init_ray(address: str | None, num_cpus: int | None) -> None:
-    """Start (or join) Ray, tried twice: on a busy machine a new Ray's own GCS server or raylet can
+def init_ray(address: str | None, num_cpus: int | None) -> None:
+    """Start (or join) Ray, tried up to three times: on a busy machine a new Ray's own GCS server or raylet can
     miss its start-up deadline ("Timed out waiting for file .../gcs_server_port_...", "The current
     node timed out during startup")."""
-    for attempt in (1, 2):
+    for attempt in (1, 2, 3):
         try:
             ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
                      log_to_driver=False)
             return
         except Exception as exc:  # Ray raises a bare Exception for a raylet's start-up timeout
-            if attempt == 2 or "timed out" not in str(exc).lower():
+            if attempt == 3 or "timed out" not in str(exc).lower():
                 raise
             log.warning("serve.ray_start.retry", reason=str(exc)[:200])
             ray.shutdown()
@@ -83,7 +83,7 @@ def start(config: FedpragConfig, address: str | None = None, num_cpus: int | Non
     """Start (or join) Ray, Serve's proxies and the app; returns once every replica is up."""
     settings = config.serve
     if not ray.is_initialized():
-        _init_ray(address, num_cpus)
+        init_ray(address, num_cpus)
     grpc_options = (gRPCOptions(port=settings.grpc_port, grpc_servicer_functions=[GRPC_SERVICER])
                     if settings.grpc_port else None)
     serve.start(http_options=HTTPOptions(host=settings.host, port=settings.port), grpc_options=grpc_options)
