@@ -9,6 +9,7 @@
     fedprag certs                TLS and SuperNode keys for a federation on this machine
     fedprag client ingest|status a data owner's site store
     fedprag client run           the data owner's daemon
+    fedprag export               one encoded passage as a PEFT adapter, at its site
     fedprag serve                the query API and the serving actor group (Ray Serve)
 
 Every command reads the one typed configuration (``--config FILE``, ``FEDPRAG__SECTION__FIELD``

@@ -4,11 +4,13 @@ import json
 
 import pytest
 
+from fedprag.shared.models.tiny import numerics
 from fedprag.shared.models.tiny.build import build_tiny
 from fedprag.shared.models.tiny.recipe import RECIPES
 from fedprag.shared.models.tiny.shipped import METRICS, SHIPPED_ROOT, differing
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not numerics.pinnable(), reason="portable numerics need a CPU with AVX2")]
 
 
 def test_rebuilding_the_short_recipe_gives_the_shipped_model_bit_for_bit(tmp_path):

@@ -13,6 +13,7 @@ from fedprag.shared.data.benchmark import training_people
 from fedprag.shared.lora.layers import FFN_TARGETS, LowRank, applied, attach_lora
 from fedprag.shared.models.generate import generate_answers
 from fedprag.shared.models.loading import ModelLoadError, load_causal_lm, model_digest
+from fedprag.shared.models.tiny import numerics
 from fedprag.shared.models.tiny.build import EOS, cached_path, train_tokenizer
 from fedprag.shared.models.tiny.finish import FinishingExamples
 from fedprag.shared.models.tiny.recipe import RECIPES, TinyFinish, TinyRecipe, recipe_named
@@ -125,6 +126,7 @@ def test_tiny_build_is_deterministic_and_cached(tmp_path):
     assert load_causal_lm(str(finished)).model.config.num_hidden_layers == 1
 
 
+@pytest.mark.skipif(not numerics.pinnable(), reason="portable numerics need a CPU with AVX2")
 def test_a_portable_build_trains_under_pinned_numerics_whatever_the_caller_runs(tmp_path, monkeypatch):
     """The build's child process runs torch's AVX2 kernels on 2 threads even where the caller asked
     for others, and the recipe's numerics are part of its digest and its recipe.json."""

@@ -22,9 +22,12 @@ NOTE_FILE = "fedprag.json"
 def save_peft(directory: str | Path, adapter: Adapter, base_model_path: str, note: dict[str, object]) -> Path:
     """Write ``adapter`` (one row: factors of batch size 1) as a PEFT adapter for the base model
     at ``base_model_path``, with ``note`` (where it came from) in ``fedprag.json``."""
-    ranks = {name: delta.A.shape[1] for name, delta in adapter.items()}
     if any(delta.A.shape[0] != 1 or delta.B.shape[0] != 1 for delta in adapter.values()):
         raise ValueError("save_peft: the adapter must hold one row (batch size 1)")
+    ranks = {delta.A.shape[1] for delta in adapter.values()}
+    if len(ranks) != 1:
+        raise ValueError(f"save_peft: every module's update must have one rank, got {sorted(ranks)}")
+    (rank,) = ranks
     state = {}
     for name, delta in adapter.items():
         b = delta.B[0] * delta.scale
@@ -32,11 +35,8 @@ def save_peft(directory: str | Path, adapter: Adapter, base_model_path: str, not
             b = b * delta.gate[0]
         state[f"base_model.model.{name}.lora_A.weight"] = delta.A[0].detach().contiguous()
         state[f"base_model.model.{name}.lora_B.weight"] = b.detach().contiguous()
-    rank = max(ranks.values())
     config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
                         target_modules=sorted({name.rsplit(".", 1)[-1] for name in adapter}),
-                        rank_pattern={name: r for name, r in ranks.items() if r != rank},
-                        alpha_pattern={name: r for name, r in ranks.items() if r != rank},
                         base_model_name_or_path=str(base_model_path), task_type="CAUSAL_LM")
     with atomic_dir(directory) as tmp:
         config.save_pretrained(str(tmp))

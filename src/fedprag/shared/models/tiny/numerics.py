@@ -45,6 +45,11 @@ def environment(numerics: str) -> dict[str, str]:
     return dict(_PORTABLE_ENV) if check(numerics) == "portable" else {}
 
 
+def pinnable() -> bool:
+    """Whether this CPU runs the AVX2 kernels ``portable`` pins (torch offers AVX2 or more here)."""
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
 def apply(numerics: str) -> None:
     """In the build process: fix the thread count, and warn where this CPU cannot run the kernels
     ``portable`` pins (its weights will not match a build on another CPU)."""
