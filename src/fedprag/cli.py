@@ -1,6 +1,7 @@
 """The ``fedprag`` command line: one entry point, one subcommand group per job.
 
     fedprag model build-tiny     rebuild a built-in base model from its recipe (the default ships)
+    fedprag model build-generator  distil DistilledPRAG's generator for a base model (the default's ships)
     fedprag data make            write the knowledge benchmark as Parquet
     fedprag data validate        check a dataset directory against the schema
     fedprag eval                 compare closed-book, standard RAG, PRAG, PRAG-combine and Poly-PRAG
@@ -59,6 +60,19 @@ def _cmd_build_tiny(args: argparse.Namespace, config: FedpragConfig) -> int:
         print(f"every file equals the shipped {path.name}, bit for bit" if not differ else
               f"{', '.join(differ)} DIFFER from the shipped {path.name} ({recipe.numerics} numerics: "
               "see docs/experiments.md §1.5-1.6)")
+    if args.ship:
+        print(f"shipped: {ship(path)}")
+    return 0
+
+
+def _cmd_build_generator(args: argparse.Namespace, config: FedpragConfig) -> int:
+    from fedprag.shared.lora.layers import attach_lora
+    from fedprag.shared.methods.distilled.serializer import cached_generator, ship
+    from fedprag.shared.models.loading import load_causal_lm
+
+    base = load_causal_lm(config.model.path, show_progress=not args.quiet)
+    _, path = cached_generator(base, attach_lora(base.model), config.distilled, show_progress=not args.quiet)
+    print(path)
     if args.ship:
         print(f"shipped: {ship(path)}")
     return 0
@@ -235,7 +249,8 @@ def _cmd_serve(args: argparse.Namespace, config: FedpragConfig) -> int:
 def _cmd_client_status(args: argparse.Namespace, config: FedpragConfig) -> int:
     import grpc
 
-    from fedprag.client.daemon import daemon_status, running_daemon, status_fields
+    from fedprag.client.admin import daemon_status, status_fields
+    from fedprag.client.daemon import running_daemon
     from fedprag.client.store import SiteStore
 
     data_dir = args.data_dir or config.site.data_dir
@@ -285,21 +300,16 @@ def _federation_options(parser: argparse.ArgumentParser) -> None:
                         help="holds sites/ (site stores), registry/ (pool versions) and results")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedprag", description="Federated parametric RAG.",
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    _common_options(parser)
-    common = argparse.ArgumentParser(add_help=False)
-    _common_options(common, argparse.SUPPRESS)
-    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
-
-    model = groups.add_parser("model", help="base models").add_subparsers(dest="command", required=True)
+def _model_commands(groups: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """fedprag model: build the built-in model and DistilledPRAG's pretrained generator."""
+    model = groups.add_parser("model", help="the built-in base models and DistilledPRAG's pretrained generator")
+    model = model.add_subparsers(dest="command", required=True)
     build = model.add_parser("build-tiny", parents=[common],
                              help="rebuild a built-in model from its recipe (the default ships with fedprag)")
     build.add_argument("--recipe", default="default", choices=list(RECIPES),
                        help="default: about 110 min on 2 cores from nothing (the reader, about 18 min, then four "
                             "finishing stages, each cached: drilled, polished, annealed, default); small: a "
-                            "6-minute model for the integration tests; short: its first 120 steps. Builds are "
+                            "6-minute model for the integration tests; short: its first 40 steps. Builds are "
                             "cached under $FEDPRAG_HOME/models and compared, bit for bit, with the shipped copy: "
                             "small and short give its bytes on any x86-64 CPU with AVX2, the default model only "
                             "on the CPU family it was built on")
@@ -307,7 +317,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="for maintainers: copy the built model into the package's shipped models, with its "
                             "SHA256SUMS")
     build.set_defaults(handler=_cmd_build_tiny)
+    generator = model.add_parser(
+        "build-generator", parents=[common],
+        help="distil DistilledPRAG's generator for a base model on synthetic documents (cached under "
+             "$FEDPRAG_HOME/generators; the built-in default model's, at the default [distilled] settings, ships)",
+        description="Distil the generator that federated distillation starts from (distilled.start = "
+                    "'pretrained'), ahead of a federation: about 13 minutes on 2 cores for the built-in default "
+                    "model at distilled.steps = 2400. A generator that is shipped or cached is loaded, not trained.")
+    _model_option(generator)
+    generator.add_argument("--ship", action="store_true",
+                           help="for maintainers: copy the generator into the package's shipped generators")
+    generator.set_defaults(handler=_cmd_build_generator)
 
+
+def _data_commands(groups: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """fedprag data: write and check datasets."""
     data = groups.add_parser("data", help="datasets").add_subparsers(dest="command", required=True)
     make = data.add_parser("make", parents=[common], help="write the knowledge benchmark (Parquet)")
     make.add_argument("--out", required=True, help="output dataset directory")
@@ -320,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("dir", help="dataset directory")
     validate.set_defaults(handler=_cmd_data_validate)
 
+
+def _run_commands(groups: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """fedprag eval, demo and federate: the jobs that train and compare."""
     ev = groups.add_parser("eval", parents=[common], help="compare methods on one dataset; prints the results table")
     ev.add_argument("--data", dest="eval.data", help="dataset directory (default: generate the benchmark)")
     _model_option(ev)
@@ -341,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     federate.add_argument("--local-epochs", type=int, dest="federation.local_epochs", help="epochs per site per round")
     federate.set_defaults(handler=_cmd_federate)
 
+
+def _certs_command(groups: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """fedprag certs: a federation's TLS material and SuperNode keys."""
     certs = groups.add_parser("certs", parents=[common], help="write a local CA, a SuperLink certificate and SuperNode auth keys")
     certs.add_argument("--out", required=True, help="output folder (private keys get mode 0600)")
     certs.add_argument("--node", action="append", default=[], metavar="NAME",
@@ -352,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--days", type=int, default=30, help="validity in days (default 30)")
     certs.set_defaults(handler=_cmd_certs)
 
+
+def _client_commands(groups: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """fedprag client: the data owner's store and daemon."""
     client = groups.add_parser("client", help="the data-owner daemon's site store").add_subparsers(dest="command", required=True)
     from fedprag.shared.data.schema import MAX_PASSAGE_CHARS  # the dataset limit, also ingest's chunk size
 
@@ -388,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_option(run)
     run.set_defaults(handler=_cmd_client_run)
 
+
+def _export_command(groups: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """fedprag export: an encoded passage as a PEFT adapter."""
     export = groups.add_parser(
         "export", parents=[common], help="one passage's encoding as a PEFT adapter directory (at its site)",
         description="Write the released pool with one passage's routing (its top-m experts, as the site answers "
@@ -402,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_option(export)
     export.set_defaults(handler=_cmd_export)
 
+
+def _serve_command(groups: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """fedprag serve: the query API on Ray Serve."""
     serve = groups.add_parser(
         "serve", parents=[common], help="the query API and the serving actor group on Ray Serve (HTTP and gRPC)",
         description="Start the query API (POST /v1/query, OpenAI-compatible /v1/chat/completions, /v1/completions, "
@@ -418,6 +457,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--replicas", dest="serve.replicas", help="serving replicas that route and answer (default 1)")
     _model_option(serve)
     serve.set_defaults(handler=_cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fedprag`` parser: the shared options, then each command group's subcommands."""
+    parser = argparse.ArgumentParser(prog="fedprag", description="Federated parametric RAG.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    _common_options(parser)
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, argparse.SUPPRESS)
+    groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+    for add in (_model_commands, _data_commands, _run_commands, _certs_command, _client_commands, _export_command,
+                _serve_command):
+        add(groups, common)
     return parser
 
 

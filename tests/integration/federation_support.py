@@ -1,15 +1,25 @@
-"""What the federation tests share: sites with planted canaries, the CLI call, and log parsing."""
+"""What the federation tests share: the session's federation of each mode, sites with planted
+canaries, the CLI call, and log parsing."""
+
+from __future__ import annotations
 
 import json
 import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fedprag.client.store import SiteStore
+from fedprag.cluster.deployment import LocalDeployment
 from fedprag.cluster.simulation import prepare_sites
+from fedprag.coordinator.app import RoundReport
+from fedprag.shared.config import FedpragConfig, load_config
 from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
 from fedprag.shared.data.schema import Dataset, Passage
+from tests.integration.wire_recorder import RecordingProxy
 
 CANARIES = ["QZXCANARY7781", "Vorbluq Tessamine"]
 LAST_LAYER = Path(__file__).resolve().parents[2] / "benchmarks" / "poly_last_layer.toml"
@@ -66,3 +76,69 @@ def egress_logs(stores):
     paths = [store.root / "egress" / f"{store.state.site_id}.bin" for store in stores]
     assert all(path.is_file() and path.stat().st_size > 0 for path in paths)
     return paths
+
+
+class RecordedDeployment(LocalDeployment):
+    """A deployment whose SuperNodes reach the SuperLink through a recording proxy, so a test can
+    read every byte a round and a release put on that connection."""
+
+    proxy: RecordingProxy | None = None
+
+    def superlink_address(self) -> str:
+        if self.proxy is None:
+            self.proxy = RecordingProxy(self.port, self.tls.server_cert, self.tls.server_key, self.tls.ca_cert)
+            self.proxy.__enter__()
+        return f"127.0.0.1:{self.proxy.port}"
+
+    def stop(self) -> None:
+        super().stop()
+        if self.proxy is not None:
+            self.proxy.__exit__(None, None, None)
+            self.proxy = None
+
+
+@dataclass
+class Federation:
+    """A coordinator and 3 site daemons that ran 2 rounds, the SuperLink restarted between them,
+    left running for the tests that share them.
+
+    Every passage carries a canary of its own. One person of the benchmark (``new``) is held out
+    of every site, for the tests that drop their passage into a site's inbox. A test that stops a
+    daemon starts it again (``deployment.revive()``) before it returns.
+    """
+
+    work: Path
+    deployment: RecordedDeployment
+    stores: list[SiteStore]
+    config: FedpragConfig
+    rounds: list[RoundReport]
+    dataset: Dataset
+    new: Passage
+    canaries: list[str]
+    texts: list[str]
+
+
+POLY = {"federation.rounds": 2, "federation.local_epochs": 40, "federation.min_sites": 3,
+        "federation.home_experts": 0, "poly.batch_size": 64}
+"""Poly-PRAG: a last-layer pool (new passages encode routing-only) on the built-in model."""
+
+DISTILLED = {"federation.mode": "distilled", "federation.rounds": 2, "federation.min_sites": 3,
+             "distilled.start": "pretrained", "distilled.local_steps": 4}
+"""DistilledPRAG: every site distils the shipped pretrained generator on its own documents."""
+
+
+@contextmanager
+def running_federation(work: Path, mode: str) -> Iterator[Federation]:
+    """The federation of ``mode``, running until the block ends."""
+    people, settings, path = (60, POLY, LAST_LAYER) if mode == "poly" else (24, DISTILLED, None)
+    planted, canaries = with_unique_canaries(make_benchmark(BenchmarkSpec(people=people, sites=3, alpha=100.0, seed=3)))
+    new = planted.passages[-1]
+    kept = Dataset([p for p in planted.passages if p is not new], planted.questions, planted.augmentations)
+    stores = prepare_sites(kept, work / "sites")
+    config = load_config(path, {**settings, "federation.work_dir": str(work)})
+    with RecordedDeployment(work, [(s.root.name, s.root) for s in stores], "tiny", mode=mode) as deployment:
+        deployment.run(replace(config, federation=replace(config.federation, rounds=1)))
+        deployment.restart_superlink()  # the coordinator restarts between the rounds and resumes
+        rounds = deployment.run(config)
+        yield Federation(work, deployment, stores, config, rounds, planted, new, canaries,
+                         [p.text for p in planted.passages])

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.integration,
 
 
 def test_rebuilding_the_short_recipe_gives_the_shipped_model_bit_for_bit(tmp_path):
-    """About a minute on 2 cores: the recipe trained from nothing under portable numerics, tokenizer
+    """About 25 s on 2 cores: the recipe trained from nothing under portable numerics, tokenizer
     included, gives every shipped file's bytes and the same answers on the build's own check."""
     built = build_tiny(RECIPES["short"], cache_root=tmp_path, show_progress=False)
     assert differing(built) == []

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from fedprag.client.daemon import daemon_status
+from fedprag.client.admin import daemon_status
 from fedprag.client.store import SiteStore
 from fedprag.cluster.deployment import LocalDeployment
 from fedprag.shared.lora.layers import attach_lora
@@ -22,6 +22,10 @@ from fedprag.shared.methods.poly.layers import ExpertPool, placed
 from fedprag.shared.models.loading import load_causal_lm
 
 pytestmark = pytest.mark.integration
+
+ARRIVING = 400
+"""Passages in the inbox file: long ones, so that writing the passages file takes a while (and so
+does indexing them: a restarted daemon embeds every new passage before it serves it)."""
 
 
 def _site_with_released_pool(site, spec):
@@ -43,7 +47,7 @@ def test_sigkill_mid_inbox_loses_nothing_and_a_restart_completes(small_model_spe
     filler = " ".join(f"Clause {j} of the town record." for j in range(60))  # makes the write take a while
     staged.write_text("".join(json.dumps({"id": f"b{i}", "text": f"Person b{i} was born in {1700 + i % 300}. {filler}",
                                           "qa": [[f"When was Person b{i} born?", str(1700 + i % 300)]]}) + "\n"
-                              for i in range(1500)))
+                              for i in range(ARRIVING)))
     rng, kills = random.Random(0), 0
     with LocalDeployment(tmp_path / "work", [("site", site)], small_model_spec, rounds=False) as deployment:
         accepted = {p.passage_id: p.text for p in SiteStore(site).passages()}
@@ -67,10 +71,10 @@ def test_sigkill_mid_inbox_loses_nothing_and_a_restart_completes(small_model_spe
             deployment.start_daemon("site", site, deployment.node_keys("site"))
         deadline = time.monotonic() + 600
         done = site / "inbox" / "done" / "big.jsonl"
-        while (status := daemon_status(site)).pending or status.passages < 1520 or not done.is_file():
+        while (status := daemon_status(site)).pending or status.passages < 20 + ARRIVING or not done.is_file():
             assert time.monotonic() < deadline, status
             time.sleep(1.0)
     final = SiteStore(site)
-    assert len(final.passages()) == 1520 and len(final.encoded(pool, base.digest).passage_ids) == 1520
+    assert len(final.passages()) == 20 + ARRIVING == len(final.encoded(pool, base.digest).passage_ids)
     assert not (site / "inbox" / "big.jsonl").exists()
     assert not list(site.glob(".*.tmp")) and kills == 3

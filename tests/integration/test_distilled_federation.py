@@ -1,68 +1,52 @@
 """Distilled mode end to end, over the deployment runtime.
 
-A coordinator (SuperLink) and 3 site daemons, each with its SuperNode, on loopback with TLS and
-node authentication, run 2 rounds in which every site distils the generator on its own documents
+The federation is the session's DistilledPRAG one (``distilled_federation``): a coordinator
+(SuperLink) and 3 site daemons, each with its SuperNode, on loopback with TLS and node
+authentication, ran 2 rounds in which every site distilled the generator on its own documents
 (teacher and student both at the site) and sends back only the generator; the coordinator
-averages them, is restarted between the rounds (it resumes from its registry), and releases the
+averaged them, was restarted between the rounds (it resumed from its registry), and released the
 last. One person of the benchmark is held out of every site. Their
 passage then lands, text only, in site 0's inbox, and questions about them are asked as the query
 API asks them: embeddings over gRPC to every daemon, each answering with the LoRA its generator made
 from its best passage, the LoRAs of the sites holding the global top passage combined, one
 generate; then over HTTP through the serving group. No new round runs.
 
-The rounds start from the generator the built-in model's distillation test uses (600 synthetic
-steps, cached under FEDPRAG_HOME, so the session trains it once).
+The rounds start from the pretrained generator that ships with the built-in model.
 """
 
 import json
 import os
 import time
-from dataclasses import replace
 
 import httpx
 import numpy as np
 import pytest
 from ray import serve
 
-from fedprag.client.daemon import daemon_status
-from fedprag.cluster.deployment import LocalDeployment
+from fedprag.client.admin import daemon_status
 from fedprag.cluster.serving.app import start
 from fedprag.cluster.serving.fanout import FanOut
 from fedprag.cluster.serving.modes import serving_mode
-from fedprag.cluster.simulation import prepare_sites
 from fedprag.coordinator.app import recorded_rounds
 from fedprag.coordinator.registry import GeneratorRegistry, registry_dir
 from fedprag.shared.config import load_config
-from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
-from fedprag.shared.data.schema import Dataset
 from fedprag.shared.methods.distilled.model import DistilledModel
 from fedprag.shared.metrics import exact_match
 from fedprag.shared.models.loading import load_causal_lm
 from fedprag.shared.processes import free_port
 from fedprag.shared.query import QueryEngine
 from fedprag.shared.retrieval.encoder import SentenceEncoder
+from tests.integration.federation_support import DISTILLED
 
 pytestmark = pytest.mark.integration
 
-SETTINGS = {"federation.mode": "distilled", "federation.rounds": 2, "federation.min_sites": 3,
-            "distilled.steps": 600, "distilled.start": "pretrained", "distilled.local_steps": 4}
 KEY = "distilled-test-key"
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory):
-    work = tmp_path_factory.mktemp("distilled")
-    dataset = make_benchmark(BenchmarkSpec(people=24, sites=3, alpha=100.0, seed=3))
-    new = dataset.passages[-1]
-    kept = Dataset([p for p in dataset.passages if p is not new], dataset.questions, dataset.augmentations)
-    stores = prepare_sites(kept, work / "sites")
-    config = load_config(None, {**SETTINGS, "federation.work_dir": str(work)})
-    with LocalDeployment(work, [(s.root.name, s.root) for s in stores], "tiny", mode="distilled") as deployment:
-        deployment.run(replace(config, federation=replace(config.federation, rounds=1)))
-        deployment.restart_superlink()  # the coordinator restarts between the rounds and resumes
-        rounds = deployment.run(config)
-        yield {"work": work, "deployment": deployment, "stores": stores, "config": config, "rounds": rounds,
-               "new": new, "dataset": dataset}
+def federation(distilled_federation):
+    """The session's DistilledPRAG federation."""
+    return distilled_federation
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +54,9 @@ def ask(federation):
     """What the query API does in distilled mode: fan out, combine the sites' LoRAs, one generate (top passage)."""
     base = load_causal_lm("tiny")
     encoder = SentenceEncoder()
-    fanout = FanOut(federation["deployment"].routing_sites(), 1, federation["config"].poly, serving_mode("distilled"))
+    fanout = FanOut(federation.deployment.routing_sites(), 1, federation.config.poly, serving_mode("distilled"))
     engine = QueryEngine(base)
-    mask = GeneratorRegistry(registry_dir(federation["config"].federation), base.digest).mask_vector()
+    mask = GeneratorRegistry(registry_dir(federation.config.federation), base.digest).mask_vector()
     model = DistilledModel.served(base, mask)
 
     def answers(questions):
@@ -88,17 +72,17 @@ def _questions_about(dataset, passage):
 
 
 def test_every_site_distilled_in_both_rounds_and_serves_the_released_generator(federation):
-    rounds = federation["rounds"]
+    rounds = federation.rounds
     assert [len(r.accepted) for r in rounds] == [3, 3] and [r.version for r in rounds] == [1, 2]
     assert all(r.loss is not None and r.loss > 0 for r in rounds)
-    for store in federation["stores"]:
+    for store in federation.stores:
         status = daemon_status(store.root)
         assert status.supernode_connected and list(status.rounds_joined) == [1, 2] and status.serving
         assert status.pool_version == 2 and status.pending == 0 and status.encoded == status.passages > 0
 
 
 def test_a_document_dropped_in_the_inbox_is_answered_through_the_routing_path_without_a_round(federation, ask):
-    site, new, dataset = federation["stores"][0].root, federation["new"], federation["dataset"]
+    site, new, dataset = federation.stores[0].root, federation.new, federation.dataset
     questions = _questions_about(dataset, new)
     before = ask(questions)
     staged = site / "new-document.tmp"
@@ -113,18 +97,18 @@ def test_a_document_dropped_in_the_inbox_is_answered_through_the_routing_path_wi
     print(f"\ninbox → answered: {elapsed:.1f} s; exact match on the new person's {len(questions)} single-hop "
           f"questions {np.mean(before):.2f} before, {np.mean(after):.2f} after")
     assert np.mean(after) >= np.mean(before) + 0.3, (before, after)
-    assert len(recorded_rounds(registry_dir(federation["config"].federation))) == 2  # no new round
+    assert len(recorded_rounds(registry_dir(federation.config.federation))) == 2  # no new round
 
 
 def test_the_query_api_serves_distilled_mode_over_http(federation, ray_session):
-    deployment = federation["deployment"]
+    deployment = federation.deployment
     settings = {f"serve.{field}": value for field, value in deployment.serve_settings().items()}
-    config = load_config(None, {**SETTINGS, **settings, "federation.work_dir": str(federation["work"]),
+    config = load_config(None, {**DISTILLED, **settings, "federation.work_dir": str(federation.work),
                                 "serve.api_keys": KEY, "serve.port": free_port(), "serve.grpc_port": 0,
                                 "serve.replicas": 1, "serve.replica_cpus": 0.5})
     endpoints = start(config)
     try:
-        questions = [q for q in federation["dataset"].questions if q.kind == "single"][:12]
+        questions = [q for q in federation.dataset.questions if q.kind == "single"][:12]
         replies = [httpx.post(f"{endpoints.http}/v1/query", json={"question": q.text, "top_k": 1},
                               headers={"Authorization": f"Bearer {KEY}"}, timeout=60) for q in questions]
         assert [r.status_code for r in replies] == [200] * len(questions), replies[0].text

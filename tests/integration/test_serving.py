@@ -1,10 +1,12 @@
 """The query API and the serving actor group on Ray Serve, over real HTTP and gRPC on loopback.
 
-The module's federation is a coordinator and 3 site daemons (processes, TLS, node auth) training
-a last-layer pool for 2 rounds; every passage carries a planted canary. The serving application
+The federation is the session's Poly-PRAG one (``poly_federation``): a coordinator and 3 site
+daemons (processes, TLS, node auth) that trained a last-layer pool for 2 rounds; every passage
+carries a planted canary. The serving application
 (the ingress, and 2 replicas that route and answer) runs on the test session's Ray, and reaches the sites
 through recording TLS proxies, so the test sees every byte that crosses a site boundary at query
-time. Tests that stop things (a site, a replica) and publish a new pool run last.
+time. Tests that stop things (a site, a replica) and publish a new pool run last; a stopped
+site is started again before its test returns.
 """
 
 import json
@@ -25,21 +27,18 @@ import pytest
 import ray
 from ray import serve
 
+from fedprag.client.admin import admin_address, daemon_status
 from fedprag.client.app import forward
-from fedprag.client.daemon import admin_address, daemon_status
-from fedprag.cluster.deployment import LocalDeployment
 from fedprag.cluster.serving.app import APP_NAME, build_app, start
-from fedprag.cluster.simulation import prepare_sites
 from fedprag.coordinator.registry import PoolRegistry, registry_dir
 from fedprag.shared.config import load_config
-from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
 from fedprag.shared.methods.poly.serializer import pool_arrays, router_arrays
 from fedprag.shared.metrics import exact_match
 from fedprag.shared.models.loading import load_causal_lm
 from fedprag.shared.processes import free_port
 from fedprag.shared.proto import routing_pb2, routing_pb2_grpc
 from fedprag.shared.wire import PoolRelease
-from tests.integration.federation_support import LAST_LAYER, with_unique_canaries
+from tests.integration.federation_support import LAST_LAYER
 from tests.integration.wire_recorder import RecordingProxy
 
 pytestmark = pytest.mark.integration
@@ -49,24 +48,14 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory):
-    work = tmp_path_factory.mktemp("serving")
-    dataset = make_benchmark(BenchmarkSpec(people=60, sites=3, alpha=100.0, seed=3))
-    planted, canaries = with_unique_canaries(dataset)
-    stores = prepare_sites(planted, work / "sites")
-    config = load_config(LAST_LAYER, {
-        "federation.rounds": 2, "federation.local_epochs": 40, "federation.min_sites": 3,
-        "federation.work_dir": str(work), "federation.home_experts": 0})
-    config = replace(config, poly=replace(config.poly, batch_size=64))
-    with LocalDeployment(work, [(s.root.name, s.root) for s in stores], "tiny") as deployment:
-        deployment.run(config)
-        yield {"work": work, "deployment": deployment, "stores": stores, "config": config, "dataset": dataset,
-               "canaries": canaries, "texts": [p.text for p in planted.passages]}
+def federation(poly_federation):
+    """The session's Poly-PRAG federation."""
+    return poly_federation
 
 
 @pytest.fixture(scope="module")
 def api(federation, ray_session):
-    deployment = federation["deployment"]
+    deployment = federation.deployment
     proxies = []
     for site in deployment.routing_sites():
         certs = deployment.certs / "routing"
@@ -77,7 +66,7 @@ def api(federation, ray_session):
     settings = {f"serve.{field}": value for field, value in deployment.serve_settings().items()}
     settings["serve.sites"] = [f"{name}=127.0.0.1:{proxy.port}" for name, proxy in proxies]  # through the recorders
     config = load_config(LAST_LAYER, {
-        **settings, "federation.work_dir": str(federation["work"]), "serve.api_keys": f"{KEY},{OTHER_KEY}",
+        **settings, "federation.work_dir": str(federation.work), "serve.api_keys": f"{KEY},{OTHER_KEY}",
         "serve.port": free_port(), "serve.grpc_port": free_port(), "serve.replicas": 2, "serve.replica_cpus": 0.5,
         "serve.rate_limit_qps": 200, "serve.rate_limit_burst": 400, "serve.key_rate_limits": f"{OTHER_KEY}=2"})
     endpoints = start(config)
@@ -88,7 +77,7 @@ def api(federation, ray_session):
 
 
 def _single_hop(federation, count):
-    questions = [q for q in federation["dataset"].questions if q.kind == "single"]
+    questions = [q for q in federation.dataset.questions if q.kind == "single"]
     return questions[:count]
 
 
@@ -209,22 +198,25 @@ def test_schemathesis_finds_no_server_error_in_1000_generated_requests(api, tmp_
 def test_no_canary_byte_crosses_a_site_connection_at_query_time(api, federation):
     crossed = b"".join(proxy.plaintext() for _, proxy in api["proxies"])
     assert len(crossed) > 100_000  # every routing request and reply above went through the proxies
-    for canary in federation["canaries"]:
+    for canary in federation.canaries:
         assert canary.encode() not in crossed
-    for text in federation["texts"]:
+    for text in federation.texts:
         raw = text.encode()
         windows = {raw[i:i + 12] for i in range(0, len(raw) - 12, 4)}
         assert not any(w in crossed for w in windows)
 
 
 def test_a_stopped_site_is_named_and_answers_keep_coming(api, federation):
-    deployment = federation["deployment"]
+    deployment = federation.deployment
     name, started = next(iter(deployment.daemons.items()))
     started.process.send_signal(signal.SIGTERM)
-    assert started.process.wait(timeout=60) == 0
-    replies = _ask_all(api["url"], _single_hop(federation, 16))
-    assert all(r["status"] == 200 for r in replies)
-    assert all(name in r["trace"]["sites_failed"] and name not in r["trace"]["sites_answered"] for r in replies)
+    try:
+        assert started.process.wait(timeout=60) == 0
+        replies = _ask_all(api["url"], _single_hop(federation, 16))
+        assert all(r["status"] == 200 for r in replies)
+        assert all(name in r["trace"]["sites_failed"] and name not in r["trace"]["sites_answered"] for r in replies)
+    finally:
+        deployment.revive()  # the session's federation, as it was (the API's proxy still points at the old port)
 
 
 def test_the_learned_central_router_answers_with_no_site_asked(api, federation):
@@ -284,7 +276,7 @@ def _metric(url, name):
 
 
 def test_a_pool_published_under_load_is_picked_up_and_versions_never_go_backwards(api, federation):
-    config, deployment = federation["config"], federation["deployment"]
+    config, deployment = federation.config, federation.deployment
     base = load_causal_lm("tiny")
     registry = PoolRegistry(registry_dir(config.federation), base.digest)
     pool, _ = registry.latest()
@@ -294,7 +286,7 @@ def test_a_pool_published_under_load_is_picked_up_and_versions_never_go_backward
     version = registry.publish(pool, config.poly, 3, {})
     router = registry.router(2)
     registry.save_router(version, router)
-    release = PoolRelease(pool_version=version, experts=pool_arrays(pool), settings=config.poly.to_numbers(),
+    release = PoolRelease(version=version, experts=pool_arrays(pool), settings=config.poly.to_numbers(),
                           router=router_arrays(router))
     for name, path in deployment.sites:  # what the coordinator's release does, site by site
         if name in deployment.daemons and deployment.daemons[name].process.poll() is None:

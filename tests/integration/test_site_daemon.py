@@ -1,11 +1,12 @@
 """Site daemons as processes: they join the rounds, serve routing over gRPC with TLS and tokens, and
 answer for a document dropped into an inbox within 30 s, with no new round.
 
-The module's federation is a coordinator (SuperLink) and 3 site daemons, each with its SuperNode,
-on loopback, training a last-layer pool (the configuration that encodes new passages routing-only)
-on the built-in model for 2 rounds, with the SuperLink restarted between them. One person of the benchmark is held out of every site; their
-passage arrives later, in site 0's inbox, with the owner's QA pairs. The questions are asked as the
-query API asks them: embeddings over gRPC to every daemon, the blended mixture, one generate.
+The federation is the session's Poly-PRAG one (``poly_federation``): a coordinator (SuperLink) and
+3 site daemons, each with its SuperNode, on loopback, training a last-layer pool (the configuration
+that encodes new passages routing-only) on the built-in model for 2 rounds, with the SuperLink
+restarted between them. One person of the benchmark is held out of every site; their passage
+arrives later, in site 0's inbox, text only. The questions are asked as the query API asks them:
+embeddings over gRPC to every daemon, the blended mixture, one generate.
 """
 
 import json
@@ -14,23 +15,19 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
 
 import grpc
 import numpy as np
 import psutil
 import pytest
 
-from fedprag.client.daemon import DAEMON_FILE, daemon_status
-from fedprag.cluster.deployment import LocalDeployment
+from fedprag.client.admin import daemon_status
+from fedprag.client.daemon import DAEMON_FILE
 from fedprag.cluster.serving.fanout import FanOut, RemoteSite, SiteUnavailable
 from fedprag.cluster.serving.modes import serving_mode
-from fedprag.cluster.simulation import prepare_sites
 from fedprag.coordinator.app import recorded_rounds
 from fedprag.coordinator.registry import PoolRegistry, registry_dir
-from fedprag.shared.config import FedpragConfig, load_config
-from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
-from fedprag.shared.data.schema import Dataset
+from fedprag.coordinator.versions import versions_at
 from fedprag.shared.methods.poly.model import PolyModel
 from fedprag.shared.metrics import exact_match
 from fedprag.shared.models.loading import load_causal_lm
@@ -38,42 +35,30 @@ from fedprag.shared.proto import routing_pb2, routing_pb2_grpc
 from fedprag.shared.query import QueryEngine
 from fedprag.shared.retrieval.encoder import SentenceEncoder
 from fedprag.shared.wire import EMBEDDINGS, RoutingRequest
-from tests.integration.federation_support import LAST_LAYER
 
 pytestmark = pytest.mark.integration
 
 
-def _config(work) -> FedpragConfig:
-    config = load_config(LAST_LAYER, {"federation.rounds": 2, "federation.local_epochs": 40, "federation.min_sites": 3,
-                                      "federation.work_dir": str(work), "federation.home_experts": 0})
-    return replace(config, poly=replace(config.poly, batch_size=64))
-
-
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory):
-    work = tmp_path_factory.mktemp("daemons")
-    dataset = make_benchmark(BenchmarkSpec(people=60, sites=3, alpha=100.0, seed=3))
-    new = dataset.passages[-1]
-    kept = Dataset([p for p in dataset.passages if p is not new], dataset.questions, dataset.augmentations)
-    stores = prepare_sites(kept, work / "sites")
-    config = _config(work)
-    with LocalDeployment(work, [(s.root.name, s.root) for s in stores], "tiny") as deployment:
-        deployment.run(replace(config, federation=replace(config.federation, rounds=1)))
-        deployment.restart_superlink()  # the coordinator restarts between the rounds
-        rounds = deployment.run(config)  # round 2, resumed from the registry, with the same daemons
-        yield {"work": work, "deployment": deployment, "stores": stores, "config": config, "rounds": rounds,
-               "new": new, "dataset": dataset}
+def federation(poly_federation):
+    """The session's Poly-PRAG federation."""
+    return poly_federation
+
+
+def _released(federation) -> int:
+    """The pool version the coordinator released last (a test of the query API may publish another)."""
+    return versions_at(registry_dir(federation.config.federation))[-1]
 
 
 @pytest.fixture(scope="module")
 def query_api(federation):
     """What the query API holds: the base model, the latest pool, the encoder and the fan-out."""
     base = load_causal_lm("tiny")
-    pool, _ = PoolRegistry(registry_dir(federation["config"].federation), base.digest).latest()
+    pool, _ = PoolRegistry(registry_dir(federation.config.federation), base.digest).latest()
     encoder = SentenceEncoder()
-    fanout = FanOut(federation["deployment"].routing_sites(), 3, federation["config"].poly, serving_mode("poly"))
+    fanout = FanOut(federation.deployment.routing_sites(), 3, federation.config.poly, serving_mode("poly"))
     engine = QueryEngine(base)
-    model = PolyModel(pool, federation["config"].poly, name="poly_federated")
+    model = PolyModel(pool, federation.config.poly, name="poly_federated")
 
     def ask(questions):
         routings = fanout.routings(encoder.embed([q.text for q in questions]))
@@ -87,19 +72,19 @@ def _questions_about(dataset, passage):
 
 
 def test_every_site_joined_both_rounds_across_a_coordinator_restart_and_kept_the_released_pool(federation):
-    assert [len(r.accepted) for r in federation["rounds"]] == [3, 3]
-    assert all(started.process.poll() is None for started in federation["deployment"].daemons.values())
-    for store in federation["stores"]:
+    assert [len(r.accepted) for r in federation.rounds] == [3, 3]
+    assert all(started.process.poll() is None for started in federation.deployment.daemons.values())
+    for store in federation.stores:
         status = daemon_status(store.root)
         assert status.supernode_connected and list(status.rounds_joined) == [1, 2]
-        assert status.pool_version == 2 and status.pending == 0 and status.encoded == status.passages > 0
+        assert status.pool_version == _released(federation) and status.pending == 0 and status.encoded == status.passages > 0
 
 
 def test_a_document_dropped_in_the_inbox_with_no_qa_is_answered_within_30_s_without_a_round(federation, query_api):
-    site, new, dataset = federation["stores"][0].root, federation["new"], federation["dataset"]
+    site, new, dataset = federation.stores[0].root, federation.new, federation.dataset
     questions = _questions_about(dataset, new)
     before = query_api(questions)
-    rounds_before = len(federation["rounds"])
+    rounds_before = len(federation.rounds)
     staged = site / "new-document.tmp"
     # The text alone, as an owner drops it: the daemon's model-based augmenter writes its QA pairs.
     staged.write_text(json.dumps({"id": new.passage_id, "text": new.text}) + "\n")
@@ -117,11 +102,11 @@ def test_a_document_dropped_in_the_inbox_with_no_qa_is_answered_within_30_s_with
     # benchmark's template pairs); the pool was fitted to this federation's 59 passages only.
     assert np.mean(after) >= 0.5 and np.mean(after) > np.mean(before), (before, after)
     assert (site / "inbox" / "done" / "new-document.jsonl").is_file()
-    assert len(recorded_rounds(registry_dir(federation["config"].federation))) == rounds_before  # no new round
+    assert len(recorded_rounds(registry_dir(federation.config.federation))) == rounds_before  # no new round
 
 
 def test_a_bad_inbox_file_is_set_aside_with_its_row_named_and_nothing_stored(federation):
-    site = federation["stores"][1].root
+    site = federation.stores[1].root
     before = daemon_status(site)
     staged = site / "bad.tmp"
     staged.write_text(json.dumps({"id": "ok-1", "text": "A fine passage."}) + "\n" + '{"id": 5, "text": null}\n')
@@ -138,7 +123,7 @@ def test_a_bad_inbox_file_is_set_aside_with_its_row_named_and_nothing_stored(fed
 
 
 def test_the_routing_service_wants_the_federations_ca_a_token_and_a_deadline(federation):
-    deployment = federation["deployment"]
+    deployment = federation.deployment
     site = deployment.routing_sites()[0]
     request = RoutingRequest(k=3, score_temperature=0.05,
                              queries={EMBEDDINGS: np.ones((1, 384), dtype=np.float32) / 384 ** 0.5}).to_proto()
@@ -177,16 +162,17 @@ def replace_k(request, k):
 
 
 def test_client_status_asks_the_running_daemon(federation):
-    site = federation["stores"][2].root
+    site = federation.stores[2].root
+    federation.deployment.routing_sites()[2].route(np.ones((1, 384), np.float32) / 384 ** 0.5, 3, 0.05)
     shown = subprocess.run([sys.executable, "-m", "fedprag.cli", "client", "status", str(site)],
                            capture_output=True, text=True, timeout=60, check=True)
     status = json.loads(shown.stdout)
-    assert status["daemon"] == "running" and status["rounds_joined"] == [1, 2] and status["pool_version"] == 2
+    assert status["daemon"] == "running" and status["rounds_joined"] == [1, 2] and status["pool_version"] == _released(federation)
     assert status["queries_served"] > 0 and status["encoding"].startswith("routing-only")
 
 
 def test_a_caller_that_asks_too_fast_is_slowed_down(federation):
-    site = federation["deployment"].routing_sites()[1]
+    site = federation.deployment.routing_sites()[1]
     batch = np.ones((256, 384), dtype=np.float32) / 384 ** 0.5
     with pytest.raises(SiteUnavailable, match="RESOURCE_EXHAUSTED: rate limit"):
         for _ in range(40):  # 10,240 queries at once, against a burst of 2,000 refilled at 500 per second
@@ -196,15 +182,18 @@ def test_a_caller_that_asks_too_fast_is_slowed_down(federation):
 
 
 def test_sigterm_stops_every_daemon_cleanly(federation):
-    deployment = federation["deployment"]
+    deployment = federation.deployment
     daemons = dict(deployment.daemons)
     supernodes = [child for started in daemons.values()
                   for child in psutil.Process(started.process.pid).children() if "supernode" in " ".join(child.cmdline())]
     assert len(supernodes) == 3
-    for started in daemons.values():
-        started.process.send_signal(signal.SIGTERM)
-    for started in daemons.values():
-        assert started.process.wait(timeout=60) == 0
-    assert not any(s.is_running() and s.status() != psutil.STATUS_ZOMBIE for s in supernodes)
-    for store in federation["stores"]:
-        assert not (store.root / DAEMON_FILE).exists()
+    try:
+        for started in daemons.values():
+            started.process.send_signal(signal.SIGTERM)
+        for started in daemons.values():
+            assert started.process.wait(timeout=60) == 0
+        assert not any(s.is_running() and s.status() != psutil.STATUS_ZOMBIE for s in supernodes)
+        for store in federation.stores:
+            assert not (store.root / DAEMON_FILE).exists()
+    finally:
+        deployment.revive()  # the session's federation, as it was

@@ -21,6 +21,7 @@ def test_the_wheel_installs_fedprag_alone_with_its_models_and_the_cli_runs(tmp_p
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"fedprag"}
     shipped = [n for n in names if "/models/tiny/shipped/" in n]
     assert any(n.endswith("/SHA256SUMS") for n in shipped) and any(n.endswith("/model.safetensors") for n in shipped)
+    assert any("/methods/distilled/shipped/" in n and n.endswith("/tensors.safetensors") for n in names)  # the generator
 
     # A fresh environment: the wheel alone, with the test environment's dependencies on its path
     # (not its editable fedprag, whose import hook is never loaded from there).

@@ -161,7 +161,7 @@ class _FactorSite:
 
 class _PolySite(_FactorSite):
     def route(self, query_embeddings, k, score_temperature):
-        return [RoutingReply(site=self.name, pool_version=self.version, scores={"x0": 0.99},
+        return [RoutingReply(site=self.name, version=self.version, scores={"x0": 0.99},
                              mixture={"mixture": np.full((1, 4), 0.25, dtype=np.float32)}) for _ in query_embeddings]
 
 

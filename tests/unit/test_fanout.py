@@ -31,7 +31,7 @@ class _Site:
         scores = np.array([s for s, _ in best])
         blend = np.exp((scores - scores.max()) / score_temperature)
         mixture = sum(b * w for b, (_, w) in zip(blend, best)) / blend.sum()
-        return [RoutingReply(site=self.name, pool_version=self.version, scores={f"x{i}": s for i, (s, _) in enumerate(best)},
+        return [RoutingReply(site=self.name, version=self.version, scores={f"x{i}": s for i, (s, _) in enumerate(best)},
                              mixture={MIXTURE: mixture.astype(np.float32)}) for _ in query_embeddings]
 
     def exact(self, k, config):
@@ -78,10 +78,10 @@ def test_while_a_release_spreads_only_the_newest_pool_versions_replies_are_blend
     query = np.zeros((1, 8), dtype=np.float32)
     upgraded = _Site("site-b", SITES[1].hits, version=2)
     (routing,), trace = FanOut([SITES[0], upgraded], k=4, config=CONFIG, mode=POOL).route(query)
-    assert trace.pool_version == 2 and trace.answered == ["site-b"] and "pool version 1" in trace.failed["site-a"]
+    assert trace.version == 2 and trace.answered == ["site-b"] and "pool version 1" in trace.failed["site-a"]
     assert routing.scores == pytest.approx((0.7, 0.6))
     (_,), pinned = FanOut([SITES[0], upgraded], k=4, config=CONFIG, mode=POOL).route(query, version=1)
-    assert pinned.answered == ["site-a"] and pinned.pool_version == 1
+    assert pinned.answered == ["site-a"] and pinned.version == 1
     with pytest.raises(SiteUnavailable, match="usable pool"):  # never back to a version older than one served
         FanOut([SITES[0]], k=4, config=CONFIG, mode=POOL).route(query, min_version=2)
 

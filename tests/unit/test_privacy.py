@@ -32,7 +32,7 @@ def _pool(seed=0) -> ExpertPool:
 def _update(pool, rng, site="s", scale=0.1, mass=None, sequences=10, passages=3, loss=1.0) -> SiteUpdate:
     experts = {k: (v + rng.normal(0, scale, v.shape)).astype(np.float32) for k, v in pool_arrays(pool).items()}
     mass = rng.uniform(0, 5, (1, K)).astype(np.float32) if mass is None else np.asarray(mass, dtype=np.float32)
-    return SiteUpdate(site=site, round=1, pool_version=0, passages=passages, sequences=sequences, loss=loss,
+    return SiteUpdate(site=site, round=1, version=0, passages=passages, sequences=sequences, loss=loss,
                       experts=experts, mass={MASS_KEY: mass})
 
 

@@ -42,3 +42,17 @@ def test_a_damaged_or_incomplete_shipped_model_is_refused(tmp_path, monkeypatch)
     (copy / "tokenizer.json").unlink()
     with pytest.raises(ShippedModelError, match="tokenizer.json is missing"):
         verified(copy)
+
+
+def test_the_default_models_pretrained_generator_ships_and_loads_without_training(tmp_path, monkeypatch):
+    """A change to the generator's training code or to the default [distilled] settings gives a new
+    cache key: this fails until the generator is made again (fedprag model build-generator --ship)."""
+    from fedprag.shared.lora.layers import attach_lora
+    from fedprag.shared.methods.distilled import DistilledConfig, serializer
+    from fedprag.shared.models.loading import load_causal_lm
+
+    monkeypatch.setenv("FEDPRAG_HOME", str(tmp_path))  # an empty cache: nothing may be trained
+    monkeypatch.setattr(serializer, "train_generator", lambda *a, **k: pytest.fail("the generator was trained"))
+    base = load_causal_lm("tiny")
+    _, path = serializer.cached_generator(base, attach_lora(base.model), DistilledConfig(), show_progress=False)
+    assert path.parent == serializer.SHIPPED and not (tmp_path / "generators").exists()

@@ -21,7 +21,7 @@ def _pool(value=0.0):
 
 def _update(site, value, mass, sequences=10):
     arrays = {k: np.full_like(v, value) for k, v in pool_arrays(_pool()).items()}
-    return SiteUpdate(site=site, round=1, pool_version=0, passages=5, sequences=sequences, loss=1.0,
+    return SiteUpdate(site=site, round=1, version=0, passages=5, sequences=sequences, loss=1.0,
                       experts=arrays, mass={"routing_mass": np.array([mass], dtype=np.float32)})
 
 

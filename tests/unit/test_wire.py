@@ -10,7 +10,7 @@ from fedprag.shared.wire import EMBEDDINGS, RoundTask, RoutingRequest, SiteUpdat
 
 def _update(**changes):
     fields = {
-        "site": "site-3", "round": 2, "pool_version": 7, "passages": 40, "sequences": 320, "loss": 1.25,
+        "site": "site-3", "round": 2, "version": 7, "passages": 40, "sequences": 320, "loss": 1.25,
         "experts": {"model.layers.0.mlp.up_proj.lora_A": np.ones((4, 1, 8), dtype=np.float32)},
         "mass": {"routing_mass": np.full((1, 4), 10.0, dtype=np.float32)},
     }
@@ -22,7 +22,7 @@ def test_messages_round_trip_through_flower_records():
     back = SiteUpdate.from_record(update.to_record())
     assert (back.site, back.round, back.passages, back.loss) == ("site-3", 2, 40, 1.25)
     np.testing.assert_array_equal(back.experts["model.layers.0.mlp.up_proj.lora_A"], update.experts["model.layers.0.mlp.up_proj.lora_A"])
-    task = RoundTask(round=1, pool_version=0, experts=update.experts, settings={"lr": 0.003})
+    task = RoundTask(round=1, version=0, experts=update.experts, settings={"lr": 0.003})
     assert RoundTask.from_record(task.to_record()).settings == {"lr": 0.003}
 
 

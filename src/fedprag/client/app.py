@@ -29,6 +29,7 @@ import grpc
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedprag.client.admin import ADMIN_OPTIONS
 from fedprag.shared.log import configure as configure_logging
 from fedprag.shared.log import get_logger
 from fedprag.shared.proto import routing_pb2_grpc
@@ -86,8 +87,7 @@ def audit(root: Path, site: str, record: RecordDict) -> None:
 
 def forward(address: str, request: WireMessage) -> WireMessage:
     """Hand ``request`` to the site daemon on its local socket; returns its reply."""
-    with grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", -1),
-                                                 ("grpc.max_send_message_length", -1)]) as channel:  # a Unix socket, on site
+    with grpc.insecure_channel(address, options=ADMIN_OPTIONS) as channel:  # a Unix socket, on site
         try:
             reply = routing_pb2_grpc.SiteAdminStub(channel).Work(request.to_proto(), timeout=WORK_DEADLINE)
         except grpc.RpcError as exc:  # the daemon's details name the failure's kind only

@@ -152,7 +152,7 @@ class PoolSite(SiteMode):
             if not config.encodes_new_passages:
                 return Serving(None, encoding, f"routing rows do not fit pool version {version} ({exc}); they wait "
                                                "for the next round")
-            log.warning("daemon.refit", pool_version=version, reason=str(exc)[:200])
+            log.warning("daemon.refit", version=version, reason=str(exc)[:200])
             with self.store.locked():
                 self.store.clear_routing()
             return Serving(SiteRouter(self.store, encoder, self.base.digest, pool, version), encoding)
@@ -207,7 +207,7 @@ class GeneratorSite(SiteMode):
 
     def acknowledge(self, release: GeneratorRelease) -> ReleaseAck:
         """Every passage is served with the released generator, so none is pending."""
-        return ReleaseAck(site=self.store.state.site_id, pool_version=release.version,
+        return ReleaseAck(site=self.store.state.site_id, version=release.version,
                           encoded=len(self.store.passages()), pending=0)
 
     def serve(self, encoder: SentenceEncoder, factor_noise: float) -> Serving:

@@ -77,7 +77,7 @@ class SiteIndex:
     ids its replies give them; :class:`SiteRouter` and :class:`FactorRouter` answer with it."""
 
     def __init__(self, store: SiteStore, encoder: SentenceEncoder, passage_ids: list[str], version: int):
-        self.store, self.encoder, self.pool_version = store, encoder, version
+        self.store, self.encoder, self.version = store, encoder, version
         self.index = self._load_index(passage_ids)
         if self.index is None:
             self.index = self._embedded(passage_ids, 0)
@@ -131,9 +131,9 @@ class SiteRouter(SiteIndex):
     """Serves Poly-PRAG routing for one site store's encoded passages against the released pool."""
 
     def __init__(self, store: SiteStore, encoder: SentenceEncoder, base_digest: str, pool: ExpertPool,
-                 pool_version: int = 0):
+                 version: int = 0):
         table = store.encoded(pool, base_digest)
-        super().__init__(store, encoder, table.passage_ids, pool_version)
+        super().__init__(store, encoder, table.passage_ids, version)
         self.weights = routing_weights(table.logits).numpy()
 
     def add(self, rows: RoutingTable) -> None:
@@ -158,7 +158,7 @@ class SiteRouter(SiteIndex):
                 mixture = np.zeros(weights.shape[1:], dtype=np.float32)
             if noise > 0:
                 hit_scores, mixture = _noised(hit_scores, mixture, noise)
-            replies.append(RoutingReply(site=self.store.state.site_id, pool_version=self.pool_version,
+            replies.append(RoutingReply(site=self.store.state.site_id, version=self.version,
                                         scores={self.reply_id(nonce, int(r)): float(s)
                                                 for s, r in zip(hit_scores, hit_rows)},
                                         mixture={MIXTURE: mixture.astype(np.float32)}))
@@ -221,7 +221,7 @@ class FactorRouter(SiteIndex):
         hits = [self._readable(scores, rows) for scores, rows in self._hits(query_embeddings, k)]
         found = [q for q, (_, rows) in enumerate(hits) if len(rows)]
         documents = {q: [self._texts[self._ids[int(r)]] for r in hits[q][1]] for q in found}
-        keys = [self._secret + self.pool_version.to_bytes(8, "little") +
+        keys = [self._secret + self.version.to_bytes(8, "little") +
                 b"\0".join(self._ids[int(r)] for r in hits[q][1]) for q in found]
         factors: dict[int, dict[str, np.ndarray]] = {}
         if found:
@@ -237,7 +237,7 @@ class FactorRouter(SiteIndex):
                     0.0, noise, hit_scores.shape)
             limit = self.generator.generator.config.max_doc_tokens
             lengths = [float(min(self._token_count(self._ids[int(r)]), limit)) for r in hit_rows]
-            replies.append(FactorReply(site=self.store.state.site_id, version=self.pool_version,
+            replies.append(FactorReply(site=self.store.state.site_id, version=self.version,
                                        scores=dict(zip(ids, map(float, hit_scores))), lengths=dict(zip(ids, lengths)),
                                        factors=factors.get(q, {})))
         return replies

@@ -106,15 +106,15 @@ def local_round(store: SiteStore, base: BaseModel, task: RoundTask, embed: Embed
         start = store.routing(pool, base.digest, store.state.home_experts)
         trained = train_pool(base, attach_lora(base.model), passages, augmentations, config, show_progress=False,
                              start=(pool, start))
-        store.save_routing(trained.routing, trained.pool, task.pool_version, base.digest)
+        store.save_routing(trained.routing, trained.pool, task.version, base.digest)
         store.state.rounds_joined.append(task.round)
-        store.state.pool_version = task.pool_version
+        store.state.pool_version = task.version
         store.save_state()
     router, questions = router_steps(trained.routing, augmentations, trained.pool, task.router, config, embed)
     mass = routing_weights(trained.routing.logits).sum(0)
     log.info("client.round.done", site=store.state.site_id, round=task.round, passages=len(passages),
              loss=round(trained.loss, 4))
-    return SiteUpdate(site=store.state.site_id, round=task.round, pool_version=task.pool_version,
+    return SiteUpdate(site=store.state.site_id, round=task.round, version=task.version,
                       passages=len(passages), sequences=trained.sequences, loss=trained.loss,
                       experts=pool_arrays(trained.pool), mass={"routing_mass": mass.numpy()}, questions=questions,
                       router=router)
@@ -125,8 +125,8 @@ def keep_release(store: SiteStore, base: BaseModel, release: PoolRelease) -> Non
     config = PolyConfig.from_numbers(release.settings)
     pool = pool_from_arrays(release.experts, config.scale, config.routing)
     with store.locked():
-        store.save_pool(pool, config, release.pool_version, base.digest)
-    log.info("client.release.kept", site=store.state.site_id, pool_version=release.pool_version)
+        store.save_pool(pool, config, release.version, base.digest)
+    log.info("client.release.kept", site=store.state.site_id, version=release.version)
 
 
 def encode_pending(store: SiteStore, base: BaseModel, pool: ExpertPool, config: PolyConfig,
@@ -162,7 +162,7 @@ def release_ack(store: SiteStore, base: BaseModel, release: PoolRelease, embed: 
         augmentations = store.augmentations(augment, encoded)
     router, questions = router_steps(rows, augmentations, pool, release.router,
                                      PolyConfig.from_numbers(release.settings), embed)
-    return ReleaseAck(site=store.state.site_id, pool_version=release.pool_version, encoded=len(rows.passage_ids),
+    return ReleaseAck(site=store.state.site_id, version=release.version, encoded=len(rows.passage_ids),
                       pending=len(store.passages()) - len(rows.passage_ids), questions=questions, router=router)
 
 

@@ -41,7 +41,8 @@ from typing import Self
 import grpc
 import psutil
 
-from fedprag.client.daemon import DAEMON_FILE, daemon_status
+from fedprag.client.admin import daemon_status
+from fedprag.client.daemon import DAEMON_FILE
 from fedprag.cluster.certs import NodeKeys, TlsFiles, write_node_keys, write_routing_cert, write_tls
 from fedprag.cluster.serving.fanout import RemoteSite
 from fedprag.cluster.simulation import simulate
@@ -51,7 +52,7 @@ from fedprag.shared.config import FedpragConfig, SiteSection, config_to_toml
 from fedprag.shared.io import atomic_write_text, read_tokens
 from fedprag.shared.log import get_logger
 from fedprag.shared.models.augmenter import AugmentConfig
-from fedprag.shared.processes import bin_path, flower_env, free_port, spawn, stop
+from fedprag.shared.processes import bin_path, flower_env, free_port, spawn, stop, stop_all
 from fedprag.shared.proto import routing_pb2
 
 log = get_logger(__name__)
@@ -176,15 +177,10 @@ class LocalDeployment:
         if self.rounds:
             (self.work / "flwr" / "superlink.db").unlink(missing_ok=True)  # a new deployment starts a new SuperLink state
             self._start_superlink()
-        starting = []
-        for name, path in self.sites:  # every daemon loads its model at the same time
-            keys = self.node_keys(name)
+        for name, _ in self.sites:
             if self.rounds:
-                self.register(keys)
-            starting.append((name, path, self._spawn_daemon(name, path, keys)))
-        for name, path, started in starting:
-            self._await_daemon(name, path, started)
-        self.remember_descendants()
+                self.register(self.node_keys(name))
+        self._start_daemons(self.sites)
 
     def _start_superlink(self) -> None:
         """The SuperLink, its state (registered SuperNodes, runs) in a database file so that it survives a restart."""
@@ -259,6 +255,20 @@ class LocalDeployment:
                                                               site=site, augment=self.augment,
                                                               federation=replace(defaults.federation, mode=self.mode))))
         return path
+
+    def _start_daemons(self, sites: Sequence[tuple[str, Path]]) -> None:
+        """Start these sites' daemons together (each loads its model at the same time) and wait for all."""
+        starting = [(name, path, self._spawn_daemon(name, path, self.node_keys(name))) for name, path in sites]
+        for name, path, started in starting:
+            self._await_daemon(name, path, started)
+        self.remember_descendants()
+
+    def revive(self) -> list[str]:
+        """Start again every site daemon that has exited, as a supervisor would; returns their names."""
+        exited = [(name, path) for name, path in self.sites
+                  if name not in self.daemons or self.daemons[name].process.poll() is not None]
+        self._start_daemons(exited)
+        return [name for name, _ in exited]
 
     def start_daemon(self, name: str, site_dir: Path, keys: NodeKeys) -> Started:
         """Start one site's daemon and wait until it serves (and, with rounds, its SuperNode is connected)."""
@@ -337,10 +347,9 @@ class LocalDeployment:
         return rounds
 
     def stop(self) -> None:
-        """Stop every process this deployment started, newest first, then their descendants."""
+        """Stop every process this deployment started, side by side, then their descendants."""
         self.remember_descendants()
-        for started in reversed(self.processes):
-            code = stop(started.process)
+        for started, code in zip(self.processes, stop_all([s.process for s in self.processes])):
             log.info("deployment.process.stop", name=started.name, pid=started.process.pid, code=code)
         left = list(self.descendants.values())
         for child in left:  # psutil checks each is still the process we saw (pid and start time)

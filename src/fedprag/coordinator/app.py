@@ -164,7 +164,7 @@ def _acks(replies: Iterable[Message]) -> list[ReleaseAck]:
             log.warning("coordinator.release.failed", node=str(reply.metadata.src_node_id))
             continue
         acks.append(ack)
-        log.info("coordinator.release.kept", site=ack.site, version=ack.pool_version, encoded=ack.encoded,
+        log.info("coordinator.release.kept", site=ack.site, version=ack.version, encoded=ack.encoded,
                  pending=ack.pending)
     return acks
 

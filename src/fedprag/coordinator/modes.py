@@ -151,7 +151,7 @@ class PoolMode(FederationMode[SiteUpdate]):
 
     def tasks(self, number: int, sites: int) -> list[RecordDict]:
         experts, router = pool_arrays(self.pool), router_arrays(self.router) if self.router is not None else {}
-        return [RoundTask(round=number, pool_version=self.version, experts=experts, router=router,
+        return [RoundTask(round=number, version=self.version, experts=experts, router=router,
                           settings={**self.settings, "home_block": float(block)}).to_record() for block in range(sites)]
 
     def accept(self, content: RecordDict) -> SiteUpdate:
@@ -174,7 +174,7 @@ class PoolMode(FederationMode[SiteUpdate]):
         return self.version
 
     def release(self) -> RecordDict:
-        return PoolRelease(pool_version=self.version, experts=pool_arrays(self.pool), settings=self.poly.to_numbers(),
+        return PoolRelease(version=self.version, experts=pool_arrays(self.pool), settings=self.poly.to_numbers(),
                            router=router_arrays(self.router) if self.router is not None else {}).to_record()
 
     def released(self, acks: Sequence[ReleaseAck]) -> None:

@@ -12,6 +12,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 FLOWER_QUIET = {
@@ -58,11 +60,20 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
 
 def stop(process: subprocess.Popen, timeout: float = 15.0) -> int:
     """SIGTERM the process's group, SIGKILL it after ``timeout`` s, then anything left in the group."""
-    signal_group(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    signal_group(process.pid, signal.SIGKILL)
-    return process.returncode
+    return stop_all([process], timeout)[0]
+
+
+def stop_all(processes: Sequence[subprocess.Popen], timeout: float = 15.0) -> list[int]:
+    """:func:`stop` for several processes at once: every group is signalled before any is waited
+    for, so they shut down side by side; returns their exit codes."""
+    for process in processes:
+        signal_group(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        signal_group(process.pid, signal.SIGKILL)
+    return [process.returncode for process in processes]

@@ -15,23 +15,23 @@ query API and a site's routing service: the same fields by kind, tensors as litt
 
 What crosses, field by field:
 
-* :class:`RoundTask`, coordinator → site: ``round`` and ``pool_version`` (counts); ``experts``
+* :class:`RoundTask`, coordinator → site: ``round`` and ``version`` (counts); ``experts``
   (the pool's factors, ``<module>.lora_A [K, r, in]`` and ``<module>.lora_B [K, out, r]``);
   ``settings`` (the round's training settings as numbers, keyed by setting name).
-* :class:`SiteUpdate`, site → coordinator: ``site`` (the site's id); ``round``, ``pool_version``,
+* :class:`SiteUpdate`, site → coordinator: ``site`` (the site's id); ``round``, ``version``,
   ``passages`` and ``sequences`` (counts of the site's passages and training sequences); ``loss``
   (its mean training loss); ``experts`` (its trained copy of the pool, same shapes); ``mass``
   (``routing_mass [G, K]``, the sum of its passages' expert weights). Passage ids, routing rows
   and text stay at the site.
-* :class:`PoolRelease`, coordinator → site, after the rounds: ``pool_version`` (count);
+* :class:`PoolRelease`, coordinator → site, after the rounds: ``version`` (count);
   ``experts`` (the published pool's factors); ``settings`` (its settings as numbers). The site
   keeps it to route with and to encode new passages against.
-* :class:`ReleaseAck`, site → coordinator: ``site``; ``pool_version``; ``encoded`` and ``pending``
+* :class:`ReleaseAck`, site → coordinator: ``site``; ``version``; ``encoded`` and ``pending``
   (counts of the site's passages with and without routing rows).
 * :class:`RoutingRequest`, query API → site: ``k`` (how many passages to search for); ``score_temperature``
   (the blend's softmax temperature); ``queries`` (one tensor, ``embeddings [Q, D]``: the questions'
   retrieval embeddings, never their text).
-* :class:`RoutingReply`, site → query API, one per query: ``site``; ``pool_version``; ``scores``
+* :class:`RoutingReply`, site → query API, one per query: ``site``; ``version``; ``scores``
   (the retrieval scores of the site's top-k passages, keyed by ids fresh for that reply: an HMAC
   under the site's secret); ``mixture`` (one ``[G, K]`` tensor: those passages' routing rows
   blended by softmax(score / temperature)). A passage's own routing row never leaves: with the
@@ -278,7 +278,7 @@ class RoundTask(WireMessage):
 
     KIND: ClassVar[str] = "round_task"
     round: int = count()
-    pool_version: int = count()
+    version: int = count()
     experts: Mapping[str, np.ndarray] = tensors()
     settings: Mapping[str, float] = scores()
     router: Mapping[str, np.ndarray] = tensors(optional=True)
@@ -296,7 +296,7 @@ class SiteUpdate(WireMessage):
     KIND: ClassVar[str] = "site_update"
     site: str = opaque_id()
     round: int = count()
-    pool_version: int = count()
+    version: int = count()
     passages: int = count()
     sequences: int = count()
     loss: float = score()
@@ -311,7 +311,7 @@ class PoolRelease(WireMessage):
     """Coordinator → site: a published pool version, to route with and to encode new passages against."""
 
     KIND: ClassVar[str] = "pool_release"
-    pool_version: int = count()
+    version: int = count()
     experts: Mapping[str, np.ndarray] = tensors()
     settings: Mapping[str, float] = scores()
     router: Mapping[str, np.ndarray] = tensors(optional=True)
@@ -325,7 +325,7 @@ class ReleaseAck(WireMessage):
 
     KIND: ClassVar[str] = "release_ack"
     site: str = opaque_id()
-    pool_version: int = count()
+    version: int = count()
     encoded: int = count()
     pending: int = count()
     questions: int = count(default=0)
@@ -353,7 +353,7 @@ class RoutingReply(WireMessage):
 
     KIND: ClassVar[str] = "routing_reply"
     site: str = opaque_id()
-    pool_version: int = count()
+    version: int = count()
     scores: Mapping[str, float] = scores()
     mixture: Mapping[str, np.ndarray] = tensors()
 

@@ -131,11 +131,6 @@ def signature(replies: Sequence[RoutingReply] | Sequence[FactorReply]) -> object
     return next((tuple(sorted((k, v.shape) for k, v in r.factors.items())) for r in replies if r.factors), None)
 
 
-def version_of(reply: RoutingReply | FactorReply) -> int:
-    """The pool (or generator) version a site answered with."""
-    return reply.pool_version if isinstance(reply, RoutingReply) else reply.version
-
-
 class SiteUnavailable(RuntimeError):
     """A site did not answer in time, refused the call, or sent a reply the wire schema refuses."""
 
@@ -246,10 +241,10 @@ class FanOut:
             if not isinstance(answers[site.name][0], self.mode.reply):
                 trace.failed[site.name] = (f"answers in the other mode ({answers.pop(site.name)[0].KIND}); this query "
                                            f"API serves federation.mode = '{self.mode.name}'")
-        wanted = version if version is not None else max((version_of(r[0]) for r in answers.values()), default=0)
+        wanted = version if version is not None else max((r[0].version for r in answers.values()), default=0)
         for name, replies in list(answers.items()):
-            if version_of(replies[0]) != wanted or wanted < min_version:
-                trace.failed[name] = f"routes with pool version {version_of(replies[0])}, not {wanted}"
+            if replies[0].version != wanted or wanted < min_version:
+                trace.failed[name] = f"routes with pool version {replies[0].version}, not {wanted}"
                 del answers[name]
         shapes = {name: signature(replies) for name, replies in answers.items()}
         if len(set(shapes.values()) - {None}) > 1:  # one version, two shapes: a site misconfigured; keep the commonest
@@ -262,7 +257,7 @@ class FanOut:
             log.warning("fanout.site.failed", site=name, reason=reason)
         if not answers:
             raise SiteUnavailable(f"no site answered with a usable pool: {trace.failed}")
-        trace.answered, trace.pool_version = list(answers), wanted
+        trace.answered, trace.version = list(answers), wanted
         trace.seconds = time.perf_counter() - started
         replies = list(answers.values())
         return [self.mode.combine([site[q] for site in replies], k, self.config)

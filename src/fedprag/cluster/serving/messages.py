@@ -19,7 +19,7 @@ class FanOutTrace:
     asked: list[str] = field(default_factory=list)
     answered: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
-    pool_version: int = 0
+    version: int = 0
     seconds: float = 0.0
 
 

@@ -73,7 +73,7 @@ class RoutingStage:
             pinned_elsewhere = request.version is not None and "routes with pool version" in str(exc)
             error = "not_found" if pinned_elsewhere else "unavailable"  # 404: the sites route with another version
             return [RouteResult(error=error, reason=str(exc)[:300])] * len(embeddings)
-        return [RouteResult(r.weights, r, trace.pool_version, trace) for r in routings]
+        return [RouteResult(r.weights, r, trace.version, trace) for r in routings]
 
     def _central(self, embeddings: np.ndarray, request: RouteRequest) -> list[RouteResult]:
         if not self.mode.learned_router:
@@ -94,7 +94,7 @@ class RoutingStage:
         with torch.inference_mode():
             logits = self.routers[version](torch.from_numpy(embeddings).float())
         weights = keep_top_m(routing_weights(logits), self.poly.top_m)
-        trace = FanOutTrace(pool_version=version, seconds=time.perf_counter() - started)
+        trace = FanOutTrace(version=version, seconds=time.perf_counter() - started)
         return [RouteResult(w, None, version, trace) for w in weights]
 
     def route(self, requests: list[RouteRequest]) -> list[RouteResult]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -30,6 +31,9 @@ FORMAT_VERSION = 1
 # that cached generators made by older code are not reused.
 TRAINING_VERSION = 3
 MASK_VECTOR = "mask_vector"
+SHIPPED = Path(__file__).resolve().parent / "shipped"
+"""Pretrained generators that ship with fedprag, named as the cache names them: the built-in
+default model's, at the default configuration (``fedprag model build-generator`` remakes it)."""
 
 
 def generator_arrays(encoder: DistilledEncoder) -> dict[str, np.ndarray]:
@@ -136,14 +140,22 @@ def starting_encoder(base: BaseModel, layers: dict[str, LoRALinear], config: Dis
 
 def cached_generator(base: BaseModel, layers: dict[str, LoRALinear], config: DistilledConfig,
                      show_progress: bool = True) -> tuple[DistilledEncoder, Path]:
-    """The generator for ``base`` and ``config``: loaded from the cache, else trained and cached.
+    """The generator for ``base`` and ``config``: the shipped one, else the cached one, else trained and cached.
 
     The cache lives under ``$FEDPRAG_HOME/generators`` (see :func:`cache_dir`), so a run never
     reuses a generator made for another base model, other settings or older training code.
     """
     path = cache_dir(base.digest, config)
-    if (path / "manifest.json").is_file():
-        return load(path, base, layers), path
+    for found in (SHIPPED / path.name, path):
+        if (found / "manifest.json").is_file():
+            return load(found, base, layers), found
     encoder, _ = train_generator(base, layers, config, show_progress)
     save(path, encoder)
     return encoder, path
+
+
+def ship(path: Path) -> Path:
+    """For maintainers: copy a cached generator into the package's shipped generators; returns where."""
+    shipped = SHIPPED / path.name
+    shutil.copytree(path, shipped, dirs_exist_ok=True)
+    return shipped
