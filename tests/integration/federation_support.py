@@ -123,7 +123,7 @@ POLY = {"federation.rounds": 2, "federation.local_epochs": 40, "federation.min_s
 """Poly-PRAG: a last-layer pool (new passages encode routing-only) on the built-in model."""
 
 DISTILLED = {"federation.mode": "distilled", "federation.rounds": 2, "federation.min_sites": 3,
-             "distilled.start": "pretrained", "distilled.local_steps": 4}
+             "distilled.start": "pretrained", "distilled.local_steps": 2}
 """DistilledPRAG: every site distils the shipped pretrained generator on its own documents."""
 
 

@@ -23,7 +23,7 @@ from fedprag.shared.models.loading import load_causal_lm
 
 pytestmark = pytest.mark.integration
 
-ARRIVING = 400
+ARRIVING = 250
 """Passages in the inbox file: long ones, so that writing the passages file takes a while (and so
 does indexing them: a restarted daemon embeds every new passage before it serves it)."""
 
