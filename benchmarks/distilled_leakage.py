@@ -1,8 +1,8 @@
 """DistilledPRAG leakage benchmark (issue 22): what the generated LoRA factors give away, and what
 protecting them costs in exact match.
 
-One run, one machine, the default base model, its generator (the cached one; distilled first if
-there is none, about 13 minutes) and the default benchmark's 60 passages. It measures:
+One run, one machine, the default base model, its generator (the shipped or cached one; distilled
+first if there is none, about 13 minutes) and the default benchmark's 60 passages. It measures:
 
 * inversion (:func:`~fedprag.shared.eval.leakage.inversion`): the nearest-token, span
   and mixture attacks on each passage's own factors (the worst case: one document per LoRA) and on
@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     base = load_causal_lm(config.model.path)
     layers = attach_lora(base.model)
     dataset = make_benchmark(config.benchmark)
-    cached = (distilled_serializer.cache_dir(base.digest, config.distilled) / "manifest.json").is_file()
+    path = distilled_serializer.cache_dir(base.digest, config.distilled)
+    cached = (distilled_serializer.SHIPPED / path.name / "manifest.json").is_file() or (path / "manifest.json").is_file()
     encoder, _ = distilled_serializer.cached_generator(base, layers, config.distilled)
     embeddings = base.model.get_input_embeddings().weight.detach()
     k = config.harness.top_k
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(json_path, json.dumps(payload, indent=2))
     options = " ".join(sys.argv[1:] if argv is None else argv)
     command = f"flock /tmp/fedprag-heavy.lock .venv/bin/python benchmarks/distilled_leakage.py {options}".strip()
-    generator = (f"The generator ({config.distilled.steps} steps) was {'the cached one' if cached else 'distilled in this run'} "
+    generator = (f"The generator ({config.distilled.steps} steps) was {'the shipped or cached one' if cached else 'distilled in this run'} "
                  "for this base model; the Poly-PRAG pool was trained in the run (seconds).")
     lines = markdown(inversion, extraction, em, noises, len(embeddings), report.machine, command, seconds, generator)
     atomic_write_text(md_path, md_path.read_text() + "\n".join(lines) + "\n")

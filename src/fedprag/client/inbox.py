@@ -1,7 +1,7 @@
 """A site's inbox: files the owner drops in are ingested into the store whole or not at all.
 
-A file (``.jsonl``, ``.parquet`` or ``.txt``) is taken once it was moved in atomically, or once its
-size held for one scan. Its passages are stored, then it moves to ``done/``; a file that is not
+A file (``.jsonl``, ``.parquet`` or ``.txt``) is taken once its size held from one scan to the
+next (move it in atomically, so that no scan sees it half-written). Its passages are stored, then it moves to ``done/``; a file that is not
 valid moves to ``rejected/`` beside a ``.error`` file naming the row, and nothing of it is stored.
 A file leaves the inbox only after its passages are stored, so a crash mid-file loses nothing and
 ingesting it again is a no-op.

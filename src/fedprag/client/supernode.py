@@ -47,7 +47,7 @@ class SupernodeSupervisor:
             if abs(orphan.create_time() - record["supernode_started"]) < 1e-3:
                 log.warning("daemon.supernode.orphan", pid=orphan.pid)
                 signal_group(orphan.pid, signal.SIGKILL)
-        except (ValueError, KeyError, TypeError, psutil.Error):
+        except (OSError, ValueError, KeyError, TypeError, psutil.Error):
             return
 
     def check(self) -> str:

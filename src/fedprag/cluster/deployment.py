@@ -177,10 +177,7 @@ class LocalDeployment:
         if self.rounds:
             (self.work / "flwr" / "superlink.db").unlink(missing_ok=True)  # a new deployment starts a new SuperLink state
             self._start_superlink()
-        for name, _ in self.sites:
-            if self.rounds:
-                self.register(self.node_keys(name))
-        self._start_daemons(self.sites)
+        self._start_daemons(self.sites, register=self.rounds)
 
     def _start_superlink(self) -> None:
         """The SuperLink, its state (registered SuperNodes, runs) in a database file so that it survives a restart."""
@@ -256,9 +253,15 @@ class LocalDeployment:
                                                               federation=replace(defaults.federation, mode=self.mode))))
         return path
 
-    def _start_daemons(self, sites: Sequence[tuple[str, Path]]) -> None:
-        """Start these sites' daemons together (each loads its model at the same time) and wait for all."""
-        starting = [(name, path, self._spawn_daemon(name, path, self.node_keys(name))) for name, path in sites]
+    def _start_daemons(self, sites: Sequence[tuple[str, Path]], register: bool = False) -> None:
+        """Start these sites' daemons together and wait for all (each loads its model while the next
+        site's key is registered and its daemon spawned)."""
+        starting = []
+        for name, path in sites:
+            keys = self.node_keys(name)
+            if register:
+                self.register(keys)
+            starting.append((name, path, self._spawn_daemon(name, path, keys)))
         for name, path, started in starting:
             self._await_daemon(name, path, started)
         self.remember_descendants()
@@ -267,6 +270,8 @@ class LocalDeployment:
         """Start again every site daemon that has exited, as a supervisor would; returns their names."""
         exited = [(name, path) for name, path in self.sites
                   if name not in self.daemons or self.daemons[name].process.poll() is not None]
+        reaped = [self.daemons[name] for name, _ in exited if name in self.daemons]
+        self.processes = [p for p in self.processes if p not in reaped]  # never signal a reaped pid again
         self._start_daemons(exited)
         return [name for name, _ in exited]
 

@@ -33,7 +33,8 @@ TRAINING_VERSION = 3
 MASK_VECTOR = "mask_vector"
 SHIPPED = Path(__file__).resolve().parent / "shipped"
 """Pretrained generators that ship with fedprag, named as the cache names them: the built-in
-default model's, at the default configuration (``fedprag model build-generator`` remakes it)."""
+default model's, at the default configuration (made by ``fedprag model build-generator --ship``
+with no shipped copy of it in place)."""
 
 
 def generator_arrays(encoder: DistilledEncoder) -> dict[str, np.ndarray]:
@@ -131,8 +132,8 @@ def cache_dir(base_digest: str, config: DistilledConfig) -> Path:
 
 def starting_encoder(base: BaseModel, layers: dict[str, LoRALinear], config: DistilledConfig,
                      show_progress: bool = True) -> DistilledEncoder:
-    """The generator federated distillation starts from, as ``config.start`` says: the cached
-    pretrained one (trained first if this machine has none), or a new one."""
+    """The generator federated distillation starts from, as ``config.start`` says: the pretrained
+    one (shipped, or cached, or trained first if this machine has none), or a new one."""
     if config.start == "pretrained":
         return cached_generator(base, layers, config, show_progress)[0]
     return new_encoder(base, layers, config)
@@ -156,6 +157,8 @@ def cached_generator(base: BaseModel, layers: dict[str, LoRALinear], config: Dis
 
 def ship(path: Path) -> Path:
     """For maintainers: copy a cached generator into the package's shipped generators; returns where."""
+    if path.parent == SHIPPED:
+        return path  # shipped already
     shipped = SHIPPED / path.name
     shutil.copytree(path, shipped, dirs_exist_ok=True)
     return shipped
