@@ -56,3 +56,19 @@ def test_the_default_models_pretrained_generator_ships_and_loads_without_trainin
     base = load_causal_lm("tiny")
     _, path = serializer.cached_generator(base, attach_lora(base.model), DistilledConfig(), show_progress=False)
     assert path.parent == serializer.SHIPPED and not (tmp_path / "generators").exists()
+
+
+def test_a_damaged_shipped_generator_is_refused(tmp_path, monkeypatch):
+    from fedprag.shared.lora.layers import attach_lora
+    from fedprag.shared.methods.distilled import DistilledConfig, serializer
+    from fedprag.shared.models.loading import load_causal_lm
+
+    base = load_causal_lm("tiny")
+    name = serializer.cache_dir(base.digest, DistilledConfig()).name
+    shutil.copytree(serializer.SHIPPED / name, tmp_path / name)
+    tensors = bytearray((tmp_path / name / "tensors.safetensors").read_bytes())
+    tensors[-1] ^= 1
+    (tmp_path / name / "tensors.safetensors").write_bytes(bytes(tensors))
+    monkeypatch.setattr(serializer, "SHIPPED", tmp_path)
+    with pytest.raises(ShippedModelError, match="tensors.safetensors does not match its sha256"):
+        serializer.cached_generator(base, attach_lora(base.model), DistilledConfig(), show_progress=False)

@@ -1,8 +1,9 @@
 """A site's inbox: files the owner drops in are ingested into the store whole or not at all.
 
 A file (``.jsonl``, ``.parquet`` or ``.txt``) is taken once its size held from one scan to the
-next (move it in atomically, so that no scan sees it half-written). Its passages are stored, then it moves to ``done/``; a file that is not
-valid moves to ``rejected/`` beside a ``.error`` file naming the row, and nothing of it is stored.
+next (move it in atomically, so that no scan sees it half-written). Its passages are stored, then
+it moves to ``done/``; a file that is not valid moves to ``rejected/`` beside a ``.error`` file
+naming the row, and nothing of it is stored.
 A file leaves the inbox only after its passages are stored, so a crash mid-file loses nothing and
 ingesting it again is a no-op.
 """

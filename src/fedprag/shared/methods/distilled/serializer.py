@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from fedprag.shared.methods.distilled.config import DistilledConfig
 from fedprag.shared.methods.distilled.layers import Generator
 from fedprag.shared.methods.distilled.trainer import DistilledEncoder, new_encoder, train_generator
 from fedprag.shared.models.loading import BaseModel
+from fedprag.shared.models.tiny import shipped as shipped_models
 from fedprag.shared.paths import fedprag_home
 
 METHOD = "distilled"
@@ -147,18 +147,17 @@ def cached_generator(base: BaseModel, layers: dict[str, LoRALinear], config: Dis
     reuses a generator made for another base model, other settings or older training code.
     """
     path = cache_dir(base.digest, config)
-    for found in (SHIPPED / path.name, path):
-        if (found / "manifest.json").is_file():
-            return load(found, base, layers), found
+    shipped = SHIPPED / path.name
+    if (shipped / shipped_models.SUMS).is_file():
+        return load(shipped_models.verified(shipped), base, layers), shipped
+    if (path / "manifest.json").is_file():
+        return load(path, base, layers), path
     encoder, _ = train_generator(base, layers, config, show_progress)
     save(path, encoder)
     return encoder, path
 
 
 def ship(path: Path) -> Path:
-    """For maintainers: copy a cached generator into the package's shipped generators; returns where."""
-    if path.parent == SHIPPED:
-        return path  # shipped already
-    shipped = SHIPPED / path.name
-    shutil.copytree(path, shipped, dirs_exist_ok=True)
-    return shipped
+    """For maintainers: copy a cached generator into the package's shipped generators, with its
+    SHA256SUMS; returns where."""
+    return path if path.parent == SHIPPED else shipped_models.ship(path, SHIPPED)

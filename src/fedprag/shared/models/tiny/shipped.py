@@ -32,6 +32,9 @@ class ShippedModelError(ValueError):
     """A shipped model's files do not match its SHA256SUMS."""
 
 
+REBUILD = "'fedprag model build-tiny' for a base model, 'fedprag model build-generator' for a generator"
+
+
 def verified(path: Path) -> Path:
     """``path`` once every file its ``SHA256SUMS`` lists has that hash (and no listed file is missing)."""
     for line in (path / SUMS).read_text().splitlines():
@@ -39,10 +42,10 @@ def verified(path: Path) -> Path:
         file = path / name
         if not file.is_file():
             raise ShippedModelError(f"shipped model {path.name}: {name} is missing; reinstall fedprag "
-                                    "or rebuild it with 'fedprag model build-tiny'")
+                                    f"or rebuild it ({REBUILD})")
         if file_sha256(file) != expected:
             raise ShippedModelError(f"shipped model {path.name}: {name} does not match its sha256; reinstall "
-                                    "fedprag or rebuild it with 'fedprag model build-tiny'")
+                                    f"fedprag or rebuild it ({REBUILD})")
     return path
 
 
@@ -63,9 +66,10 @@ def differing(built: Path) -> list[str] | None:
             if name != METRICS and (not (built / name).is_file() or file_sha256(built / name) != expected)]
 
 
-def ship(built: Path) -> Path:
-    """Copy a built model directory into the package's shipped models, with its SHA256SUMS."""
-    target = SHIPPED_ROOT / built.name
+def ship(built: Path, root: Path = SHIPPED_ROOT) -> Path:
+    """Copy a built model directory into the package's shipped models under ``root`` (the base
+    models', or a method's), with its SHA256SUMS."""
+    target = root / built.name
     files = sorted(f for f in built.iterdir() if f.is_file())
     with atomic_dir(target) as tmp:
         for file in files:
