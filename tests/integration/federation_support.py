@@ -29,7 +29,7 @@ LAST_LAYER = Path(__file__).resolve().parents[2] / "benchmarks" / "poly_last_lay
 def canary_sites(work):
     """Site stores whose passages carry planted canary strings, plus one site with no passages
     (its round fails); returns the stores that hold passages."""
-    dataset = make_benchmark(BenchmarkSpec(people=9, sites=3, alpha=100.0, seed=2))
+    dataset = make_benchmark(BenchmarkSpec(people=8, sites=2, alpha=100.0, seed=2))
     planted = [Passage(p.passage_id, p.site, f"{p.text} Its archive code is {CANARIES[i % 2]}.")
                for i, p in enumerate(dataset.passages)]
     stores = prepare_sites(Dataset(planted, dataset.questions, dataset.augmentations), work / "sites")

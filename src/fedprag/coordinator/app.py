@@ -39,6 +39,8 @@ from fedprag.shared.wire import GeneratorUpdate, ReleaseAck, SiteUpdate, WireErr
 log = get_logger(__name__)
 U = TypeVar("U", SiteUpdate, GeneratorUpdate)
 RELEASE = f"{MessageType.QUERY}.release"
+PULL_INTERVAL = 0.2
+"""Seconds between the coordinator's pulls for replies (Flower's deployed grid waits a fixed 3 s)."""
 
 
 @dataclass
@@ -80,7 +82,7 @@ def run_rounds(grid: Grid, config: FedpragConfig) -> None:
         messages = [Message(task, dst_node_id=node, message_type=MessageType.TRAIN)
                     for task, node in zip(mode.tasks(number, len(nodes)), nodes)]
         log.info("coordinator.round.start", round=number, sites=len(nodes), mode=mode.name, version=mode.version)
-        replies = grid.send_and_receive(messages, timeout=federation.round_timeout)
+        replies = exchange(grid, messages, federation.round_timeout)
         report = RoundReport(round=number, version=None)
         updates = _collect(replies, mode.accept, report)
         if len(updates) < federation.min_sites:
@@ -92,9 +94,29 @@ def run_rounds(grid: Grid, config: FedpragConfig) -> None:
     release(grid, mode, federation)
 
 
+def exchange(grid: Grid, messages: Sequence[Message], timeout: float) -> list[Message]:
+    """Send ``messages`` and return the replies that arrive within ``timeout`` s.
+
+    This is ``Grid.send_and_receive``, polling every :data:`PULL_INTERVAL` s: Flower's deployed
+    grid sleeps 3 s between pulls, so each exchange would end up to 3 s after its last reply.
+    """
+    pending = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    while pending:
+        arrived = list(grid.pull_messages(pending))
+        replies.extend(arrived)
+        pending -= {reply.metadata.reply_to_message_id for reply in arrived}
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(PULL_INTERVAL)
+    return replies
+
+
 def _collect(replies: Iterable[Message], accept: Callable[[RecordDict], U], report: RoundReport) -> list[U]:
-    """The valid updates among a round's replies; every other reply is named in ``report`` with
-    its reason (a site's error, or what the schema or the strategy refused)."""
+    """The valid updates among a round's replies, in site order (so the aggregate does not depend on
+    which reply came first); every other reply is named in ``report`` with its reason (a site's
+    error, or what the schema or the strategy refused)."""
     updates = []
     for reply in replies:
         node = str(reply.metadata.src_node_id)
@@ -112,7 +134,7 @@ def _collect(replies: Iterable[Message], accept: Callable[[RecordDict], U], repo
         report.bytes_per_site[update.site] = record_bytes(reply.content)
     for node, reason in report.rejected.items():
         log.warning("coordinator.update.rejected", round=report.round, node=node, reason=reason)
-    return updates
+    return sorted(updates, key=lambda update: update.site)
 
 
 def _round_metrics(report: RoundReport, updates: Sequence[U], dp: DPSettings | None,
@@ -145,8 +167,8 @@ def release(grid: Grid, mode: FederationMode, federation: FederationSection) -> 
     """Send the mode's latest version to every connected site; log which sites kept it."""
     nodes = _wait_for_sites(grid, federation.min_sites, federation.round_timeout)
     record = mode.release()
-    replies = grid.send_and_receive([Message(record, dst_node_id=node, message_type=RELEASE) for node in nodes],
-                                    timeout=federation.round_timeout)
+    replies = exchange(grid, [Message(record, dst_node_id=node, message_type=RELEASE) for node in nodes],
+                       federation.round_timeout)
     acks = _acks(replies)
     mode.released(acks)
     log.info("coordinator.release.done", mode=mode.name, version=mode.version, sites=len(acks), asked=len(nodes))
