@@ -21,8 +21,6 @@ FLOWER_QUIET = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
 }
-SUPEREXEC_POLL = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}
-"""A SuperExec looks for a new task (a ServerApp run, a ClientApp message) every 0.1 s, not 1 s."""
 
 
 def free_port() -> int:
@@ -38,11 +36,10 @@ def bin_path(name: str) -> str:
 
 
 def flower_env(home: Path) -> dict[str, str]:
-    """This environment, plus a private Flower home, Flower's telemetry off, a prompt SuperExec,
-    and this venv first on PATH."""
+    """This environment, plus a private Flower home, Flower's telemetry off, and this venv first on PATH."""
     home.mkdir(parents=True, exist_ok=True)
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, **FLOWER_QUIET, **SUPEREXEC_POLL, "FLWR_HOME": str(home),
+    return {**os.environ, **FLOWER_QUIET, "FLWR_HOME": str(home),
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
