@@ -229,8 +229,13 @@ def _cmd_serve(args: argparse.Namespace, config: FedpragConfig) -> int:
     import signal
     import threading
 
-    from fedprag.cluster.serving.app import start, stop
+    import yaml
 
+    from fedprag.cluster.serving.app import serve_config, start, stop
+
+    if args.deploy_config:
+        print(yaml.safe_dump(serve_config(config.serve, args.deploy_config), sort_keys=False), end="")
+        return 0
     try:
         config.serve.check_files()
     except ValueError as exc:
@@ -451,6 +456,9 @@ def _serve_command(groups: argparse._SubParsersAction, common: argparse.Argument
                     "FEDPRAG__SERVE__API_KEYS=key1,key2. Configure it in the [serve] section of --config.")
     serve.add_argument("--address", default=None,
                        help="an existing Ray cluster (ray://host:10001 or host:6379); default: start a local Ray")
+    serve.add_argument("--deploy-config", metavar="CLUSTER_PATH",
+                       help="print the Ray Serve deploy config (KubeRay's serveConfigV2) for a cluster where this "
+                            "configuration file lies at CLUSTER_PATH, and exit (deploy/k8s is made with it)")
     serve.add_argument("--port", dest="serve.port", help="HTTP port (default 8000)")
     serve.add_argument("--grpc-port", dest="serve.grpc_port", help="gRPC port (default 9000; 0 = no gRPC)")
     serve.add_argument("--registry", dest="serve.registry", help="the coordinator's pool registry directory")

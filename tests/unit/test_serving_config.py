@@ -27,6 +27,20 @@ def test_serve_settings_are_validated_with_the_field_named():
         config.serve.check_files()
 
 
+def test_beyond_loopback_the_query_api_serves_https_unless_told_a_proxy_terminates_tls(tmp_path):
+    with pytest.raises(ConfigError, match="serve.tls_cert: required to serve on 0.0.0.0"):
+        load_config(None, {"serve.host": "0.0.0.0"})
+    with pytest.raises(ConfigError, match="serve.tls_cert and serve.tls_key"):
+        load_config(None, {"serve.tls_cert": "api.pem"})
+    assert load_config(None, {"serve.host": "0.0.0.0", "serve.plaintext": "true"}).serve.plaintext
+    for host in ("127.0.0.1", "localhost", "::1"):
+        assert load_config(None, {"serve.host": host}).serve.host == host
+    config = load_config(None, {"serve.host": "10.0.0.5", "serve.tls_cert": str(tmp_path / "api.pem"),
+                                "serve.tls_key": str(tmp_path / "api.key"), "serve.api_keys": "k"})
+    with pytest.raises(ValueError, match="serve.tls_cert: must be a file"):
+        config.serve.check_files()
+
+
 def test_fedprag_serve_without_an_api_key_exits_2_naming_the_field(capsys):
     assert main(["serve", "--registry", "/nonexistent"]) == 2
     assert "serve.api_keys" in capsys.readouterr().err

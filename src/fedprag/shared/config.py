@@ -20,6 +20,7 @@ Example ``fedprag.toml``::
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import typing
@@ -207,8 +208,14 @@ class ServeSection:
     """
 
     host: str = "127.0.0.1"
+    """Where the query API listens. Outside loopback it serves HTTPS (``tls_cert``, ``tls_key``) unless ``plaintext``."""
     port: int = 8000
     """The HTTP port of the query API (Ray Serve's proxy)."""
+    tls_cert: str = ""
+    """The query API's TLS certificate (PEM, chain included); with ``tls_key``, the HTTP port speaks HTTPS."""
+    tls_key: str = ""
+    plaintext: bool = False
+    """Serve plain HTTP on a non-loopback ``host`` (behind a TLS-terminating proxy, say)."""
     grpc_port: int = 9000
     """The gRPC port of the query service (0 = no gRPC)."""
     registry: str = ""
@@ -278,6 +285,11 @@ class ServeSection:
             name, sep, address = entry.partition("=")
             if not sep or not name or not address.rpartition(":")[2].isdigit():
                 raise ValueError(f"serve.sites: expected name=host:port, got '{entry}'")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("serve.tls_cert and serve.tls_key: give both, or neither")
+        if not self.tls_cert and not self.plaintext and not _is_loopback(self.host):
+            raise ValueError(f"serve.tls_cert: required to serve on {self.host}, beyond loopback "
+                             "(or serve.plaintext = true behind a TLS-terminating proxy)")
 
     def key_rates(self) -> dict[str, float]:
         """``{API key: requests per second}`` for keys with a rate of their own."""
@@ -298,11 +310,23 @@ class ServeSection:
         """What ``fedprag serve`` needs before it starts; each missing piece is named."""
         if not self.api_keys:
             raise ValueError("serve.api_keys: at least one API key is required (FEDPRAG__SERVE__API_KEYS=key1,key2)")
+        for name in ("tls_cert", "tls_key"):
+            value = getattr(self, name)
+            if value and not Path(value).is_file():
+                raise ValueError(f"serve.{name}: must be a file (got '{value}')")
         if self.sites:
             for name in ("ca_cert", "site_token_file"):
                 value = getattr(self, name)
                 if not value or not Path(value).is_file():
                     raise ValueError(f"serve.{name}: required with serve.sites, and must be a file (got '{value}')")
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
