@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         *[f"| {r + 1} | {i + 1} | {d:.1f} | {s:.1f} | {d - s:+.1f} | {d / s:.2f}× |"
           for r, (dep, sim) in enumerate(zip(runs["deployment"], runs["simulation"]))
           for i, (d, s) in enumerate(zip(dep, sim))],
-        "", (f"A deployed round costs **{summary['deployment_minus_simulation_warm_s']:+.1f} s** more than a simulated "
-             "one, the median of per-round differences over rounds 2 and later; the median of per-round ratios is "
+        "", (f"Deployed minus simulated round time, median of per-round differences over rounds 2 and later: "
+             f"**{summary['deployment_minus_simulation_warm_s']:+.1f} s**; the median of per-round ratios is "
              f"{summary['deployment_vs_simulation_warm']:.2f}× (round 1, where the simulation's actors also "
              f"load the model: {summary['deployment_vs_simulation_round_1']:.2f}×)."), "",
         f"Machine: {machine}.",

@@ -460,7 +460,7 @@ def _serve_command(groups: argparse._SubParsersAction, common: argparse.Argument
                        help="print the Ray Serve deploy config (KubeRay's serveConfigV2) for a cluster where this "
                             "configuration file lies at CLUSTER_PATH, and exit (deploy/k8s is made with it)")
     serve.add_argument("--port", dest="serve.port", help="HTTP port (default 8000)")
-    serve.add_argument("--grpc-port", dest="serve.grpc_port", help="gRPC port (default 9000; 0 = no gRPC)")
+    serve.add_argument("--grpc-port", dest="serve.grpc_port", help="gRPC port (default 0: none; plaintext, so it needs serve.plaintext)")
     serve.add_argument("--registry", dest="serve.registry", help="the coordinator's pool registry directory")
     serve.add_argument("--replicas", dest="serve.replicas", help="serving replicas that route and answer (default 1)")
     _model_option(serve)

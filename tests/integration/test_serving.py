@@ -67,7 +67,7 @@ def api(federation, ray_session):
     settings["serve.sites"] = [f"{name}=127.0.0.1:{proxy.port}" for name, proxy in proxies]  # through the recorders
     config = load_config(LAST_LAYER, {
         **settings, "federation.work_dir": str(federation.work), "serve.api_keys": f"{KEY},{OTHER_KEY}",
-        "serve.port": free_port(), "serve.grpc_port": free_port(), "serve.replicas": 2, "serve.replica_cpus": 0.5,
+        "serve.port": free_port(), "serve.grpc_port": free_port(), "serve.plaintext": True, "serve.replicas": 2, "serve.replica_cpus": 0.5,
         "serve.rate_limit_qps": 200, "serve.rate_limit_burst": 400, "serve.key_rate_limits": f"{OTHER_KEY}=2"})
     endpoints = start(config)
     yield {"url": endpoints.http, "grpc": endpoints.grpc, "proxies": proxies, "config": config}

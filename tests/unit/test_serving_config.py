@@ -33,6 +33,9 @@ def test_beyond_loopback_the_query_api_serves_https_unless_told_a_proxy_terminat
     with pytest.raises(ConfigError, match="serve.tls_cert and serve.tls_key"):
         load_config(None, {"serve.tls_cert": "api.pem"})
     assert load_config(None, {"serve.host": "0.0.0.0", "serve.plaintext": "true"}).serve.plaintext
+    with pytest.raises(ConfigError, match="serve.grpc_port: the gRPC port speaks plaintext on every interface"):
+        load_config(None, {"serve.grpc_port": "9000"})
+    assert load_config(None, {"serve.grpc_port": "9000", "serve.plaintext": "true"}).serve.grpc_port == 9000
     for host in ("127.0.0.1", "localhost", "::1"):
         assert load_config(None, {"serve.host": host}).serve.host == host
     config = load_config(None, {"serve.host": "10.0.0.5", "serve.tls_cert": str(tmp_path / "api.pem"),

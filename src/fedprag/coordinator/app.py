@@ -100,7 +100,7 @@ def exchange(grid: Grid, messages: Sequence[Message], timeout: float) -> list[Me
     This is ``Grid.send_and_receive``, polling every :data:`PULL_INTERVAL` s: Flower's deployed
     grid sleeps 3 s between pulls, so each exchange would end up to 3 s after its last reply.
     """
-    pending = set(grid.push_messages(messages))
+    pending = {sent for sent in grid.push_messages(messages) if sent}  # a message not pushed gets no reply
     deadline = time.monotonic() + timeout
     replies: list[Message] = []
     while pending:

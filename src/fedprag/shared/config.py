@@ -215,9 +215,11 @@ class ServeSection:
     """The query API's TLS certificate (PEM, chain included); with ``tls_key``, the HTTP port speaks HTTPS."""
     tls_key: str = ""
     plaintext: bool = False
-    """Serve plain HTTP on a non-loopback ``host`` (behind a TLS-terminating proxy, say)."""
-    grpc_port: int = 9000
-    """The gRPC port of the query service (0 = no gRPC)."""
+    """Accept plaintext listeners: HTTP on a non-loopback ``host`` without ``tls_cert``, and the gRPC
+    port (for a private network, or behind a TLS-terminating proxy)."""
+    grpc_port: int = 0
+    """The gRPC port of the query service (0 = no gRPC). Ray Serve's gRPC proxy has no TLS and listens
+    on every interface whatever ``host`` says, so a gRPC port needs ``plaintext``."""
     registry: str = ""
     """The coordinator's pool registry (default ``<federation.work_dir>/registry``)."""
     sites: tuple[str, ...] = ()
@@ -290,6 +292,9 @@ class ServeSection:
         if not self.tls_cert and not self.plaintext and not _is_loopback(self.host):
             raise ValueError(f"serve.tls_cert: required to serve on {self.host}, beyond loopback "
                              "(or serve.plaintext = true behind a TLS-terminating proxy)")
+        if self.grpc_port and not self.plaintext:
+            raise ValueError("serve.grpc_port: the gRPC port speaks plaintext on every interface (Ray Serve's gRPC "
+                             "proxy has no TLS); set serve.plaintext = true to serve it anyway, or 0 for no gRPC")
 
     def key_rates(self) -> dict[str, float]:
         """``{API key: requests per second}`` for keys with a rate of their own."""

@@ -120,12 +120,11 @@ def deploy(config: dict[str, Any], timeout: float = 600.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         apps = serve.status().applications
-        states = [apps[name] for name in names if name in apps]
-        if len(states) == len(names) and all(state.status == "RUNNING" for state in states):
+        if all(name in apps and apps[name].status == "RUNNING" for name in names):
             return
-        for name, state in zip(names, states):
-            if state.status == "DEPLOY_FAILED":
-                raise RuntimeError(f"Ray Serve could not deploy {name}: {state.message}")
+        for name in names:
+            if name in apps and apps[name].status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                raise RuntimeError(f"Ray Serve could not deploy {name}: {apps[name].message}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"Ray Serve's apps {names} were not running after {timeout:.0f} s")
         time.sleep(0.5)
