@@ -114,9 +114,8 @@ def exchange(grid: Grid, messages: Sequence[Message], timeout: float) -> list[Me
 
 
 def _collect(replies: Iterable[Message], accept: Callable[[RecordDict], U], report: RoundReport) -> list[U]:
-    """The valid updates among a round's replies, in site order (so the aggregate does not depend on
-    which reply came first); every other reply is named in ``report`` with its reason (a site's
-    error, or what the schema or the strategy refused)."""
+    """The valid updates among a round's replies; every other reply is named in ``report`` with
+    its reason (a site's error, or what the schema or the strategy refused)."""
     updates = []
     for reply in replies:
         node = str(reply.metadata.src_node_id)
@@ -134,7 +133,7 @@ def _collect(replies: Iterable[Message], accept: Callable[[RecordDict], U], repo
         report.bytes_per_site[update.site] = record_bytes(reply.content)
     for node, reason in report.rejected.items():
         log.warning("coordinator.update.rejected", round=report.round, node=node, reason=reason)
-    return sorted(updates, key=lambda update: update.site)
+    return updates
 
 
 def _round_metrics(report: RoundReport, updates: Sequence[U], dp: DPSettings | None,
