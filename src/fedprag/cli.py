@@ -301,6 +301,9 @@ def _federation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", dest="federation.runtime", choices=("deployment", "simulation"),
                         help="deployment (default): SuperLink + one SuperNode process per site, TLS and node "
                              "auth, on loopback; simulation: sites as Ray actors in one process")
+    parser.add_argument("--ray-address", dest="federation.ray_address",
+                        help="simulation runtime: the Ray cluster to run the sites on (host:port, or auto); "
+                             "default: a Ray of its own, started for the run")
     parser.add_argument("--work-dir", dest="federation.work_dir",
                         help="holds sites/ (site stores), registry/ (pool versions) and results")
 

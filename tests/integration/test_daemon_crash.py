@@ -23,9 +23,11 @@ from fedprag.shared.models.loading import load_causal_lm
 
 pytestmark = pytest.mark.integration
 
-ARRIVING = 250
+ARRIVING = 100
 """Passages in the inbox file: long ones, so that writing the passages file takes a while (and so
-does indexing them: a restarted daemon embeds every new passage before it serves it)."""
+does indexing them: a restarted daemon embeds every new passage before it serves it; the encoder
+reads a passage's first 256 tokens, so fewer, longer passages make the same write for less
+embedding)."""
 
 
 def _site_with_released_pool(site, spec):
@@ -44,7 +46,7 @@ def test_sigkill_mid_inbox_loses_nothing_and_a_restart_completes(small_model_spe
     site = tmp_path / "site"
     base, pool = _site_with_released_pool(site, small_model_spec)
     staged = tmp_path / "big.jsonl"
-    filler = " ".join(f"Clause {j} of the town record." for j in range(60))  # makes the write take a while
+    filler = " ".join(f"Clause {j} of the town record." for j in range(150))  # makes the write take a while
     staged.write_text("".join(json.dumps({"id": f"b{i}", "text": f"Person b{i} was born in {1700 + i % 300}. {filler}",
                                           "qa": [[f"When was Person b{i} born?", str(1700 + i % 300)]]}) + "\n"
                               for i in range(ARRIVING)))

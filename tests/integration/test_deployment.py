@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import time
+from contextlib import nullcontext
 
 import psutil
 import pytest
@@ -19,6 +20,7 @@ import pytest
 from fedprag.client.store import SiteStore
 from fedprag.cluster.deployment import DeploymentError, LocalDeployment
 from fedprag.coordinator.app import recorded_rounds
+from tests import phases
 from tests.integration.federation_support import (
     CANARIES,
     assert_no_canary_in,
@@ -30,6 +32,9 @@ from tests.integration.federation_support import (
 )
 
 pytestmark = pytest.mark.integration
+
+SPEC = "tiny:small"
+"""The built-in model's small recipe (shipped)."""
 
 
 def _kill_coordinator_after_round_one(work, spec):
@@ -51,13 +56,22 @@ def _kill_coordinator_after_round_one(work, spec):
     return subprocess.CompletedProcess(launcher.args, launcher.returncode, stdout, stderr)
 
 
-@pytest.fixture(scope="module")
-def deployed(small_model_spec, tmp_path_factory):
-    work = tmp_path_factory.mktemp("deployment")
+def _deployed(work):
+    """Canary sites, a 2-round federation whose coordinator is killed after round 1, and the command
+    run again; (work, stores, killed run, resumed run)."""
     stores = canary_sites(work)
-    killed = _kill_coordinator_after_round_one(work, small_model_spec)
-    resumed = federate(work, small_model_spec, 2, "deployment")
-    return work, stores, killed, resumed
+    killed = _kill_coordinator_after_round_one(work, SPEC)
+    resumed = federate(work, SPEC, 2, "deployment")
+    return nullcontext((work, stores, killed, resumed))
+
+
+phases.register("deployed", _deployed, early=True)
+
+
+@pytest.fixture(scope="module")
+def deployed(shared_resources):
+    """The module's federation, started in the background as the session starts (tests/phases.py)."""
+    return phases.shared("deployed").value(shared_resources)
 
 
 def test_round_one_completes_without_the_failing_site(deployed):
@@ -99,7 +113,7 @@ def test_no_canary_byte_leaves_any_site(deployed):
 @pytest.fixture
 def superlink(tmp_path):
     """A SuperLink alone (TLS, SuperNode authentication), stopped after the test."""
-    deployment = LocalDeployment(tmp_path, sites=[], model_spec="tiny:small", startup_timeout=60)
+    deployment = LocalDeployment(tmp_path, sites=[], model_spec=SPEC, startup_timeout=60)
     with deployment:
         yield deployment
 

@@ -1,9 +1,9 @@
 """Federated rounds on Flower's Ray simulation runtime: privacy, dropout, restart, what sites keep.
 
-One module-level federation (run through the ``fedprag federate`` command, as an operator would)
-serves every test: sites whose passages carry planted canary strings, plus a site that fails
-during the round. Round 1 runs, the process exits, and a second invocation must resume with
-round 2. The deployed runtime (SuperLink and SuperNodes) has its own tests in test_deployment.py.
+One module-level federation (run through the ``fedprag federate`` command, as an operator would,
+its sites as actors on the session's Ray) serves every test: sites whose passages carry planted
+canary strings, plus a site that fails during the round. Round 1 runs, the process exits, and a
+second invocation must resume with round 2. The deployed runtime (SuperLink and SuperNodes) has its own tests in test_deployment.py.
 """
 
 import json
@@ -26,11 +26,11 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def federation(small_model_spec, tmp_path_factory):
+def federation(small_model_spec, ray_session, tmp_path_factory):
     work = tmp_path_factory.mktemp("federation")
     stores = canary_sites(work)
-    first = federate(work, small_model_spec, 1, "simulation")
-    second = federate(work, small_model_spec, 2, "simulation")
+    first = federate(work, small_model_spec, 1, "simulation", "--ray-address", ray_session)
+    second = federate(work, small_model_spec, 2, "simulation", "--ray-address", ray_session)
     return work, stores, first, second
 
 

@@ -314,7 +314,7 @@ def _replicas() -> int:
 def test_the_replica_group_scales_out_under_load(api, federation):
     """With autoscaling bounds (1 to 3), a sustained load above the target adds replicas."""
     settings = replace(api["config"].serve, replicas=1, min_replicas=1, max_replicas=3, target_ongoing_requests=2,
-                       upscale_delay_s=2.0)
+                       upscale_delay_s=2.0, look_back_period_s=3.0)
     serve.run(build_app(replace(api["config"], serve=settings)), name=APP_NAME, route_prefix="/")
     deadline = time.monotonic() + 60
     while _replicas() != 1 and time.monotonic() < deadline:

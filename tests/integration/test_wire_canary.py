@@ -95,7 +95,8 @@ def _routed(deployment, name, port, embeddings):
     return proxy.plaintext()
 
 
-@pytest.fixture(scope="module", params=["poly", "distilled"])
+@pytest.fixture(scope="module", params=[pytest.param(mode, marks=pytest.mark.uses(f"{mode}_federation"))
+                                              for mode in ("poly", "distilled")])
 def run(request):
     """The session's federation of each mode, whose rounds and releases crossed a recording proxy,
     then routed queries through a recording proxy to each site, and a leaking site's reply."""

@@ -36,7 +36,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Self
+from typing import Self, TextIO
 
 import grpc
 import psutil
@@ -327,10 +327,11 @@ class LocalDeployment:
         return {"sites": tuple(sites), "ca_cert": str(self.tls.ca_cert),
                 "site_token_file": str(self.certs / "routing-tokens")}
 
-    def run(self, config: FedpragConfig) -> list[RoundReport]:
+    def run(self, config: FedpragConfig, out: TextIO | None = None) -> list[RoundReport]:
         """Run the federation's remaining rounds through ``flwr run``; returns every recorded round.
 
-        The ServerApp's and ClientApps' log lines are passed through to standard error as they come.
+        The ServerApp's and ClientApps' log lines are passed through to ``out`` (default: standard
+        error) as they come.
         """
         config = replace(config, federation=replace(config.federation, work_dir=str(self.work)))
         config_path = self.work / "fedprag.toml"
@@ -342,7 +343,7 @@ class LocalDeployment:
         with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=flower_env(self.work / "flwr" / "cli"), cwd=self.work) as runner:
             for line in runner.stdout:
-                sys.stderr.write(line)
+                (out or sys.stderr).write(line)
                 self.remember_descendants()
         rounds = recorded_rounds(registry_dir(config.federation))
         done = max((r.round for r in rounds if r.version is not None), default=0)

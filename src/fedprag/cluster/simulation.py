@@ -46,14 +46,19 @@ def prepare_sites(dataset: Dataset, sites_root: str | Path) -> list[SiteStore]:
 def simulate(config: FedpragConfig, sites: int, ray_cpus: int = 2) -> list[RoundReport]:
     """Run the federation's remaining rounds of ``config.federation.mode`` over ``sites`` simulated
     sites (stores under ``<work_dir>/sites``), each writing its passages' encoding data as
-    ``config.augment`` says; returns every recorded round."""
+    ``config.augment`` says; returns every recorded round.
+
+    The sites run as actors of the Ray cluster at ``federation.ray_address``, or of a Ray started
+    for the run with ``ray_cpus`` CPUs."""
     work = Path(config.federation.work_dir)
     flower_environment(work / "flwr-home")
     server = make_server_app(config)
     client = make_client_app(config.model.path, str(work / "sites"), augment=config.augment)
+    address = config.federation.ray_address
     run_simulation(
         server_app=server, client_app=client, num_supernodes=sites,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                        "init_args": {"num_cpus": ray_cpus, "include_dashboard": False}},
+                        "init_args": {"address": address} if address else
+                        {"num_cpus": ray_cpus, "include_dashboard": False}},
     )
     return recorded_rounds(registry_dir(config.federation))

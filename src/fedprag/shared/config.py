@@ -82,6 +82,9 @@ class FederationSection:
     runtime: str = "deployment"
     """``deployment``: a SuperLink and one SuperNode per site as processes, with TLS and node
     authentication; ``simulation``: every site as a Ray actor in one process (many sites)."""
+    ray_address: str = ""
+    """Simulation runtime: the Ray cluster whose actors run the sites (``host:port``, or ``auto``
+    for the one this machine belongs to); empty: a Ray of its own, started for the run."""
     round_timeout: float = 900.0
     dp_noise_multiplier: float = 0.0
     """Central differential privacy: Gaussian noise σ (0 = off); each site's change is clipped to ``dp_clip``."""
@@ -242,6 +245,8 @@ class ServeSection:
     """Autoscaling: requests in flight per replica that Ray Serve scales towards."""
     upscale_delay_s: float = 30.0
     """Autoscaling: seconds the load must stay above the target before a replica is added."""
+    look_back_period_s: float = 30.0
+    """Autoscaling: the seconds of load Ray Serve averages over; replicas report theirs every third of it."""
     replica_cpus: float = 1.0
     """CPUs Ray reserves for each replica."""
     max_batch_size: int = 32
@@ -277,7 +282,7 @@ class ServeSection:
         if self.encoder_dtype not in ENCODER_DTYPES:
             raise ValueError(f"serve.encoder_dtype: must be one of {ENCODER_DTYPES}, not '{self.encoder_dtype}'")
         for name in ("site_deadline", "replica_cpus", "batch_wait_ms", "busy_batch_wait_ms", "rate_limit_qps",
-                     "upscale_delay_s"):
+                     "upscale_delay_s", "look_back_period_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"serve.{name}: must be positive")
         for key, rate in self.key_rates().items():

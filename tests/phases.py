@@ -1,0 +1,138 @@
+"""The suite's order, and the session resources that start early and stop after their last test.
+
+A federation of real processes takes a minute or two to start and keeps a core about half busy
+while it does (it mostly waits on processes and on Flower's polls); the unit tests keep about one
+of the 2 cores busy. So the suite runs in phases: unit tests, then the integration tests that start
+their own processes, then those that share the session's DistilledPRAG federation, then those that
+share its Poly-PRAG federation. The resources registered as early (the session's federations, and
+the deployment module's) start in the background as the first test starts, one after the other in
+the order the tests will need them, and the first test that uses one waits for it. Each shared
+resource stops once the last selected test that uses it is done, not at the session's end: idle,
+it would still cost the tests after it CPU.
+
+A test uses a shared resource by naming its fixture (directly or through another fixture), or,
+where it asks for one by name at run time, by the mark ``uses("<fixture>")``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
+from pathlib import Path
+
+import pytest
+
+_PHASES = ((), ("distilled_federation",), ("poly_federation",))
+"""Integration tests by the federation they share, in the order they run."""
+
+
+class Shared:
+    """One session resource: a context manager entered once, in the background or on first use,
+    and left after the last test that uses it."""
+
+    def __init__(self, name: str, resource: Callable[[Path], AbstractContextManager], early: bool):
+        self.name, self.resource, self.early = name, resource, early
+        self._stack: ExitStack | None = None
+        self._value: object = None
+        self._error: BaseException | None = None
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self._started = False
+
+    def start(self, root: Path) -> None:
+        """Enter the resource (its work directory under ``root``); once only. Errors are kept for :meth:`value`."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        stack = ExitStack()
+        try:
+            (root / self.name).mkdir()
+            self._value = stack.enter_context(self.resource(root / self.name))
+            self._stack = stack
+        except BaseException as exc:  # noqa: BLE001 (pytest.fail is one): re-raised in the test that asks
+            stack.close()
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    def value(self, root: Path) -> object:
+        """The running resource, started here if nothing started it; waits for a background start."""
+        self.start(root)
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def stop(self) -> None:
+        """Leave the resource (waiting for a background start to finish first); again: nothing."""
+        if self._started:
+            self._ready.wait()
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+
+_registry: dict[str, Shared] = {}
+_last_user: dict[str, str] = {}
+
+
+def register(name: str, resource: Callable[[Path], AbstractContextManager], early: bool = False) -> Shared:
+    """Make ``resource`` (given its work directory) the shared session resource ``name``;
+    ``early``: start it in the background as the session's first test starts."""
+    _registry[name] = Shared(name, resource, early)
+    return _registry[name]
+
+
+def shared(name: str) -> Shared:
+    """The shared session resource ``name``."""
+    return _registry[name]
+
+
+def uses(item: pytest.Item, name: str) -> bool:
+    """Whether ``item`` uses the shared resource ``name``."""
+    return name in getattr(item, "fixturenames", ()) or any(m.args == (name,) for m in item.iter_markers("uses"))
+
+
+def phase(item: pytest.Item) -> int:
+    """Where ``item`` runs: unit tests first (0), then integration tests by the federation they share."""
+    if item.get_closest_marker("integration") is None:
+        return 0
+    return 1 + max(i for i, names in enumerate(_PHASES) if all(uses(item, n) for n in names))
+
+
+def order(items: list[pytest.Item]) -> None:
+    """Sort ``items`` by phase, in place; within a phase they keep pytest's order."""
+    items.sort(key=phase)
+
+
+def plan(items: list[pytest.Item]) -> None:
+    """Note the last of the selected ``items`` that uses each shared resource."""
+    _last_user.clear()
+    for item in items:
+        for name in _registry:
+            if uses(item, name):
+                _last_user[name] = item.nodeid
+
+
+def start_early(root: Path) -> None:
+    """Start, one after the other in a background thread, the early resources the selected tests use."""
+    wanted = [shared for name, shared in _registry.items() if shared.early and name in _last_user]
+    wanted.sort(key=lambda shared: list(_last_user).index(shared.name))
+    if wanted:
+        threading.Thread(target=lambda: [shared.start(root) for shared in wanted], name="shared-resources",
+                         daemon=True).start()
+
+
+def release_after(item: pytest.Item) -> None:
+    """Stop every shared resource whose last selected test is ``item``."""
+    for name, nodeid in _last_user.items():
+        if nodeid == item.nodeid:
+            _registry[name].stop()
+
+
+def stop_all() -> None:
+    """Stop every shared resource still running (the session's end)."""
+    for shared in _registry.values():
+        shared.stop()
