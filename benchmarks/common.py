@@ -14,8 +14,9 @@ from fedprag.shared import log
 from fedprag.shared.config import FedpragConfig, load_config
 from fedprag.shared.data.augment import dataset_augmentations, own_augmentations
 from fedprag.shared.data.schema import Augmentation, Dataset, Passage
-from fedprag.shared.methods.prag import PRAGAdapters, PRAGConfig
+from fedprag.shared.methods.prag import PRAGConfig
 from fedprag.shared.methods.prag import serializer as prag_serializer
+from fedprag.shared.methods.prag.layers import PRAGAdapters
 from fedprag.shared.models.augmenter import make_augmenter
 from fedprag.shared.models.loading import BaseModel
 

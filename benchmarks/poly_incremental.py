@@ -40,8 +40,9 @@ from fedprag.shared.data.schema import Dataset, Passage, Question
 from fedprag.shared.eval.resources import machine_description
 from fedprag.shared.io import atomic_write_text
 from fedprag.shared.lora.layers import LoRALinear, applied, attach_lora
-from fedprag.shared.methods.poly import ExpertPool, PolyConfig, RoutingTable
+from fedprag.shared.methods.poly import PolyConfig
 from fedprag.shared.methods.poly import serializer as poly_serializer
+from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable
 from fedprag.shared.methods.poly.trainer import TrainedPool, encode_incremental, train_pool
 from fedprag.shared.methods.prag import PRAGAdapters, PRAGConfig
 from fedprag.shared.methods.prag.trainer import encode_passages

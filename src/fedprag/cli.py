@@ -27,12 +27,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from transformers.utils import logging as transformers_logging
-
 from fedprag.shared import log
 from fedprag.shared.config import ConfigError, FedpragConfig, load_config
 from fedprag.shared.data.schema import DatasetError
-from fedprag.shared.models.loading import ModelLoadError
+from fedprag.shared.models.errors import ModelLoadError
 from fedprag.shared.models.tiny.recipe import RECIPES, recipe_named
 
 Handler = Callable[[argparse.Namespace, FedpragConfig], int]
@@ -489,10 +487,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.quiet:
-        # Bars created from here on take show_progress=False; the environment variable reaches the
-        # processes we start (Ray workers import tqdm afresh), and transformers has its own switch.
+        # Bars created from here on take show_progress=False; the environment variables reach the
+        # processes we start (Ray workers import tqdm afresh), and transformers, imported later by
+        # the command, reads the hub's switch.
         os.environ["TQDM_DISABLE"] = "1"
-        transformers_logging.disable_progress_bar()
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     log.configure()
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     try:

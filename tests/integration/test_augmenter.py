@@ -6,9 +6,11 @@ import dataclasses
 import pytest
 
 from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
-from fedprag.shared.eval.harness import HarnessConfig, evaluate
+from fedprag.shared.eval.config import HarnessConfig
+from fedprag.shared.eval.harness import evaluate
 from fedprag.shared.eval.methods import build_methods
-from fedprag.shared.models.augmenter import AugmentConfig, ModelAugmenter
+from fedprag.shared.models.augment_config import AugmentConfig
+from fedprag.shared.models.augmenter import ModelAugmenter
 from fedprag.shared.models.loading import load_causal_lm
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,8 @@ settings, as ``fedprag model build-generator`` makes it); the people asked about
 import pytest
 
 from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
-from fedprag.shared.eval.harness import HarnessConfig, evaluate
+from fedprag.shared.eval.config import HarnessConfig
+from fedprag.shared.eval.harness import evaluate
 from fedprag.shared.eval.methods import build_methods
 from fedprag.shared.methods.distilled import DistilledConfig
 from fedprag.shared.models.loading import load_causal_lm

@@ -3,7 +3,8 @@
 import pytest
 
 from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
-from fedprag.shared.eval.harness import HarnessConfig, evaluate
+from fedprag.shared.eval.config import HarnessConfig
+from fedprag.shared.eval.harness import evaluate
 from fedprag.shared.eval.methods import build_methods
 from fedprag.shared.methods.poly import PolyConfig
 from fedprag.shared.methods.prag import PRAGConfig

@@ -8,7 +8,8 @@ import pytest
 
 from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
 from fedprag.shared.data.schema import write_dataset
-from fedprag.shared.eval.harness import HarnessConfig, evaluate
+from fedprag.shared.eval.config import HarnessConfig
+from fedprag.shared.eval.harness import evaluate
 from fedprag.shared.eval.methods import build_methods
 from fedprag.shared.lora.store import EncodingMismatch
 from fedprag.shared.methods.prag import PRAGConfig

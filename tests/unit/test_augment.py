@@ -112,7 +112,8 @@ def test_any_causal_lm_writes_through_the_instruct_prompts_and_is_cached(random_
     """An untrained model writes nonsense: every passage still gets an augmentation (its text as the
     rewrite when it writes none), malformed pairs are counted, and a second run writes nothing."""
     from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
-    from fedprag.shared.models.augmenter import AugmentConfig, ModelAugmenter
+    from fedprag.shared.models.augment_config import AugmentConfig
+    from fedprag.shared.models.augmenter import ModelAugmenter
 
     random_llama.tokenizer.chat_template = chat_template
     passages = make_benchmark(BenchmarkSpec(people=3, sites=1)).passages

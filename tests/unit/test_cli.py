@@ -1,5 +1,8 @@
 """The command line: bad input exits 2 with a message naming the file and row; --help explains."""
 
+import subprocess
+import sys
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -52,3 +55,11 @@ def test_certs_writes_what_superlink_and_supernodes_need(tmp_path, capsys):
 def test_federate_without_site_stores_is_a_clear_error(tmp_path, capsys):
     assert main(["federate", "--work-dir", str(tmp_path)]) == 2
     assert "no site stores" in capsys.readouterr().err
+
+
+def test_the_cli_and_the_configuration_import_no_torch():
+    """A command that loads no model (help, status, a bad flag, the federation's launcher) starts in
+    under a second: the configuration sections live in modules that import no torch."""
+    code = "import sys, fedprag.cli; print(sorted({'torch', 'transformers', 'ray', 'flwr'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]"

@@ -11,7 +11,8 @@ import torch
 from fedprag.shared.data.schema import Augmentation, Passage
 from fedprag.shared.lora.layers import attach_lora
 from fedprag.shared.lora.store import EncodingMismatch
-from fedprag.shared.methods.distilled import MASK_TOKEN, DistilledConfig, document_spread, serializer
+from fedprag.shared.methods.distilled import DistilledConfig, serializer
+from fedprag.shared.methods.distilled.layers import MASK_TOKEN, document_spread
 from fedprag.shared.methods.distilled.trainer import (
     Schedule,
     distil,

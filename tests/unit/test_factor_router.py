@@ -12,7 +12,8 @@ from fedprag.client.routing_service import FactorRouter
 from fedprag.client.store import SiteStore
 from fedprag.cluster.serving.fanout import check_factor_reply, combine_factor_replies
 from fedprag.shared.lora.layers import attach_lora
-from fedprag.shared.methods.distilled import MASK_TOKEN, DistilledConfig
+from fedprag.shared.methods.distilled import DistilledConfig
+from fedprag.shared.methods.distilled.layers import MASK_TOKEN
 from fedprag.shared.methods.distilled.model import DistilledModel
 from fedprag.shared.methods.distilled.trainer import new_encoder
 from fedprag.shared.models.loading import load_causal_lm

@@ -9,7 +9,8 @@ from fedprag.shared.data.augment import cloze_augmenter
 from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
 from fedprag.shared.eval.methods import EvalContext, Hits, build_methods
 from fedprag.shared.methods import REGISTRY, method_model
-from fedprag.shared.methods.base import MethodConfig, MethodModel
+from fedprag.shared.methods.base import MethodModel
+from fedprag.shared.methods.config import MethodConfig
 from fedprag.shared.methods.distilled.model import DistilledModel
 
 METHODS_DIR = Path(__file__).resolve().parents[2] / "src" / "fedprag" / "shared" / "methods"

@@ -10,9 +10,11 @@ from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2
 from fedprag.shared.data import world
 from fedprag.shared.data.augment import parse_written, sentences
 from fedprag.shared.data.benchmark import training_people
-from fedprag.shared.lora.layers import FFN_TARGETS, LowRank, applied, attach_lora
+from fedprag.shared.lora.layers import LowRank, applied, attach_lora
+from fedprag.shared.lora.targets import FFN_TARGETS
+from fedprag.shared.models.errors import ModelLoadError
 from fedprag.shared.models.generate import generate_answers
-from fedprag.shared.models.loading import ModelLoadError, load_causal_lm, model_digest
+from fedprag.shared.models.loading import load_causal_lm, model_digest
 from fedprag.shared.models.tiny import numerics
 from fedprag.shared.models.tiny.build import EOS, cached_path, train_tokenizer
 from fedprag.shared.models.tiny.finish import FinishingExamples

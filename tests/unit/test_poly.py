@@ -9,8 +9,8 @@ from fedprag.shared import prompts
 from fedprag.shared.data.benchmark import BenchmarkSpec, make_benchmark
 from fedprag.shared.lora.layers import applied, attach_lora
 from fedprag.shared.lora.store import EncodingMismatch
-from fedprag.shared.methods.poly import PolyConfig, RoutingTable, serializer
-from fedprag.shared.methods.poly.layers import ExpertPool, combine, keep_top_m, placed, routing_weights
+from fedprag.shared.methods.poly import PolyConfig, serializer
+from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable, combine, keep_top_m, placed, routing_weights
 from fedprag.shared.methods.poly.trainer import (
     EncodingHealthError,
     answer_states,

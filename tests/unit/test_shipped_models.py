@@ -4,7 +4,8 @@ import shutil
 
 import pytest
 
-from fedprag.shared.models.loading import ModelLoadError, resolve_model_path
+from fedprag.shared.models.errors import ModelLoadError
+from fedprag.shared.models.loading import resolve_model_path
 from fedprag.shared.models.tiny import shipped as shipped_module
 from fedprag.shared.models.tiny.recipe import RECIPES, TinyRecipe, model_name
 from fedprag.shared.models.tiny.shipped import SHIPPED_ROOT, ShippedModelError, shipped_model, verified

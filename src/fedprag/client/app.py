@@ -23,7 +23,6 @@ Every reply is also appended, byte for byte, to the site's egress log, so an own
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 from flwr.app import Context, Message, MessageType, RecordDict
@@ -32,6 +31,7 @@ from flwr.clientapp import ClientApp
 from fedprag.client.admin import ADMIN_OPTIONS
 from fedprag.shared.log import configure as configure_logging
 from fedprag.shared.log import get_logger
+from fedprag.shared.models.augment_config import AugmentConfig
 from fedprag.shared.proto import routing_pb2_grpc
 from fedprag.shared.wire import (
     RELEASES,
@@ -47,9 +47,6 @@ from fedprag.shared.wire import (
     decode,
     record_blobs,
 )
-
-if TYPE_CHECKING:  # the forwarding ClientApp must not import torch, which the augmenter module does
-    from fedprag.shared.models.augmenter import AugmentConfig
 
 log = get_logger(__name__)
 

@@ -43,7 +43,7 @@ from fedprag.shared.lora.store import EncodingMismatch
 from fedprag.shared.methods.base import Routing
 from fedprag.shared.methods.poly.model import PolyModel
 from fedprag.shared.methods.poly.serializer import export_peft
-from fedprag.shared.models.augmenter import AugmentConfig
+from fedprag.shared.models.augment_config import AugmentConfig
 from fedprag.shared.models.loading import BaseModel, load_causal_lm
 from fedprag.shared.retrieval.encoder import SentenceEncoder
 from fedprag.shared.wire import (

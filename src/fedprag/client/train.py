@@ -41,7 +41,8 @@ from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable, routing_weights
 from fedprag.shared.methods.poly.serializer import pool_arrays, pool_from_arrays, router_arrays, router_from_arrays
 from fedprag.shared.methods.poly.trainer import encode_incremental, train_pool, train_query_router
-from fedprag.shared.models.augmenter import AugmentConfig, make_augmenter
+from fedprag.shared.models.augment_config import AugmentConfig
+from fedprag.shared.models.augmenter import make_augmenter
 from fedprag.shared.models.loading import BaseModel
 from fedprag.shared.retrieval.encoder import EMBEDDING_DIM
 from fedprag.shared.wire import (

@@ -51,7 +51,7 @@ from fedprag.coordinator.registry import registry_dir
 from fedprag.shared.config import FedpragConfig, SiteSection, config_to_toml
 from fedprag.shared.io import atomic_write_text, read_tokens
 from fedprag.shared.log import get_logger
-from fedprag.shared.models.augmenter import AugmentConfig
+from fedprag.shared.models.augment_config import AugmentConfig
 from fedprag.shared.processes import bin_path, flower_env, free_port, spawn, stop, stop_all
 from fedprag.shared.proto import routing_pb2
 

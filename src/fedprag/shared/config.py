@@ -31,14 +31,14 @@ from pathlib import Path
 import tomli_w
 
 from fedprag.shared.data.benchmark import BenchmarkSpec
-from fedprag.shared.eval.harness import HarnessConfig
+from fedprag.shared.eval.config import HarnessConfig
 from fedprag.shared.methods import REGISTRY
-from fedprag.shared.methods.base import MethodConfig
+from fedprag.shared.methods.config import MethodConfig
 from fedprag.shared.methods.distilled.config import DistilledConfig
 from fedprag.shared.methods.poly.config import PolyConfig
 from fedprag.shared.methods.prag.config import PRAGConfig
-from fedprag.shared.models.augmenter import AugmentConfig
-from fedprag.shared.retrieval.encoder import DTYPES as ENCODER_DTYPES
+from fedprag.shared.models.augment_config import AugmentConfig
+from fedprag.shared.retrieval import DTYPES as ENCODER_DTYPES
 
 ENV_PREFIX = "FEDPRAG__"
 

@@ -13,11 +13,13 @@ from typing import Protocol
 import numpy as np
 
 from fedprag.shared.data.schema import Dataset
-from fedprag.shared.eval.harness import HarnessConfig, evaluate
+from fedprag.shared.eval.config import HarnessConfig
+from fedprag.shared.eval.harness import evaluate
 from fedprag.shared.eval.methods import EvalMethod, Routed, Served, build_methods
 from fedprag.shared.eval.report import Report
-from fedprag.shared.methods.base import MethodConfig, MethodModel, Routing
-from fedprag.shared.models.augmenter import AugmentConfig
+from fedprag.shared.methods.base import MethodModel, Routing
+from fedprag.shared.methods.config import MethodConfig
+from fedprag.shared.models.augment_config import AugmentConfig
 from fedprag.shared.models.loading import BaseModel
 
 

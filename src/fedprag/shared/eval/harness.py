@@ -11,7 +11,6 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,39 +18,21 @@ from tqdm.auto import tqdm
 
 from fedprag.shared.data.augment import own_augmentations, sentences
 from fedprag.shared.data.schema import Augmentation, Dataset
+from fedprag.shared.eval.config import HarnessConfig
 from fedprag.shared.eval.methods import Encoded, EvalContext, EvalMethod, Hits, Served, check_oracle
 from fedprag.shared.eval.report import KindScore, MethodResult, Report
 from fedprag.shared.eval.resources import PeakMemory, machine_description
 from fedprag.shared.log import get_logger
 from fedprag.shared.lora.layers import attach_lora
 from fedprag.shared.metrics import exact_match, token_f1
-from fedprag.shared.models.augmenter import AugmentConfig, augmenter_summary, make_augmenter
+from fedprag.shared.models.augment_config import AugmentConfig
+from fedprag.shared.models.augmenter import augmenter_summary, make_augmenter
 from fedprag.shared.models.loading import BaseModel
 from fedprag.shared.query import QueryEngine
 from fedprag.shared.retrieval.encoder import SentenceEncoder
 from fedprag.shared.retrieval.index import PassageIndex, complete_at_k, recall_at_k
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class HarnessConfig:
-    top_k: int = 3
-    hops: int = 1
-    """Retrieval hops. 2 adds a bridge passage for multi-hop questions (see :meth:`Retriever.top_k`)."""
-    batch_size: int = 32
-    latency_queries: int = 24
-    max_new_tokens: int = 12
-    seed: int = 0
-
-    def validate(self) -> None:
-        for name in ("top_k", "batch_size", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"harness.{name}: must be a positive integer")
-        if self.latency_queries < 0:
-            raise ValueError("harness.latency_queries: must be zero or more")
-        if self.hops not in (1, 2):
-            raise ValueError(f"harness.hops: must be 1 or 2, got {self.hops}")
 
 
 class Retriever:

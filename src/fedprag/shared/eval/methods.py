@@ -20,8 +20,9 @@ from fedprag.shared.data.augment import Augmenter, dataset_augmentations
 from fedprag.shared.data.schema import Augmentation, Dataset
 from fedprag.shared.lora.layers import LoRALinear
 from fedprag.shared.methods import REGISTRY, method_model, method_of
-from fedprag.shared.methods.base import Corpus, EncodingCost, MethodConfig, MethodModel, Routing
+from fedprag.shared.methods.base import Corpus, EncodingCost, MethodModel, Routing
 from fedprag.shared.methods.baselines import ClosedBookModel, StandardRAGModel
+from fedprag.shared.methods.config import MethodConfig
 from fedprag.shared.models.loading import BaseModel
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-FFN_TARGETS: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
+from fedprag.shared.lora.targets import FFN_TARGETS
 
 
 @dataclass(frozen=True)

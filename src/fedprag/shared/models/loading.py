@@ -23,14 +23,11 @@ from transformers import (
 )
 
 from fedprag.shared.io import atomic_write_text, file_sha256
+from fedprag.shared.models.errors import ModelLoadError
 from fedprag.shared.paths import fedprag_home
 
 SUPPORTED_FAMILIES: tuple[str, ...] = ("llama", "qwen2", "qwen3", "mistral")
 BUILTIN_PREFIX = "tiny"
-
-
-class ModelLoadError(ValueError):
-    """The model path is missing, not a causal LM checkpoint, or of an unsupported family."""
 
 
 @dataclass

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from fedprag.shared.retrieval import DTYPES
+
 EMBEDDING_DIM = 384
-DTYPES = ("auto", "float32", "bfloat16")
 
 
 def native_bf16() -> bool:

@@ -6,7 +6,6 @@ student: mask tokens plus the generated LoRA), ``serializer`` the generator chec
 its base model.
 """
 
-from fedprag.shared.methods.distilled.config import DistilledConfig
-from fedprag.shared.methods.distilled.layers import MASK_TOKEN, Generator, document_spread
+from fedprag.shared.methods.distilled.config import DistilledConfig  # no torch: the configuration imports it
 
-__all__ = ["MASK_TOKEN", "DistilledConfig", "Generator", "document_spread"]
+__all__ = ["DistilledConfig"]

@@ -5,7 +5,6 @@ table and the routed per-request adapter, ``trainer`` the offline, incremental a
 training, ``serializer`` the pool, routing and PEFT-export files.
 """
 
-from fedprag.shared.methods.poly.config import PolyConfig
-from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable
+from fedprag.shared.methods.poly.config import PolyConfig  # no torch: the configuration imports it
 
-__all__ = ["ExpertPool", "PolyConfig", "RoutingTable"]
+__all__ = ["PolyConfig"]

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
-from fedprag.shared.lora.layers import FFN_TARGETS
-from fedprag.shared.methods.base import MethodConfig
+from fedprag.shared.lora.targets import FFN_TARGETS
+from fedprag.shared.methods.config import MethodConfig
 
 ROUTING_MODES = ("shared", "per_layer")
 PLACEMENTS = ("all", "last")

@@ -4,7 +4,6 @@ Reference: docs/design.md §2.1. ``config`` holds the published hyper-parameters
 passages, ``layers`` turns the top-k passages into per-request factors, ``serializer`` stores them.
 """
 
-from fedprag.shared.methods.prag.config import PRAGConfig
-from fedprag.shared.methods.prag.layers import PRAGAdapters
+from fedprag.shared.methods.prag.config import PRAGConfig  # no torch: the configuration imports it
 
-__all__ = ["PRAGAdapters", "PRAGConfig"]
+__all__ = ["PRAGConfig"]

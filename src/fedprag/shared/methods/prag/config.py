@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from fedprag.shared.lora.layers import FFN_TARGETS
-from fedprag.shared.methods.base import MethodConfig
+from fedprag.shared.lora.targets import FFN_TARGETS
+from fedprag.shared.methods.config import MethodConfig
 
 
 @dataclass(frozen=True)

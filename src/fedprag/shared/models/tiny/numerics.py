@@ -22,8 +22,6 @@ in a fresh process started with :func:`environment` (see :func:`fedprag.shared.m
 
 from __future__ import annotations
 
-import torch
-
 from fedprag.shared.log import get_logger
 
 NUMERICS = ("native", "portable")
@@ -47,6 +45,8 @@ def environment(numerics: str) -> dict[str, str]:
 
 def pinnable() -> bool:
     """Whether this CPU runs the AVX2 kernels ``portable`` pins (torch offers AVX2 or more here)."""
+    import torch  # here, not above: recipes (and so the CLI) read this module without torch
+
     return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
@@ -55,6 +55,8 @@ def apply(numerics: str) -> None:
     ``portable`` pins (its weights will not match a build on another CPU)."""
     if check(numerics) != "portable":
         return
+    import torch  # here, not above: recipes (and so the CLI) read this module without torch
+
     torch.set_num_threads(PORTABLE_THREADS)
     capability = torch.backends.cpu.get_cpu_capability()
     if capability != "AVX2":
