@@ -39,8 +39,8 @@ from fedprag.shared.eval.harness import evaluate
 from fedprag.shared.eval.methods import build_methods
 from fedprag.shared.io import atomic_write_text
 from fedprag.shared.lora.layers import attach_lora
-from fedprag.shared.methods.distilled import document_spread
 from fedprag.shared.methods.distilled import serializer as distilled_serializer
+from fedprag.shared.methods.distilled.layers import document_spread
 from fedprag.shared.methods.distilled.trainer import DistilledEncoder
 from fedprag.shared.methods.prag.trainer import encode_passages
 from fedprag.shared.models.loading import BaseModel, load_causal_lm

@@ -44,7 +44,8 @@ from fedprag.shared.methods.poly import PolyConfig
 from fedprag.shared.methods.poly import serializer as poly_serializer
 from fedprag.shared.methods.poly.layers import ExpertPool, RoutingTable
 from fedprag.shared.methods.poly.trainer import TrainedPool, encode_incremental, train_pool
-from fedprag.shared.methods.prag import PRAGAdapters, PRAGConfig
+from fedprag.shared.methods.prag import PRAGConfig
+from fedprag.shared.methods.prag.layers import PRAGAdapters
 from fedprag.shared.methods.prag.trainer import encode_passages
 from fedprag.shared.metrics import exact_match
 from fedprag.shared.models.generate import generate_answers

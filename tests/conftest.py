@@ -24,14 +24,19 @@ def pytest_collection_finish(session):
     phases.plan(session.items)
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def shared_resources(tmp_path_factory):
-    """The folder under which the shared resources work; starts the early ones in the background,
-    and stops what is still running at the session's end."""
-    root = tmp_path_factory.mktemp("shared")
-    phases.start_early(root)
-    yield root
+    """The folder under which the shared resources work; stops what is still running at the session's end."""
+    yield tmp_path_factory.mktemp("shared")
     phases.stop_all()
+
+
+@pytest.fixture(autouse=True)
+def start_shared_resources(request):
+    """Starts the early shared resources in the background, at the first test that leaves the
+    process's environment alone (see tests/phases.py)."""
+    if request.node.get_closest_marker("environment") is None:
+        phases.start_early(request.getfixturevalue("shared_resources"))
 
 
 @pytest.hookimpl(trylast=True)  # after pytest has torn down the module fixtures built on the resource

@@ -2,11 +2,13 @@
 
 A federation of real processes takes a minute or two to start and keeps a core about half busy
 while it does (it mostly waits on processes and on Flower's polls); the unit tests keep about one
-of the 2 cores busy. So the suite runs in phases: unit tests, then the integration tests that start
-their own processes, then those that share the session's DistilledPRAG federation, then those that
-share its Poly-PRAG federation. The resources registered as early (the session's federations, and
-the deployment module's) start in the background as the first test starts, one after the other in
-the order the tests will need them, and the first test that uses one waits for it. Each shared
+of the 2 cores busy. So the suite runs in phases: the few tests that change the process's
+environment (mark ``environment``: the processes started in the background would inherit it),
+unit tests, then the integration tests that start their own processes, then those that share the
+session's DistilledPRAG federation, then those that share its Poly-PRAG federation. The resources
+registered as early (the session's federations, and the deployment module's) start in the
+background at the first test that leaves the environment alone, one after the other in the order
+the tests will need them, and the first test that uses one waits for it. Each shared
 resource stops once the last selected test that uses it is done, not at the session's end: idle,
 it would still cost the tests after it CPU.
 
@@ -38,12 +40,13 @@ class Shared:
         self._error: BaseException | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
-        self._started = False
+        self._started = self._closed = False
 
     def start(self, root: Path) -> None:
-        """Enter the resource (its work directory under ``root``); once only. Errors are kept for :meth:`value`."""
+        """Enter the resource (its work directory under ``root``); once only, and never once it is
+        stopped. Errors are kept for :meth:`value`."""
         with self._lock:
-            if self._started:
+            if self._started or self._closed:
                 return
             self._started = True
         stack = ExitStack()
@@ -59,6 +62,9 @@ class Shared:
 
     def value(self, root: Path) -> object:
         """The running resource, started here if nothing started it; waits for a background start."""
+        if self._closed:
+            raise RuntimeError(f"the shared resource {self.name} was stopped after its last planned test; "
+                               f"a test that asks for it at run time needs the mark uses('{self.name}')")
         self.start(root)
         self._ready.wait()
         if self._error is not None:
@@ -66,7 +72,9 @@ class Shared:
         return self._value
 
     def stop(self) -> None:
-        """Leave the resource (waiting for a background start to finish first); again: nothing."""
+        """Leave the resource (waiting for a start under way to finish first), and start it no more."""
+        with self._lock:
+            self._closed = True
         if self._started:
             self._ready.wait()
         stack, self._stack = self._stack, None
@@ -76,6 +84,7 @@ class Shared:
 
 _registry: dict[str, Shared] = {}
 _last_user: dict[str, str] = {}
+_starter: threading.Thread | None = None
 
 
 def register(name: str, resource: Callable[[Path], AbstractContextManager], early: bool = False) -> Shared:
@@ -96,10 +105,14 @@ def uses(item: pytest.Item, name: str) -> bool:
 
 
 def phase(item: pytest.Item) -> int:
-    """Where ``item`` runs: unit tests first (0), then integration tests by the federation they share."""
-    if item.get_closest_marker("integration") is None:
+    """Where ``item`` runs: tests that change the process's environment first (0), before anything
+    starts in the background (whose processes would inherit it); then unit tests (1); then
+    integration tests by the federation they share."""
+    if item.get_closest_marker("environment") is not None:
         return 0
-    return 1 + max(i for i, names in enumerate(_PHASES) if all(uses(item, n) for n in names))
+    if item.get_closest_marker("integration") is None:
+        return 1
+    return 2 + max(i for i, names in enumerate(_PHASES) if all(uses(item, n) for n in names))
 
 
 def order(items: list[pytest.Item]) -> None:
@@ -117,12 +130,15 @@ def plan(items: list[pytest.Item]) -> None:
 
 
 def start_early(root: Path) -> None:
-    """Start, one after the other in a background thread, the early resources the selected tests use."""
+    """Start, one after the other in a background thread, the early resources the selected tests
+    use (once a session)."""
+    global _starter
     wanted = [shared for name, shared in _registry.items() if shared.early and name in _last_user]
     wanted.sort(key=lambda shared: list(_last_user).index(shared.name))
-    if wanted:
-        threading.Thread(target=lambda: [shared.start(root) for shared in wanted], name="shared-resources",
-                         daemon=True).start()
+    if wanted and _starter is None:
+        _starter = threading.Thread(target=lambda: [shared.start(root) for shared in wanted],
+                                    name="shared-resources", daemon=True)
+        _starter.start()
 
 
 def release_after(item: pytest.Item) -> None:
@@ -133,6 +149,9 @@ def release_after(item: pytest.Item) -> None:
 
 
 def stop_all() -> None:
-    """Stop every shared resource still running (the session's end)."""
+    """Stop every shared resource still running, and start no more (the session's end, also after
+    ``-x`` or an interrupt while the background thread still has resources to start)."""
     for shared in _registry.values():
         shared.stop()
+    if _starter is not None:
+        _starter.join()

@@ -488,8 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quiet:
         # Bars created from here on take show_progress=False; the environment variables reach the
-        # processes we start (Ray workers import tqdm afresh), and transformers, imported later by
-        # the command, reads the hub's switch.
+        # processes we start (a Ray we start imports tqdm afresh in its workers; a running cluster's
+        # workers keep their own), and transformers, imported later by the command, reads the hub's switch.
         os.environ["TQDM_DISABLE"] = "1"
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     log.configure()

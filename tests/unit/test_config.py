@@ -33,6 +33,8 @@ def test_comma_separated_lists_from_flags():
     ({"harness.top_k": "0"}, "harness.top_k"),
     ({"harness.hops": "3"}, "harness.hops: must be 1 or 2"),
     ({"federation.runtime": "cloud"}, "federation.runtime"),
+    ({"federation.ray_address": "10.0.0.1:6379"}, "federation.ray_address: only the simulation runtime"),
+    ({"serve.look_back_period_s": "0"}, "serve.look_back_period_s: must be positive"),
 ])
 def test_errors_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=field):

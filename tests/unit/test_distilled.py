@@ -147,6 +147,7 @@ def test_bad_settings_name_the_field(field, value):
 
 
 
+@pytest.mark.environment  # sets environment variables (tests/phases.py)
 def test_generator_cache_is_keyed_by_base_model_settings_and_training_code(monkeypatch, tmp_path):
     monkeypatch.setenv("FEDPRAG_HOME", str(tmp_path))
     here = serializer.cache_dir("a" * 64, DistilledConfig())

@@ -128,6 +128,7 @@ def test_tiny_build_is_deterministic_and_cached(tmp_path):
     assert load_causal_lm(str(finished)).model.config.num_hidden_layers == 1
 
 
+@pytest.mark.environment  # sets environment variables (tests/phases.py)
 @pytest.mark.skipif(not numerics.pinnable(), reason="portable numerics need a CPU with AVX2")
 def test_a_portable_build_trains_under_pinned_numerics_whatever_the_caller_runs(tmp_path, monkeypatch):
     """The build's child process runs torch's AVX2 kernels on 2 threads even where the caller asked

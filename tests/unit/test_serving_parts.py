@@ -24,5 +24,5 @@ def test_the_replica_group_autoscales_only_within_bounds_it_was_given():
                                                upscale_delay_s=5.0, look_back_period_s=6.0)).\
         _deployment_config.autoscaling_config
     assert (scaled.min_replicas, scaled.max_replicas, scaled.target_ongoing_requests, scaled.upscale_delay_s,
-            scaled.look_back_period_s, scaled.metrics_interval_s) == (1, 3, 4, 5.0, 6.0, 2.0)
+            scaled.look_back_period_s) == (1, 3, 4, 5.0, 6.0)
     assert Batching.of(ServeSection(max_batch_size=8, batch_wait_ms=2.0, busy_batch_wait_ms=20.0)) == Batching(8, 0.002, 0.02)

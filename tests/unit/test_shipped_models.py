@@ -11,6 +11,7 @@ from fedprag.shared.models.tiny.recipe import RECIPES, TinyRecipe, model_name
 from fedprag.shared.models.tiny.shipped import SHIPPED_ROOT, ShippedModelError, shipped_model, verified
 
 
+@pytest.mark.environment  # sets environment variables (tests/phases.py)
 @pytest.mark.parametrize("recipe", ["default", "small"])
 def test_the_default_and_test_models_ship_and_resolve_to_their_shipped_copy(recipe, tmp_path, monkeypatch):
     monkeypatch.setenv("FEDPRAG_HOME", str(tmp_path))  # an empty cache: nothing may be built
@@ -45,6 +46,7 @@ def test_a_damaged_or_incomplete_shipped_model_is_refused(tmp_path, monkeypatch)
         verified(copy)
 
 
+@pytest.mark.environment  # sets environment variables (tests/phases.py)
 def test_the_default_models_pretrained_generator_ships_and_loads_without_training(tmp_path, monkeypatch):
     """A change to the generator's training code or to the default [distilled] settings gives a new
     cache key: this fails until the generator is made again (fedprag model build-generator --ship)."""

@@ -50,7 +50,7 @@ def simulate(config: FedpragConfig, sites: int, ray_cpus: int = 2) -> list[Round
 
     The sites run as actors of the Ray cluster at ``federation.ray_address``, or of a Ray started
     for the run with ``ray_cpus`` CPUs."""
-    work = Path(config.federation.work_dir)
+    work = Path(config.federation.work_dir).resolve()  # the actors may not share this process's directory
     flower_environment(work / "flwr-home")
     server = make_server_app(config)
     client = make_client_app(config.model.path, str(work / "sites"), augment=config.augment)

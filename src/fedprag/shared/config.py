@@ -105,6 +105,8 @@ class FederationSection:
             raise ValueError(f"federation.strategy: must be 'expert_mass' or 'fedavg', not '{self.strategy}'")
         if self.runtime not in ("deployment", "simulation"):
             raise ValueError(f"federation.runtime: must be 'deployment' or 'simulation', not '{self.runtime}'")
+        if self.ray_address and self.runtime != "simulation":
+            raise ValueError("federation.ray_address: only the simulation runtime runs its sites on Ray")
         if self.round_timeout <= 0:
             raise ValueError("federation.round_timeout: must be positive")
         if self.dp_noise_multiplier < 0 or self.dp_clip <= 0 or not 0 < self.dp_delta < 1:
@@ -246,7 +248,7 @@ class ServeSection:
     upscale_delay_s: float = 30.0
     """Autoscaling: seconds the load must stay above the target before a replica is added."""
     look_back_period_s: float = 30.0
-    """Autoscaling: the seconds of load Ray Serve averages over; replicas report theirs every third of it."""
+    """Autoscaling: the seconds of load Ray Serve averages over before it decides."""
     replica_cpus: float = 1.0
     """CPUs Ray reserves for each replica."""
     max_batch_size: int = 32

@@ -220,8 +220,7 @@ def replica_deployment(settings: ServeSection) -> serve.Deployment:
                                          "max_replicas": settings.max_replicas,
                                          "target_ongoing_requests": settings.target_ongoing_requests,
                                          "upscale_delay_s": settings.upscale_delay_s,
-                                         "look_back_period_s": settings.look_back_period_s,
-                                         "metrics_interval_s": settings.look_back_period_s / 3}
+                                         "look_back_period_s": settings.look_back_period_s}
     else:
         options["num_replicas"] = settings.replicas
     return serve.deployment(Replica, name="Replica").options(**options)

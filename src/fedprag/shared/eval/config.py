@@ -10,7 +10,7 @@ from dataclasses import dataclass
 class HarnessConfig:
     top_k: int = 3
     hops: int = 1
-    """Retrieval hops. 2 adds a bridge passage for multi-hop questions (see :meth:`Retriever.top_k`)."""
+    """Retrieval hops. 2 adds a bridge passage for multi-hop questions (see :meth:`fedprag.shared.eval.harness.Retriever.top_k`)."""
     batch_size: int = 32
     latency_queries: int = 24
     max_new_tokens: int = 12
