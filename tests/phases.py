@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-_PHASES = ((), ("distilled_federation",), ("poly_federation",))
-"""Integration tests by the federation they share, in the order they run."""
+_FEDERATIONS = ("distilled_federation", "poly_federation")
+"""Integration tests that share one of these run after the others, in this order."""
 
 
 class Shared:
@@ -87,11 +87,10 @@ _last_user: dict[str, str] = {}
 _starter: threading.Thread | None = None
 
 
-def register(name: str, resource: Callable[[Path], AbstractContextManager], early: bool = False) -> Shared:
+def register(name: str, resource: Callable[[Path], AbstractContextManager], early: bool = False) -> None:
     """Make ``resource`` (given its work directory) the shared session resource ``name``;
-    ``early``: start it in the background as the session's first test starts."""
+    ``early``: start it in the background (:func:`start_early`)."""
     _registry[name] = Shared(name, resource, early)
-    return _registry[name]
 
 
 def shared(name: str) -> Shared:
@@ -112,7 +111,7 @@ def phase(item: pytest.Item) -> int:
         return 0
     if item.get_closest_marker("integration") is None:
         return 1
-    return 2 + max(i for i, names in enumerate(_PHASES) if all(uses(item, n) for n in names))
+    return 2 + next((i for i, name in enumerate(_FEDERATIONS, 1) if uses(item, name)), 0)
 
 
 def order(items: list[pytest.Item]) -> None:
@@ -130,12 +129,13 @@ def plan(items: list[pytest.Item]) -> None:
 
 
 def start_early(root: Path) -> None:
-    """Start, one after the other in a background thread, the early resources the selected tests
-    use (once a session)."""
+    """Start, one after the other in a background thread and in the order the selected tests first
+    use them, the early resources those tests use (once a session)."""
     global _starter
-    wanted = [shared for name, shared in _registry.items() if shared.early and name in _last_user]
-    wanted.sort(key=lambda shared: list(_last_user).index(shared.name))
-    if wanted and _starter is None:
+    if _starter is not None:
+        return
+    wanted = [_registry[name] for name in _last_user if _registry[name].early]  # first use first
+    if wanted:
         _starter = threading.Thread(target=lambda: [shared.start(root) for shared in wanted],
                                     name="shared-resources", daemon=True)
         _starter.start()
