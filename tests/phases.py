@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-_FEDERATIONS = ("distilled_federation", "poly_federation")
-"""Integration tests that share one of these run after the others, in this order."""
+_LAST = ("distilled_federation", "poly_federation", "rebuilt_short")
+"""Integration tests that use one of these run after the others, in this order."""
 
 
 class Shared:
@@ -106,12 +106,12 @@ def uses(item: pytest.Item, name: str) -> bool:
 def phase(item: pytest.Item) -> int:
     """Where ``item`` runs: tests that change the process's environment first (0), before anything
     starts in the background (whose processes would inherit it); then unit tests (1); then
-    integration tests by the federation they share."""
+    integration tests by the shared resource of :data:`_LAST` they use."""
     if item.get_closest_marker("environment") is not None:
         return 0
     if item.get_closest_marker("integration") is None:
         return 1
-    return 2 + next((i for i, name in enumerate(_FEDERATIONS, 1) if uses(item, name)), 0)
+    return 2 + next((i for i, name in enumerate(_LAST, 1) if uses(item, name)), 0)
 
 
 def order(items: list[pytest.Item]) -> None:
