@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-_LAST = ("distilled_federation", "poly_federation", "rebuilt_short")
+_LAST = ("distilled_federation", "poly_federation", "hosts_federation", "rebuilt_short")
 """Integration tests that use one of these run after the others, in this order."""
 
 
@@ -71,12 +71,22 @@ class Shared:
             raise self._error
         return self._value
 
+    def started_elsewhere(self) -> object:
+        """The resource once a test has started it: for a background start that needs a resource only
+        the main thread may start (Ray: its processes die with the thread that started them)."""
+        self._ready.wait()
+        if self._error is not None or self._closed:
+            raise RuntimeError(f"the shared resource {self.name} failed or was stopped before it was needed")
+        return self._value
+
     def stop(self) -> None:
         """Leave the resource (waiting for a start under way to finish first), and start it no more."""
         with self._lock:
             self._closed = True
-        if self._started:
+            started = self._started
+        if started:
             self._ready.wait()
+        self._ready.set()  # wakes anyone still waiting for it
         stack, self._stack = self._stack, None
         if stack is not None:
             stack.close()

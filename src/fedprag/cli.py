@@ -156,6 +156,8 @@ def _cmd_demo(args: argparse.Namespace, config: FedpragConfig) -> int:
 
 @_federation_failures
 def _cmd_federate(args: argparse.Namespace, config: FedpragConfig) -> int:
+    if args.coordinator:
+        return _campaign_at(args.coordinator, config)
     from fedprag.cluster.demo import traffic_table
     from fedprag.cluster.deployment import federate
 
@@ -165,6 +167,36 @@ def _cmd_federate(args: argparse.Namespace, config: FedpragConfig) -> int:
         raise FileNotFoundError(f"{work / 'sites'}: no site stores (site-0, site-1, …); ingest passages first")
     print(traffic_table(federate(config, sites)))
     return 0
+
+
+def _campaign_at(address: str, config: FedpragConfig) -> int:
+    """A campaign on a running coordinator: its rounds up to ``federation.rounds`` in total, then
+    the release, with the coordinator's own settings; the ServerApp's log streams to standard output."""
+    import tempfile
+
+    from fedprag.cluster.superlink import Control, SuperLinkError
+
+    if not config.coordinator.ca_cert or not Path(config.coordinator.ca_cert).is_file():
+        raise ConfigError(f"coordinator.ca_cert: the federation's CA certificate is required to reach {address} "
+                          f"(--ca FILE; got '{config.coordinator.ca_cert}')")
+    with tempfile.TemporaryDirectory() as home:
+        try:
+            code = Control(address, config.coordinator.ca_cert, Path(home)).campaign(
+                {"rounds": config.federation.rounds}, lambda line: print(line, end="", flush=True))
+        except SuperLinkError as exc:
+            print(f"fedprag: error: {exc}", file=sys.stderr)
+            return 1
+    return 0 if code == 0 else 1
+
+
+def _cmd_coordinator_run(args: argparse.Namespace, config: FedpragConfig) -> int:
+    from fedprag.cluster.coordinator import run
+
+    try:
+        config.coordinator.check_files()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return run(config, lambda line: print(line, flush=True))
 
 
 def _cmd_certs(args: argparse.Namespace, config: FedpragConfig) -> int:
@@ -185,9 +217,10 @@ def _cmd_certs(args: argparse.Namespace, config: FedpragConfig) -> int:
 
 def _cmd_client_ingest(args: argparse.Namespace, config: FedpragConfig) -> int:
     from fedprag.client.sources import read_sources
-    from fedprag.client.store import SiteStore
 
     passages = read_sources(args.sources)  # every source is checked before the store is created or touched
+    from fedprag.client.store import SiteStore  # torch comes with the store: a bad source is refused without it
+
     store = SiteStore(args.data_dir, site_id=args.site_id)
     result = store.add_read(passages)
     split = f" ({result.split} long passages split into chunks)" if result.split else ""
@@ -215,7 +248,8 @@ def _cmd_export(args: argparse.Namespace, config: FedpragConfig) -> int:
 
 
 def _cmd_client_run(args: argparse.Namespace, config: FedpragConfig) -> int:
-    from fedprag.client.daemon import SiteDaemon, running_daemon
+    from fedprag.client.admin import running_daemon
+    from fedprag.client.daemon import SiteDaemon
 
     running = running_daemon(config.site.data_dir) if config.site.data_dir else None
     if running is not None:
@@ -252,9 +286,7 @@ def _cmd_serve(args: argparse.Namespace, config: FedpragConfig) -> int:
 def _cmd_client_status(args: argparse.Namespace, config: FedpragConfig) -> int:
     import grpc
 
-    from fedprag.client.admin import daemon_status, status_fields
-    from fedprag.client.daemon import running_daemon
-    from fedprag.client.store import SiteStore
+    from fedprag.client.admin import daemon_status, running_daemon, status_fields
 
     data_dir = args.data_dir or config.site.data_dir
     if not data_dir or not Path(data_dir).is_dir():
@@ -267,6 +299,8 @@ def _cmd_client_status(args: argparse.Namespace, config: FedpragConfig) -> int:
         except grpc.RpcError as exc:
             print(f"fedprag: the daemon of {data_dir} did not answer ({exc.code().name}); "
                   "showing the store", file=sys.stderr)
+    from fedprag.client.store import SiteStore  # torch comes with the store: not needed to ask a daemon
+
     store = SiteStore(data_dir)
     state = store.state
     print(json.dumps({"daemon": "not running", "site": state.site_id, "passages": len(store.passages()),
@@ -372,7 +406,30 @@ def _run_commands(groups: argparse._SubParsersAction, common: argparse.ArgumentP
     _federation_options(federate)
     federate.add_argument("--min-sites", type=int, dest="federation.min_sites", help="valid updates a round needs")
     federate.add_argument("--local-epochs", type=int, dest="federation.local_epochs", help="epochs per site per round")
+    federate.add_argument("--coordinator", metavar="HOST:PORT",
+                          help="run the campaign on a running coordinator (fedprag coordinator run) instead: its "
+                               "rounds up to --rounds in total, then the release, with the coordinator's settings")
+    federate.add_argument("--ca", dest="coordinator.ca_cert", metavar="FILE", help="with --coordinator: the federation's CA certificate")
     federate.set_defaults(handler=_cmd_federate)
+
+
+def _coordinator_command(groups: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """fedprag coordinator: the operator's coordinator, on Ray."""
+    coordinator = groups.add_parser("coordinator", help="the operator's coordinator (SuperLink, site admission, "
+                                                        "campaigns) on Ray").add_subparsers(dest="command", required=True)
+    run = coordinator.add_parser(
+        "run", parents=[common], help="start the coordinator as an actor on Ray and hold it until SIGTERM",
+        description="Start the coordinator as a long-lived actor on the Ray cluster (coordinator.ray_address; "
+                    "default: a Ray of its own): the SuperLink with TLS and SuperNode authentication on "
+                    "coordinator.host:port, the sites whose public keys are in coordinator.keys_dir admitted (a key "
+                    "removed is refused), and campaigns (federation.rounds more rounds, then the release) every "
+                    "coordinator.campaign_every_s or on request (fedprag federate --coordinator). Rounds publish to "
+                    "<federation.work_dir>/registry, where the query API picks up each new version. SIGTERM stops "
+                    "the actor and every process it started. Configure it in the [coordinator] section of --config.")
+    run.add_argument("--ray-address", dest="coordinator.ray_address", metavar="ADDRESS",
+                     help="the Ray cluster to run on (host:port, or auto); default: a Ray of its own")
+    run.add_argument("--keys-dir", dest="coordinator.keys_dir", metavar="DIR", help="the admitted sites' public keys (<site>.pub)")
+    run.set_defaults(handler=_cmd_coordinator_run)
 
 
 def _certs_command(groups: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -476,8 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _common_options(common, argparse.SUPPRESS)
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
-    for add in (_model_commands, _data_commands, _run_commands, _certs_command, _client_commands, _export_command,
-                _serve_command):
+    for add in (_model_commands, _data_commands, _run_commands, _coordinator_command, _certs_command, _client_commands,
+                _export_command, _serve_command):
         add(groups, common)
     return parser
 

@@ -86,7 +86,7 @@ class RecordedDeployment(LocalDeployment):
 
     def superlink_address(self) -> str:
         if self.proxy is None:
-            self.proxy = RecordingProxy(self.port, self.tls.server_cert, self.tls.server_key, self.tls.ca_cert)
+            self.proxy = RecordingProxy(self.superlink.port, self.tls.server_cert, self.tls.server_key, self.tls.ca_cert)
             self.proxy.__enter__()
         return f"127.0.0.1:{self.proxy.port}"
 

@@ -21,8 +21,7 @@ import numpy as np
 import psutil
 import pytest
 
-from fedprag.client.admin import daemon_status
-from fedprag.client.daemon import DAEMON_FILE
+from fedprag.client.admin import DAEMON_FILE, daemon_status
 from fedprag.cluster.serving.fanout import FanOut, RemoteSite, SiteUnavailable
 from fedprag.cluster.serving.modes import serving_mode
 from fedprag.coordinator.app import recorded_rounds

@@ -52,6 +52,14 @@ def test_certs_writes_what_superlink_and_supernodes_need(tmp_path, capsys):
     assert "flwr supernode register" in capsys.readouterr().out
 
 
+def test_coordinator_run_without_its_files_names_the_missing_one(tmp_path, capsys):
+    (tmp_path / "ca.crt").write_text("not checked before the others are there")
+    assert main(["coordinator", "run", "--set", f"coordinator.ca_cert={tmp_path / 'ca.crt'}"]) == 2
+    assert "coordinator.tls_cert: required" in capsys.readouterr().err
+    assert main(["federate", "--coordinator", "10.0.0.1:9092"]) == 2  # no CA to verify it with
+    assert "coordinator.ca_cert" in capsys.readouterr().err
+
+
 def test_federate_without_site_stores_is_a_clear_error(tmp_path, capsys):
     assert main(["federate", "--work-dir", str(tmp_path)]) == 2
     assert "no site stores" in capsys.readouterr().err

@@ -35,6 +35,8 @@ def test_comma_separated_lists_from_flags():
     ({"federation.runtime": "cloud"}, "federation.runtime"),
     ({"federation.ray_address": "10.0.0.1:6379"}, "federation.ray_address: only the simulation runtime"),
     ({"serve.look_back_period_s": "0"}, "serve.look_back_period_s: must be positive"),
+    ({"coordinator.port": "70000"}, "coordinator.port: must be a port"),
+    ({"coordinator.campaign_every_s": "-1"}, "coordinator.campaign_every_s"),
 ])
 def test_errors_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=field):

@@ -9,12 +9,14 @@ only port open to the network.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from concurrent import futures
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import grpc
+import psutil
 
 from fedprag.shared.log import get_logger
 from fedprag.shared.proto import routing_pb2, routing_pb2_grpc
@@ -24,6 +26,27 @@ if TYPE_CHECKING:  # the ClientApp's process, which reaches the daemon through h
     from fedprag.client.modes import SiteMode
 
 log = get_logger(__name__)
+
+DAEMON_FILE = "daemon.json"  # in the data directory while the daemon runs: pid, ports, socket, SuperNode
+
+
+def daemon_record(data_dir: str | Path) -> dict:
+    """What ``daemon.json`` holds (empty if there is none): the daemon's pid, ports and SuperNode."""
+    try:
+        return json.loads((Path(data_dir) / DAEMON_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def running_daemon(data_dir: str | Path) -> dict | None:
+    """The record of the daemon serving ``data_dir``, if one is alive."""
+    record = daemon_record(data_dir)
+    try:
+        alive = psutil.pid_exists(record["pid"]) and psutil.Process(record["pid"]).status() != psutil.STATUS_ZOMBIE
+    except (KeyError, TypeError, psutil.Error):
+        return None
+    return record if alive else None
+
 
 ADMIN_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 """The local socket carries whole pools (a round task, a site update): no message size limit."""

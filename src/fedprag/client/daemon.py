@@ -45,10 +45,9 @@ from pathlib import Path
 
 import faiss
 import grpc
-import psutil
 import torch
 
-from fedprag.client.admin import admin_address, serve_admin
+from fedprag.client.admin import DAEMON_FILE, admin_address, daemon_record, serve_admin
 from fedprag.client.inbox import Inbox
 from fedprag.client.modes import SITE_MODES
 from fedprag.client.routing_service import RoutingCounters, RoutingLimits, ServerTls, SiteIndex, serve_routing
@@ -65,27 +64,6 @@ from fedprag.shared.retrieval.encoder import SentenceEncoder
 from fedprag.shared.wire import WireMessage
 
 log = get_logger(__name__)
-
-DAEMON_FILE = "daemon.json"  # in the data directory while the daemon runs: pid, ports, socket, SuperNode
-
-
-def _record(data_dir: str | Path) -> dict:
-    """What ``daemon.json`` holds (empty if there is none): the daemon's pid, ports and SuperNode."""
-    try:
-        return json.loads((Path(data_dir) / DAEMON_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def running_daemon(data_dir: str | Path) -> dict | None:
-    """The record of the daemon serving ``data_dir``, if one is alive."""
-    record = _record(data_dir)
-    try:
-        alive = psutil.pid_exists(record["pid"]) and psutil.Process(record["pid"]).status() != psutil.STATUS_ZOMBIE
-    except (KeyError, TypeError, psutil.Error):
-        return None
-    return record if alive else None
-
 
 class SiteDaemon:
     """One site's long-running process (see the module docstring)."""
@@ -201,7 +179,7 @@ class SiteDaemon:
         routing, self.routing_port = serve_routing(lambda: self.router, self.config.routing_address, tls, self.tokens,
                                                    self.counters, limits)
         self._servers = [routing, serve_admin(self, self.root)]
-        SupernodeSupervisor.stop_orphan(_record(self.root))  # a killed daemon's
+        SupernodeSupervisor.stop_orphan(daemon_record(self.root))  # a killed daemon's
         self._write_record()
         self.supervise()
         with self._work_lock:

@@ -4,9 +4,10 @@
 
 1. TLS material and one authentication key pair per site (:mod:`fedprag.cluster.certs`), kept under
    ``<work_dir>/certs`` and reused on the next start;
-2. ``flower-superlink`` with TLS and SuperNode authentication on a free loopback port;
-3. each site's public key registered with ``flwr supernode register`` — a SuperNode whose key
-   is not registered is refused;
+2. ``flower-superlink`` with TLS and SuperNode authentication on a free loopback port
+   (:class:`~fedprag.cluster.superlink.SuperLink`);
+3. each site's public key registered through its Control API — a SuperNode whose key is not
+   registered is refused;
 4. one site daemon (``fedprag client run``) per site, serving that site's data directory: it keeps
    the site's SuperNode connected and serves the site's routing over gRPC, with a certificate from
    the same CA and a caller token (``<work_dir>/certs/routing-tokens``);
@@ -26,86 +27,36 @@ SuperNode logs (with its ClientApp's) under the site's own data directory, so th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Self, TextIO
 
 import grpc
-import psutil
 
-from fedprag.client.admin import daemon_status
-from fedprag.client.daemon import DAEMON_FILE
+from fedprag.client.admin import DAEMON_FILE, daemon_status
 from fedprag.cluster.certs import NodeKeys, TlsFiles, write_node_keys, write_routing_cert, write_tls
 from fedprag.cluster.serving.fanout import RemoteSite
 from fedprag.cluster.simulation import simulate
+from fedprag.cluster.superlink import SuperLink, SuperLinkError
 from fedprag.coordinator.app import RoundReport, recorded_rounds
 from fedprag.coordinator.registry import registry_dir
 from fedprag.shared.config import FedpragConfig, SiteSection, config_to_toml
 from fedprag.shared.io import atomic_write_text, read_tokens
 from fedprag.shared.log import get_logger
 from fedprag.shared.models.augment_config import AugmentConfig
-from fedprag.shared.processes import bin_path, flower_env, free_port, spawn, stop, stop_all
+from fedprag.shared.processes import Processes, Started, bin_path, flower_env, stop
 from fedprag.shared.proto import routing_pb2
 
 log = get_logger(__name__)
 
-# The Flower app project ``flwr run`` bundles: components from the installed fedprag packages.
-FLOWER_APP = """\
-[build-system]
-requires = ["setuptools>=68"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "fedprag-federation"
-version = "0.1.0"
-description = "fedprag federated rounds: Poly-PRAG expert pool, aggregated by routing mass"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.flwr.app]
-publisher = "fedprag"
-
-[tool.flwr.app.components]
-serverapp = "fedprag.coordinator.app:server_app"
-clientapp = "fedprag.client.app:client_app"
-
-[tool.flwr.app.config]
-config = ""
-"""
-
 
 class DeploymentError(RuntimeError):
     """A deployment process failed to start, was refused, or the run did not finish."""
-
-
-@contextlib.contextmanager
-def socket_to(port: int):
-    """A TCP connection to ``port`` on loopback (``OSError`` if nothing listens)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=1.0) as connection:
-        yield connection
-
-
-def _quoted(value: str) -> str:
-    if "'" in value or '"' in value:
-        raise DeploymentError(f"path {value!r}: quotes are not allowed in paths passed to Flower")
-    return f"'{value}'"
-
-
-@dataclass
-class Started:
-    """One process this deployment started."""
-
-    name: str
-    process: subprocess.Popen
-    log: Path
 
 
 class LocalDeployment:
@@ -124,44 +75,19 @@ class LocalDeployment:
         self.rounds = rounds
         self.certs = self.work / "certs"
         self.logs = self.work / "logs"
-        self.port = 0
-        self.processes: list[Started] = []
-        self.descendants: dict[int, psutil.Process] = {}
+        self.processes = Processes(self.logs, self.work)
         self.tls: TlsFiles | None = None
         self.token = ""
         self.daemons: dict[str, Started] = {}
-        self.superlink: Started | None = None
+        self.superlink: SuperLink | None = None
 
     # -- processes -------------------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], home: Path) -> Started:
-        path = self.logs / f"{name}.log"
-        started = Started(name, spawn(argv, path, flower_env(home), cwd=self.work), path)
-        self.processes.append(started)
-        self._write_pids()
-        log.info("deployment.process.start", name=name, pid=started.process.pid)
-        return started
-
-    def _write_pids(self) -> None:
-        pids = {p.name: p.process.pid for p in self.processes}
-        atomic_write_text(self.logs / "pids.json",
-                          json.dumps({**pids, "descendants": sorted(self.descendants)}, indent=2))
+        return self.processes.spawn(name, argv, flower_env(home))
 
     def remember_descendants(self) -> None:
         """Note every live descendant of the processes started here (SuperNodes, SuperExec, ServerApp, ClientApps)."""
-        known = len(self.descendants)
-        for started in self.processes:
-            try:
-                children = psutil.Process(started.process.pid).children(recursive=True)
-            except psutil.NoSuchProcess:
-                continue
-            for child in children:
-                self.descendants.setdefault(child.pid, child)
-        if len(self.descendants) > known:
-            self._write_pids()
-
-    def _tail(self, started: Started, lines: int = 8) -> str:
-        text = started.log.read_text(encoding="utf-8", errors="replace").splitlines()
-        return "\n".join(text[-lines:])
+        self.processes.remember_descendants()
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -181,28 +107,12 @@ class LocalDeployment:
 
     def _start_superlink(self) -> None:
         """The SuperLink, its state (registered SuperNodes, runs) in a database file so that it survives a restart."""
-        self.port = self.port or free_port()
-        superlink = self._spawn("superlink", [
-            bin_path("flower-superlink"), "--ssl-ca-certfile", str(self.tls.ca_cert),
-            "--ssl-certfile", str(self.tls.server_cert), "--ssl-keyfile", str(self.tls.server_key),
-            "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(self.port),
-            "--database", str(self.work / "flwr" / "superlink.db"), "--disable-runtime-dependency-installation",
-        ], self.work / "flwr" / "superlink")
-        self._wait_listening(superlink)
-        self.superlink = superlink
-        atomic_write_text(self.work / "flwr" / "cli" / "config.toml",
-                          "[superlink]\ndefault = \"local\"\n\n[superlink.local]\n"
-                          f"address = \"127.0.0.1:{self.port}\"\nroot-certificates = \"{self.tls.ca_cert}\"\n")
-
-    def _wait_listening(self, started: Started) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if started.process.poll() is not None:
-                raise DeploymentError(f"{started.name} exited with code {started.process.returncode}:\n{self._tail(started)}")
-            with contextlib.suppress(OSError), socket_to(self.port):
-                return
-            time.sleep(0.2)
-        raise DeploymentError(f"{started.name} did not listen on port {self.port} within {self.startup_timeout:.0f} s")
+        if self.superlink is None:
+            self.superlink = SuperLink(self.work / "flwr", self.tls, self._spawn, startup_timeout=self.startup_timeout)
+        try:
+            self.superlink.start()
+        except SuperLinkError as exc:
+            raise DeploymentError(str(exc)) from None
 
     def restart_superlink(self) -> None:
         """Stop the coordinator's SuperLink (by its PID) and start it again on the same port and state,
@@ -210,9 +120,10 @@ class LocalDeployment:
         if self.superlink is None:
             raise DeploymentError("this deployment runs no SuperLink (rounds=False)")
         self.remember_descendants()
-        code = stop(self.superlink.process)
-        self.processes.remove(self.superlink)
-        log.info("deployment.superlink.restart", pid=self.superlink.process.pid, code=code)
+        started = self.superlink.started
+        code = stop(started.process)
+        self.processes.forget(started)
+        log.info("deployment.superlink.restart", pid=started.process.pid, code=code)
         self._start_superlink()
 
     def node_keys(self, name: str) -> NodeKeys:
@@ -222,20 +133,14 @@ class LocalDeployment:
 
     def register(self, keys: NodeKeys) -> int:
         """Register a SuperNode's public key with the SuperLink; returns the node id it will have."""
-        result = subprocess.run(
-            [bin_path("flwr"), "supernode", "register", str(keys.public_key), "local", "--format", "json"],
-            capture_output=True, text=True, env=flower_env(self.work / "flwr" / "cli"), timeout=120, check=False)
         try:
-            reply = json.loads(result.stdout)
-        except json.JSONDecodeError:
-            reply = {}
-        if result.returncode != 0 or not reply.get("success"):
-            raise DeploymentError(f"registering {keys.public_key.name} failed: {(result.stdout + result.stderr)[-500:]}")
-        return int(reply["node-id"])
+            return self.superlink.control.register(keys.public_key)
+        except SuperLinkError as exc:
+            raise DeploymentError(str(exc)) from None
 
     def superlink_address(self) -> str:
         """The address the sites' SuperNodes dial: the SuperLink on loopback."""
-        return f"127.0.0.1:{self.port}"
+        return self.superlink.address
 
     def site_config(self, name: str, site_dir: Path, keys: NodeKeys) -> Path:
         """Write the site's daemon configuration (``<work_dir>/sites-config/<name>.toml``); returns its path."""
@@ -271,7 +176,8 @@ class LocalDeployment:
         exited = [(name, path) for name, path in self.sites
                   if name not in self.daemons or self.daemons[name].process.poll() is not None]
         reaped = [self.daemons[name] for name, _ in exited if name in self.daemons]
-        self.processes = [p for p in self.processes if p not in reaped]  # never signal a reaped pid again
+        for started in reaped:
+            self.processes.forget(started)
         self._start_daemons(exited)
         return [name for name, _ in exited]
 
@@ -288,7 +194,7 @@ class LocalDeployment:
         while time.monotonic() < deadline:
             if started.process.poll() is not None:
                 raise DeploymentError(f"the daemon of {name} exited with code {started.process.returncode}:\n"
-                                      f"{self._tail(started)}")
+                                      f"{started.tail()}")
             status = self._status(site_dir, started)
             if status is not None and (status.supernode_connected if self.rounds else status.serving):
                 self.daemons[name] = started
@@ -336,38 +242,25 @@ class LocalDeployment:
         config = replace(config, federation=replace(config.federation, work_dir=str(self.work)))
         config_path = self.work / "fedprag.toml"
         atomic_write_text(config_path, config_to_toml(config))
-        app_dir = self.work / "flower-app"
-        atomic_write_text(app_dir / "pyproject.toml", FLOWER_APP)
-        argv = [bin_path("flwr"), "run", str(app_dir), "local", "--stream",
-                "--run-config", f"config={_quoted(str(config_path))}"]
-        with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=flower_env(self.work / "flwr" / "cli"), cwd=self.work) as runner:
-            for line in runner.stdout:
-                (out or sys.stderr).write(line)
-                self.remember_descendants()
+
+        def passed_on(line: str) -> None:
+            (out or sys.stderr).write(line)
+            self.remember_descendants()
+
+        try:
+            code = self.superlink.control.campaign({"config": str(config_path)}, passed_on)
+        except SuperLinkError as exc:
+            raise DeploymentError(str(exc)) from None
         rounds = recorded_rounds(registry_dir(config.federation))
         done = max((r.round for r in rounds if r.version is not None), default=0)
-        if runner.returncode != 0 or done < config.federation.rounds:
+        if code != 0 or done < config.federation.rounds:
             raise DeploymentError(f"the federation stopped after round {done} of {config.federation.rounds} "
-                                  f"(flwr run exit code {runner.returncode}); see {self.logs / 'superlink.log'}")
+                                  f"(flwr run exit code {code}); see {self.logs / 'superlink.log'}")
         return rounds
 
     def stop(self) -> None:
         """Stop every process this deployment started, side by side, then their descendants."""
-        self.remember_descendants()
-        for started, code in zip(self.processes, stop_all([s.process for s in self.processes])):
-            log.info("deployment.process.stop", name=started.name, pid=started.process.pid, code=code)
-        left = list(self.descendants.values())
-        for child in left:  # psutil checks each is still the process we saw (pid and start time)
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.terminate()
-        _, alive = psutil.wait_procs(left, timeout=10)
-        for child in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()
-        psutil.wait_procs(alive, timeout=10)
-        self.processes.clear()
-        self.descendants.clear()
+        self.processes.stop()
         self.daemons.clear()
 
     def __enter__(self) -> Self:

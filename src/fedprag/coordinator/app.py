@@ -19,6 +19,7 @@ Ray simulation), and the module-level ``server_app`` is what a deployed SuperLin
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -201,11 +202,18 @@ def make_server_app(config: FedpragConfig) -> ServerApp:
     return app
 
 
+CONFIG_ENV = "FEDPRAG_CONFIG"
+"""Names the coordinator's TOML file to the ServerApp where a campaign's run config names none."""
+
 server_app = ServerApp()
 
 
 @server_app.main()
 def deployed_main(grid: Grid, context: Context) -> None:
-    """The coordinator as a SuperLink runs it: settings from the TOML file in ``run_config['config']``."""
+    """The coordinator as a SuperLink runs it: settings from the TOML file in ``run_config['config']``,
+    else from the one :data:`CONFIG_ENV` names (the coordinator's own, for a campaign an operator
+    starts from elsewhere); ``run_config['rounds']``, when above 0, is the campaign's total rounds."""
     configure_logging()  # this process is flwr-serverapp; its stderr streams to ``flwr run``
-    run_rounds(grid, load_config(str(context.run_config.get("config", "")) or None))
+    rounds = int(context.run_config.get("rounds", 0))
+    run_rounds(grid, load_config(str(context.run_config.get("config", "")) or os.environ.get(CONFIG_ENV) or None,
+                                 {"federation.rounds": rounds} if rounds > 0 else None))

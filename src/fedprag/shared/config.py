@@ -333,6 +333,64 @@ class ServeSection:
                     raise ValueError(f"serve.{name}: required with serve.sites, and must be a file (got '{value}')")
 
 
+@dataclass(frozen=True)
+class CoordinatorSection:
+    """The operator's coordinator (``fedprag coordinator run``): the SuperLink the sites dial, which
+    sites it admits, and when it runs campaigns. The rounds themselves follow ``[federation]``, and
+    the registry is ``<federation.work_dir>/registry``.
+
+    Example ``coordinator.toml``::
+
+        [coordinator]
+        host = "0.0.0.0"
+        port = 9092
+        ca_cert = "/etc/fedprag/tls/ca.crt"
+        tls_cert = "/etc/fedprag/tls/superlink.pem"
+        tls_key = "/etc/fedprag/tls/superlink.key"
+        keys_dir = "/etc/fedprag/site-keys"
+        campaign_every_s = 86400
+
+        [federation]
+        rounds = 10
+        work_dir = "/var/lib/fedprag"
+    """
+
+    host: str = "127.0.0.1"
+    """Where the SuperLink listens: the sites' Fleet API and the operators' Control API, one HTTPS port."""
+    port: int = 9092
+    ca_cert: str = ""
+    """The federation's CA certificate, which signed ``tls_cert``; operators' ``flwr`` verifies with it."""
+    tls_cert: str = ""
+    tls_key: str = ""
+    """The SuperLink's certificate (naming the address the sites dial) and its key. Required."""
+    keys_dir: str = ""
+    """The admitted sites' SuperNode public keys, one ``<site>.pub`` each. A key added is admitted and
+    a key removed is refused within ``admit_every_s``. Required."""
+    admit_every_s: float = 5.0
+    campaign_every_s: float = 0.0
+    """Run a campaign (the rounds still to do up to ``federation.rounds``, then the release) this often;
+    0: only when an operator asks (``fedprag federate --coordinator HOST:PORT``)."""
+    ray_address: str = ""
+    """The Ray cluster the coordinator runs on (``host:port``, or ``auto``); empty: a Ray of its own."""
+
+    def validate(self) -> None:
+        if not 0 < self.port <= 65535:
+            raise ValueError(f"coordinator.port: must be a port, not {self.port}")
+        if self.admit_every_s <= 0:
+            raise ValueError("coordinator.admit_every_s: must be positive")
+        if self.campaign_every_s < 0:
+            raise ValueError("coordinator.campaign_every_s: must be zero (on request only) or positive")
+
+    def check_files(self) -> None:
+        """What ``fedprag coordinator run`` needs before it starts; each missing piece is named."""
+        for name in ("ca_cert", "tls_cert", "tls_key"):
+            value = getattr(self, name)
+            if not value or not Path(value).is_file():
+                raise ValueError(f"coordinator.{name}: required, and must be a file (got '{value}')")
+        if not self.keys_dir or not Path(self.keys_dir).is_dir():
+            raise ValueError(f"coordinator.keys_dir: required, and must be a folder (got '{self.keys_dir}')")
+
+
 def _is_loopback(host: str) -> bool:
     """Whether ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
     try:
@@ -354,6 +412,7 @@ class FedpragConfig:
     federation: FederationSection = field(default_factory=FederationSection)
     site: SiteSection = field(default_factory=SiteSection)
     serve: ServeSection = field(default_factory=ServeSection)
+    coordinator: CoordinatorSection = field(default_factory=CoordinatorSection)
 
     def method_configs(self) -> dict[str, MethodConfig]:
         """Every registered method's configuration section, by method name."""
@@ -370,6 +429,7 @@ class FedpragConfig:
             self.federation.validate()
             self.site.validate()
             self.serve.validate()
+            self.coordinator.validate()
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
