@@ -128,9 +128,9 @@ def test_a_site_whose_key_is_not_registered_is_refused(superlink, tmp_path):
 
 def test_the_superlink_speaks_tls_with_the_local_ca_only(superlink):
     trusted = ssl.create_default_context(cafile=str(superlink.tls.ca_cert))
-    with (socket.create_connection(("127.0.0.1", superlink.port)) as raw,
+    with (socket.create_connection(("127.0.0.1", superlink.superlink.port)) as raw,
           trusted.wrap_socket(raw, server_hostname="127.0.0.1") as tls):
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
-    with (socket.create_connection(("127.0.0.1", superlink.port)) as raw,
+    with (socket.create_connection(("127.0.0.1", superlink.superlink.port)) as raw,
           pytest.raises(ssl.SSLCertVerificationError)):
         ssl.create_default_context().wrap_socket(raw, server_hostname="127.0.0.1")

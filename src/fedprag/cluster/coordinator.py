@@ -35,7 +35,7 @@ from fedprag.cluster.certs import TlsFiles
 from fedprag.cluster.superlink import SuperLink, SuperLinkError
 from fedprag.coordinator.app import CONFIG_ENV, recorded_rounds
 from fedprag.coordinator.registry import registry_dir
-from fedprag.shared.config import FedpragConfig, config_to_toml, load_config
+from fedprag.shared.config import ConfigError, FedpragConfig, config_to_toml, load_config
 from fedprag.shared.io import atomic_write_text
 from fedprag.shared.log import configure as configure_logging
 from fedprag.shared.log import get_logger
@@ -62,7 +62,8 @@ class Coordinator:
         self.superlink = SuperLink(self.home / "flwr", tls, self._launch, host=settings.host, port=settings.port)
         self.admitted: dict[str, dict[str, Any]] = {}  # key file name: its node id and digest
         self.campaigns: list[dict[str, Any]] = []
-        self._lock = threading.Lock()  # one admission or campaign at a time
+        self._admitting = threading.Lock()  # one admission pass at a time
+        self._campaigning = threading.Lock()  # one campaign at a time
         self._stopping = threading.Event()
         self._loop: threading.Thread | None = None
 
@@ -92,7 +93,7 @@ class Coordinator:
     def admit(self) -> None:
         """Register every key in the folder not yet admitted (or changed), unregister every admitted key
         no longer there; a key the SuperLink refuses is logged and tried again on the next pass."""
-        with self._lock:
+        with self._admitting:
             present = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
                        for path in sorted(self.keys_dir.glob("*.pub"))}
             for name, entry in list(self.admitted.items()):
@@ -123,7 +124,7 @@ class Coordinator:
 
     def campaign(self) -> int:
         """Run ``federation.rounds`` more rounds, then the release; returns ``flwr run``'s exit code."""
-        with self._lock:
+        with self._campaigning:
             done = max((r.round for r in recorded_rounds(registry_dir(self.config.federation))
                         if r.version is not None), default=0)
             target = done + self.config.federation.rounds
@@ -180,9 +181,6 @@ class CoordinatorActor:
     def status(self) -> dict[str, Any]:
         return self.coordinator.status()
 
-    def campaign(self) -> int:
-        return self.coordinator.campaign()
-
     def stop(self) -> None:
         self.coordinator.stop()
 
@@ -199,10 +197,15 @@ def run(config: FedpragConfig, on_ready: Callable[[str], None] = print) -> int:
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
-    actor = (ray.remote(CoordinatorActor)
-             .options(name=ACTOR_NAME, namespace="fedprag", num_cpus=0, max_restarts=-1, max_concurrency=4,
-                      resources={"node:__internal_head__": 0.001})
-             .remote(config_to_toml(config)))
+    try:
+        actor = (ray.remote(CoordinatorActor)
+                 .options(name=ACTOR_NAME, namespace="fedprag", num_cpus=0, max_restarts=-1, max_concurrency=4,
+                          resources={"node:__internal_head__": 0.001})
+                 .remote(config_to_toml(config)))
+    except ValueError:  # the name is taken
+        ray.shutdown()
+        raise ConfigError(f"coordinator.ray_address: a coordinator already runs on this Ray cluster "
+                          f"(actor {ACTOR_NAME} in namespace fedprag)") from None
     try:
         status = ray.get(actor.status.remote())
         on_ready(f"coordinator: SuperLink at {status['address']} (sites' Fleet API and operators' Control API), "
