@@ -17,8 +17,13 @@ from typing import Self
 
 
 def available() -> bool:
-    """Whether this process may make network namespaces (root, with ``ip``)."""
-    return os.geteuid() == 0 and shutil.which("ip") is not None
+    """Whether this process may make network namespaces: root, with ``ip``, allowed to add one."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return False
+    probe = f"fedprag-probe-{secrets.token_hex(3)}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, timeout=30, check=False).returncode == 0
+    subprocess.run(["ip", "netns", "delete", probe], capture_output=True, timeout=30, check=False)
+    return made
 
 
 def _ip(*args: str) -> None:

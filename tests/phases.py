@@ -4,13 +4,17 @@ A federation of real processes takes a minute or two to start and keeps a core a
 while it does (it mostly waits on processes and on Flower's polls); the unit tests keep about one
 of the 2 cores busy. So the suite runs in phases: the few tests that change the process's
 environment (mark ``environment``: the processes started in the background would inherit it),
-unit tests, then the integration tests that start their own processes, then those that share the
-session's DistilledPRAG federation, then those that share its Poly-PRAG federation. The resources
-registered as early (the session's federations, and the deployment module's) start in the
+unit tests, then the integration tests that start their own processes, then those that share one
+of :data:`_LAST`, in its order: the session's DistilledPRAG federation, its Poly-PRAG federation,
+the rebuild of the built-in model, and the federation of sites on other hosts.
+
+The resources registered as early (those, and the deployment module's federation) start in the
 background at the first test that leaves the environment alone, one after the other in the order
-the tests will need them, and the first test that uses one waits for it. Each shared
-resource stops once the last selected test that uses it is done, not at the session's end: idle,
-it would still cost the tests after it CPU.
+the tests will need them, and the first test that uses one waits for it. So the rebuild (a minute
+of CPU) and the hosts' federation (a minute of waiting on processes) run while the earlier tests
+run. Each shared resource stops once the last selected test that uses it is done, not at the
+session's end (idle, it would still cost the tests after it CPU), and resources stop in the
+reverse of the order they started in.
 
 A test uses a shared resource by naming its fixture (directly or through another fixture), or,
 where it asks for one by name at run time, by the mark ``uses("<fixture>")``.
@@ -25,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-_LAST = ("distilled_federation", "poly_federation", "hosts_federation", "rebuilt_short")
+_LAST = ("distilled_federation", "poly_federation", "rebuilt_short", "hosts_federation")
 """Integration tests that use one of these run after the others, in this order."""
 
 
@@ -49,6 +53,7 @@ class Shared:
             if self._started or self._closed:
                 return
             self._started = True
+            _start_order.append(self.name)
         stack = ExitStack()
         try:
             (root / self.name).mkdir()
@@ -71,22 +76,24 @@ class Shared:
             raise self._error
         return self._value
 
-    def started_elsewhere(self) -> object:
+    def started_elsewhere(self, timeout: float = 1800.0) -> object:
         """The resource once a test has started it: for a background start that needs a resource only
         the main thread may start (Ray: its processes die with the thread that started them)."""
-        self._ready.wait()
-        if self._error is not None or self._closed:
+        if not self._ready.wait(timeout) or self._error is not None or self._closed:
             raise RuntimeError(f"the shared resource {self.name} failed or was stopped before it was needed")
         return self._value
 
-    def stop(self) -> None:
-        """Leave the resource (waiting for a start under way to finish first), and start it no more."""
+    def close(self) -> None:
+        """Start it no more, and wake anyone waiting for a start that will not come."""
         with self._lock:
             self._closed = True
-            started = self._started
-        if started:
-            self._ready.wait()
-        self._ready.set()  # wakes anyone still waiting for it
+            if not self._started:
+                self._ready.set()
+
+    def stop(self) -> None:
+        """Leave the resource (waiting for a start under way to finish first), and start it no more."""
+        self.close()
+        self._ready.wait()
         stack, self._stack = self._stack, None
         if stack is not None:
             stack.close()
@@ -94,6 +101,9 @@ class Shared:
 
 _registry: dict[str, Shared] = {}
 _last_user: dict[str, str] = {}
+_start_order: list[str] = []
+"""The shared resources in the order they started: they stop in the reverse order, so a resource
+stops before one it may use (the hosts' federation before the session's Ray)."""
 _starter: threading.Thread | None = None
 
 
@@ -151,17 +161,23 @@ def start_early(root: Path) -> None:
         _starter.start()
 
 
+def _stop(names: list[str]) -> None:
+    """Stop these resources, the last started first."""
+    for name in sorted(names, key=lambda n: -_start_order.index(n) if n in _start_order else 0):
+        _registry[name].stop()
+
+
 def release_after(item: pytest.Item) -> None:
     """Stop every shared resource whose last selected test is ``item``."""
-    for name, nodeid in _last_user.items():
-        if nodeid == item.nodeid:
-            _registry[name].stop()
+    _stop([name for name, nodeid in _last_user.items() if nodeid == item.nodeid])
 
 
 def stop_all() -> None:
     """Stop every shared resource still running, and start no more (the session's end, also after
-    ``-x`` or an interrupt while the background thread still has resources to start)."""
+    ``-x`` or an interrupt while the background thread still has resources to start): every one
+    is closed first, so the background thread starts nothing more while the others stop."""
     for shared in _registry.values():
-        shared.stop()
+        shared.close()
+    _stop(list(_registry))
     if _starter is not None:
         _starter.join()

@@ -181,12 +181,14 @@ def _campaign_at(address: str, config: FedpragConfig) -> int:
                           f"(--ca FILE; got '{config.coordinator.ca_cert}')")
     with tempfile.TemporaryDirectory() as home:
         try:
-            code = Control(address, config.coordinator.ca_cert, Path(home)).campaign(
+            released = Control(address, config.coordinator.ca_cert, Path(home)).campaign(
                 {"rounds": config.federation.rounds}, lambda line: print(line, end="", flush=True))
         except SuperLinkError as exc:
             print(f"fedprag: error: {exc}", file=sys.stderr)
             return 1
-    return 0 if code == 0 else 1
+    if not released:
+        print(f"fedprag: error: the campaign on {address} ended without its release; its log is above", file=sys.stderr)
+    return 0 if released else 1
 
 
 def _cmd_coordinator_run(args: argparse.Namespace, config: FedpragConfig) -> int:
@@ -203,12 +205,12 @@ def _cmd_certs(args: argparse.Namespace, config: FedpragConfig) -> int:
     from fedprag.cluster.certs import write_node_keys, write_routing_cert, write_tls
 
     tls = write_tls(args.out, hosts=args.host, days=args.days)
-    print(f"CA certificate:      {tls.ca_cert}   (flower-supernode --root-certificates)")
-    print(f"SuperLink cert/key:  {tls.server_cert}, {tls.server_key}   (flower-superlink --ssl-*)")
+    print(f"CA certificate:      {tls.ca_cert}   (coordinator.ca_cert, site.ca_cert)")
+    print(f"SuperLink cert/key:  {tls.server_cert}, {tls.server_key}   (coordinator.tls_cert, coordinator.tls_key)")
     for name in args.node:
         keys = write_node_keys(args.out, name)
         print(f"SuperNode {name}: {keys.private_key}   (site.auth_key); "
-              f"register {keys.public_key} with 'flwr supernode register'")
+              f"admit it: put {keys.public_key} in the coordinator's coordinator.keys_dir")
     for name in args.routing:
         routing = write_routing_cert(args.out, name, hosts=args.host, days=args.days)
         print(f"routing service {name}: {routing.server_cert}, {routing.server_key}   (site.routing_cert, site.routing_key)")

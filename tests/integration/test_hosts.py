@@ -43,8 +43,9 @@ from fedprag.shared.processes import Processes, Started, bin_path, flower_env, f
 from tests import netns, phases
 from tests.integration.federation_support import LAST_LAYER
 
+NETNS = netns.available()
 pytestmark = [pytest.mark.integration, pytest.mark.uses("hosts_federation"),
-              pytest.mark.skipif(not netns.available(), reason="network namespaces need root and iproute2 (CI runs as root)")]
+              pytest.mark.skipif(not NETNS, reason="network namespaces need root and iproute2 (CI runs as root)")]
 
 KEY = "hosts-key-" + secrets.token_hex(8)
 SITES = ("site-a", "site-b")
@@ -60,14 +61,15 @@ questions = json.loads(sys.stdin.read())
 client = httpx.Client(verify=ssl.create_default_context(cafile=ca), timeout=30)
 replies, deadline, i = [], time.monotonic() + float(seconds), 0
 while i < len(questions) or time.monotonic() < deadline:
+    sent = time.monotonic()
     reply = client.post(f"{url}/v1/query", json={"question": questions[i % len(questions)]},
                         headers={"Authorization": f"Bearer {key}"})
-    replies.append({"status": reply.status_code, "at": time.monotonic(), **(reply.json() if reply.status_code == 200 else {})})
+    replies.append({"status": reply.status_code, "sent": sent, **(reply.json() if reply.status_code == 200 else {})})
     i += 1
 print(json.dumps(replies))
 """
 """The application, on its own host: asks every question once (and on, for ``seconds``), verifying
-the API's certificate; prints every reply with the monotonic time it came."""
+the API's certificate; prints every reply with the monotonic time its request was sent."""
 
 
 @dataclass
@@ -76,6 +78,7 @@ class Sites:
     after the operator's campaign from the client's host."""
 
     network: netns.Network
+    processes: Processes
     work: Path
     tls: TlsFiles
     tokens: Path
@@ -139,10 +142,10 @@ def _federate(work: Path, network: netns.Network, processes: Processes, ray_addr
         "--ca", str(tls.ca_cert), "--rounds", "1"]), capture_output=True, text=True, timeout=600, check=False,
         env=flower_env(work / "flwr" / "operator"))  # the operator, on another host
     questions = [q for q in dataset.questions if q.kind == "single"][:12]
-    return Sites(network, work, tls, tokens, coordinator, coordinator_config, campaign, routing, questions)
+    return Sites(network, processes, work, tls, tokens, coordinator, coordinator_config, campaign, routing, questions)
 
 
-if netns.available():
+if NETNS:
     phases.register("hosts_federation", _hosts_federation, early=True)
 
 
@@ -193,7 +196,7 @@ def hosts(ray_session, shared_resources):
         "serve.host": address, "serve.port": free_port(), "serve.tls_cert": str(sites.tls.server_cert),
         "serve.tls_key": str(sites.tls.server_key), "serve.sites": ",".join(sites.routing),
         "serve.ca_cert": str(sites.tls.ca_cert), "serve.site_token_file": str(sites.tokens), "serve.api_keys": KEY,
-        "serve.site_deadline": 1.0, "federation.work_dir": str(sites.work / "coordinator")})
+        "federation.work_dir": str(sites.work / "coordinator")})
     try:
         yield Hosts(sites, start(config).http)
     finally:
@@ -216,7 +219,7 @@ def test_the_application_on_its_host_gets_right_answers_over_https_from_both_sit
 
 
 def test_a_cut_site_is_named_and_the_other_keeps_answering(hosts):
-    asking = hosts.ask(seconds=5.0)
+    asking = hosts.ask(seconds=7.0)
     time.sleep(1.5)
     cut_at = time.monotonic()  # the system's monotonic clock: the client's host reads the same
     hosts.sites.network.hosts["site-a"].cut()
@@ -225,7 +228,7 @@ def test_a_cut_site_is_named_and_the_other_keeps_answering(hosts):
     finally:
         hosts.sites.network.hosts["site-a"].mend()
     assert all(r["status"] == 200 for r in answered)
-    after = [r for r in answered if r["at"] > cut_at + 1.5]  # the deadline (1 s) after the cut
+    after = [r for r in answered if r["sent"] > cut_at]
     assert after and all(list(r["trace"]["sites_failed"]) == ["site-0"] and r["trace"]["sites_answered"] == ["site-1"]
                          for r in after)
     print(f"\nsite-0's link cut: {len(after)} answers after it, each from site-1 alone, naming site-0 "
@@ -241,8 +244,19 @@ def test_a_key_taken_out_of_the_folder_is_refused_from_then_on(hosts):
 
 
 def test_sigterm_stops_the_coordinator_and_its_superlink(hosts):
-    started = json.loads((hosts.sites.work / "coordinator" / "coordinator" / "logs" / "pids.json").read_text())
-    hosts.sites.coordinator.process.send_signal(signal.SIGTERM)
-    assert hosts.sites.coordinator.process.wait(timeout=120) == 0
-    for pid in [started["superlink"], *started["descendants"]]:  # the SuperLink, its SuperExec and ServerApps
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+    listed = json.loads((hosts.sites.work / "coordinator" / "coordinator" / "logs" / "pids.json").read_text())
+    started = [p for pid in [listed["superlink"], *listed["descendants"]] if (p := _alive(pid))]
+    assert started  # the SuperLink, and the SuperExec it started
+    coordinator = hosts.sites.coordinator
+    coordinator.process.send_signal(signal.SIGTERM)
+    assert coordinator.process.wait(timeout=120) == 0
+    hosts.sites.processes.forget(coordinator)
+    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _alive(pid: int) -> psutil.Process | None:
+    """The process ``pid``, while it runs (psutil's handle knows it by pid and start time)."""
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None

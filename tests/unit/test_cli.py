@@ -49,7 +49,7 @@ def test_certs_writes_what_superlink_and_supernodes_need(tmp_path, capsys):
     assert main(["certs", "--out", str(tmp_path), "--node", "site-a", "--node", "site-b"]) == 0
     written = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
     assert {"ca.crt", "server.pem", "server.key", "nodes/site-a", "nodes/site-a.pub", "nodes/site-b.pub"} <= written
-    assert "flwr supernode register" in capsys.readouterr().out
+    assert "coordinator.keys_dir" in capsys.readouterr().out
 
 
 def test_coordinator_run_without_its_files_names_the_missing_one(tmp_path, capsys):

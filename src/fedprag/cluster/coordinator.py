@@ -21,6 +21,7 @@ admitted keys), and stops with the ``fedprag coordinator run`` process that owns
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import signal
@@ -33,9 +34,7 @@ from typing import Any
 
 from fedprag.cluster.certs import TlsFiles
 from fedprag.cluster.superlink import SuperLink, SuperLinkError
-from fedprag.coordinator.app import CONFIG_ENV, recorded_rounds
-from fedprag.coordinator.registry import registry_dir
-from fedprag.shared.config import ConfigError, FedpragConfig, config_to_toml, load_config
+from fedprag.shared.config import CONFIG_ENV, ConfigError, FedpragConfig, config_to_toml, load_config
 from fedprag.shared.io import atomic_write_text
 from fedprag.shared.log import configure as configure_logging
 from fedprag.shared.log import get_logger
@@ -53,19 +52,18 @@ class Coordinator:
 
     def __init__(self, config: FedpragConfig):
         settings = config.coordinator
-        self.config = config
-        self.home = Path(config.federation.work_dir).absolute() / "coordinator"
-        self.keys_dir = Path(settings.keys_dir)
+        work = Path(config.federation.work_dir).absolute()  # the ServerApp runs in another folder
+        self.config = dataclasses.replace(config, federation=dataclasses.replace(config.federation, work_dir=str(work)))
+        self.home = work / "coordinator"
+        self.keys_dir = Path(settings.keys_dir).absolute()
         self.config_file = self.home / "fedprag.toml"
         self.processes = Processes(self.home / "logs", self.home)
-        tls = TlsFiles(Path(settings.ca_cert), Path(settings.tls_cert), Path(settings.tls_key))
+        tls = TlsFiles(*(Path(p).absolute() for p in (settings.ca_cert, settings.tls_cert, settings.tls_key)))
         self.superlink = SuperLink(self.home / "flwr", tls, self._launch, host=settings.host, port=settings.port)
         self.admitted: dict[str, dict[str, Any]] = {}  # key file name: its node id and digest
         self.campaigns: list[dict[str, Any]] = []
-        self._admitting = threading.Lock()  # one admission pass at a time
-        self._campaigning = threading.Lock()  # one campaign at a time
         self._stopping = threading.Event()
-        self._loop: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def _launch(self, name: str, argv: list[str], home: Path) -> Started:
         """The SuperLink's process; its ServerApps read the coordinator's configuration file."""
@@ -76,33 +74,59 @@ class Coordinator:
         return self.home / "admitted.json"
 
     def start(self) -> str:
-        """Start the SuperLink, admit the keys in the folder, and start the admission and campaign
-        loop; returns the SuperLink's address."""
+        """Start the SuperLink, admit the keys in the folder, and start admitting (and, on a
+        schedule, campaigning) in the background; returns the SuperLink's address. On failure,
+        whatever started is stopped."""
         self.home.mkdir(parents=True, exist_ok=True)
+        self.processes.stop_leftovers()  # a restarted actor: what its last life started, if it outlived it
         atomic_write_text(self.config_file, config_to_toml(self.config))
         if self._admitted_file.is_file():  # a restart: the SuperLink's database kept these registrations
             self.admitted = json.loads(self._admitted_file.read_text())
-        self.superlink.start()
-        self.admit()
-        self._loop = threading.Thread(target=self._run_loop, name="coordinator-loop", daemon=True)
-        self._loop.start()
+        try:
+            self.superlink.start()
+            self.admit()
+        except BaseException:
+            self.processes.stop()
+            raise
+        settings = self.config.coordinator
+        self._every(settings.admit_every_s, self.admit, "admit")
+        if settings.campaign_every_s:
+            self._every(settings.campaign_every_s, self.campaign, "campaign")
         log.info("coordinator.started", address=self.superlink.address, admitted=len(self.admitted),
-                 campaign_every_s=self.config.coordinator.campaign_every_s)
+                 campaign_every_s=settings.campaign_every_s)
         return self.superlink.address
+
+    def _every(self, seconds: float, work: Callable[[], object], name: str) -> None:
+        """Run ``work`` every ``seconds`` in a thread of its own until :meth:`stop`; a pass that
+        fails is logged, and the next one runs."""
+        def loop() -> None:
+            while not self._stopping.wait(seconds):
+                try:
+                    work()
+                except Exception as exc:  # noqa: BLE001 (the coordinator outlives a failed pass)
+                    log.error(f"coordinator.{name}.failed", reason=f"{type(exc).__name__}: {exc}"[-300:])
+
+        thread = threading.Thread(target=loop, name=f"coordinator-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def admit(self) -> None:
         """Register every key in the folder not yet admitted (or changed), unregister every admitted key
         no longer there; a key the SuperLink refuses is logged and tried again on the next pass."""
-        with self._admitting:
-            present = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-                       for path in sorted(self.keys_dir.glob("*.pub"))}
-            for name, entry in list(self.admitted.items()):
-                if present.get(name) != entry["sha256"]:
-                    self._unregister(name, entry["node_id"])
-            for name, digest in present.items():
-                if name not in self.admitted:
-                    self._register(name, digest)
-            atomic_write_text(self._admitted_file, json.dumps(self.admitted, indent=2))
+        present = {}
+        for path in sorted(self.keys_dir.glob("*.pub")):
+            try:
+                present[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:  # swapped while listed (a ConfigMap's update): the next pass sees it
+                continue
+        for name, entry in list(self.admitted.items()):
+            if present.get(name) != entry["sha256"]:
+                self._unregister(name, entry["node_id"])
+        for name, digest in present.items():
+            if name not in self.admitted:
+                self._register(name, digest)
+        atomic_write_text(self._admitted_file, json.dumps(self.admitted, indent=2))
+        self.processes.remember_descendants()
 
     def _register(self, name: str, digest: str) -> None:
         try:
@@ -122,35 +146,21 @@ class Coordinator:
         del self.admitted[name]
         log.info("coordinator.site.removed", key=name, node_id=node_id)
 
-    def campaign(self) -> int:
-        """Run ``federation.rounds`` more rounds, then the release; returns ``flwr run``'s exit code."""
-        with self._campaigning:
-            done = max((r.round for r in recorded_rounds(registry_dir(self.config.federation))
-                        if r.version is not None), default=0)
-            target = done + self.config.federation.rounds
-            started = time.monotonic()
-            output = self.home / "logs" / f"campaign-{len(self.campaigns) + 1}.log"
-            log.info("coordinator.campaign.start", rounds_done=done, rounds_target=target, log=str(output))
-            with open(output, "a", encoding="utf-8") as out:
-                def passed_on(line: str) -> None:  # the ServerApp's log, and its processes noted
-                    out.write(line)
-                    self.processes.remember_descendants()
+    def campaign(self) -> bool:
+        """Run ``federation.rounds`` more rounds, then the release; whether the release was done.
+        The ServerApp's log goes to ``logs/campaign-<n>.log``."""
+        started = time.monotonic()
+        output = self.home / "logs" / f"campaign-{len(self.campaigns) + 1}.log"
+        log.info("coordinator.campaign.start", more_rounds=self.config.federation.rounds, log=str(output))
+        with open(output, "a", encoding="utf-8") as out:
+            def passed_on(line: str) -> None:  # the ServerApp's log, and its processes noted
+                out.write(line)
+                self.processes.remember_descendants()
 
-                code = self.superlink.control.campaign({"config": str(self.config_file), "rounds": target}, passed_on)
-            self.campaigns.append({"rounds_target": target, "exit_code": code,
-                                   "seconds": round(time.monotonic() - started, 1)})
-            log.info("coordinator.campaign.done", **self.campaigns[-1])
-            return code
-
-    def _run_loop(self) -> None:
-        settings = self.config.coordinator
-        next_campaign = time.monotonic() + settings.campaign_every_s
-        while not self._stopping.wait(settings.admit_every_s):
-            self.admit()
-            self.processes.remember_descendants()
-            if settings.campaign_every_s and time.monotonic() >= next_campaign:
-                self.campaign()
-                next_campaign = time.monotonic() + settings.campaign_every_s
+            released = self.superlink.control.campaign({"more_rounds": self.config.federation.rounds}, passed_on)
+        self.campaigns.append({"released": released, "seconds": round(time.monotonic() - started, 1)})
+        (log.info if released else log.error)("coordinator.campaign.done", **self.campaigns[-1])
+        return released
 
     def status(self) -> dict[str, Any]:
         """What an operator asks: the address, the admitted keys, the campaigns run."""
@@ -159,11 +169,12 @@ class Coordinator:
                 "superlink_running": self.superlink.started is not None and self.superlink.started.process.poll() is None}
 
     def stop(self) -> None:
-        """Stop the loop, then the SuperLink and every process it started."""
+        """Stop the SuperLink and every process it started (a campaign under way ends with them),
+        then the background threads."""
         self._stopping.set()
-        if self._loop is not None:
-            self._loop.join()
         self.processes.stop()
+        for thread in self._threads:
+            thread.join(timeout=30)
         log.info("coordinator.stopped")
 
 
@@ -188,8 +199,10 @@ class CoordinatorActor:
 def run(config: FedpragConfig, on_ready: Callable[[str], None] = print) -> int:
     """``fedprag coordinator run``: start the coordinator's actor on Ray (``coordinator.ray_address``,
     else a Ray of its own), report its address to ``on_ready``, and hold it until SIGTERM or SIGINT;
-    then stop it and its processes. Returns 0, or 1 if the actor died and Ray could not restart it."""
+    then stop it and its processes. While the actor restarts after a crash, it waits for it;
+    returns 0, or 1 if the actor died for good (its constructor failed: the reason is logged)."""
     import ray
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
 
     from fedprag.cluster.serving.app import init_ray
 
@@ -199,8 +212,8 @@ def run(config: FedpragConfig, on_ready: Callable[[str], None] = print) -> int:
         signal.signal(signum, lambda *_: stopped.set())
     try:
         actor = (ray.remote(CoordinatorActor)
-                 .options(name=ACTOR_NAME, namespace="fedprag", num_cpus=0, max_restarts=-1, max_concurrency=4,
-                          resources={"node:__internal_head__": 0.001})
+                 .options(name=ACTOR_NAME, namespace="fedprag", num_cpus=0, max_restarts=-1, max_task_retries=-1,
+                          max_concurrency=4, resources={"node:__internal_head__": 0.001})
                  .remote(config_to_toml(config)))
     except ValueError:  # the name is taken
         ray.shutdown()
@@ -209,13 +222,19 @@ def run(config: FedpragConfig, on_ready: Callable[[str], None] = print) -> int:
     try:
         status = ray.get(actor.status.remote())
         on_ready(f"coordinator: SuperLink at {status['address']} (sites' Fleet API and operators' Control API), "
-                 f"{len(status['admitted'])} site key(s) admitted; registry {registry_dir(config.federation)}")
+                 f"{len(status['admitted'])} site key(s) admitted; registry {Path(config.federation.work_dir).absolute() / 'registry'}")
         while not stopped.wait(5.0):
-            ray.get(actor.status.remote(), timeout=60)  # raises once the actor is gone for good
+            try:
+                ray.get(actor.status.remote(), timeout=60)
+            except (ActorUnavailableError, GetTimeoutError):  # restarting, or busy: ask again
+                log.warning("coordinator.actor.unavailable")
         ray.get(actor.stop.remote(), timeout=120)
         return 0
-    except ray.exceptions.RayActorError as exc:
-        log.error("coordinator.actor.died", reason=str(exc)[-300:])
+    except ActorDiedError as exc:
+        log.error("coordinator.actor.died", reason=str(exc)[-600:])
+        return 1
+    except GetTimeoutError:
+        log.error("coordinator.actor.stop_timeout", advice="the SuperLink may outlive the actor; the next start stops it")
         return 1
     finally:
         ray.kill(actor, no_restart=True)

@@ -248,14 +248,14 @@ class LocalDeployment:
             self.remember_descendants()
 
         try:
-            code = self.superlink.control.campaign({"config": str(config_path)}, passed_on)
+            released = self.superlink.control.campaign({"config": str(config_path)}, passed_on)
         except SuperLinkError as exc:
             raise DeploymentError(str(exc)) from None
         rounds = recorded_rounds(registry_dir(config.federation))
         done = max((r.round for r in rounds if r.version is not None), default=0)
-        if code != 0 or done < config.federation.rounds:
+        if not released or done < config.federation.rounds:
             raise DeploymentError(f"the federation stopped after round {done} of {config.federation.rounds} "
-                                  f"(flwr run exit code {code}); see {self.logs / 'superlink.log'}")
+                                  f"(released: {released}); see {self.logs / 'superlink.log'}")
         return rounds
 
     def stop(self) -> None:

@@ -48,7 +48,12 @@ clientapp = "fedprag.client.app:client_app"
 [tool.flwr.app.config]
 config = ""
 rounds = 0
+more_rounds = 0
 """
+
+
+RELEASED = '"event": "coordinator.release.done"'
+"""The ServerApp's log line that ends a campaign that did all it was asked (fedprag.coordinator.app.release)."""
 
 
 class SuperLinkError(RuntimeError):
@@ -75,8 +80,11 @@ class Control:
                                                 f"address = \"{address}\"\nroot-certificates = \"{Path(ca_cert).absolute()}\"\n")
 
     def _flwr(self, *args: str) -> dict:
-        result = subprocess.run([bin_path("flwr"), *args, "fedprag", "--format", "json"], capture_output=True,
-                                text=True, env=flower_env(self.home), timeout=120, check=False)
+        try:
+            result = subprocess.run([bin_path("flwr"), *args, "fedprag", "--format", "json"], capture_output=True,
+                                    text=True, env=flower_env(self.home), timeout=120, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SuperLinkError(f"flwr {' '.join(args[:2])} at {self.address}: {exc}") from None
         try:
             reply = json.loads(result.stdout)
         except json.JSONDecodeError:
@@ -94,19 +102,23 @@ class Control:
         """Refuse the SuperNode ``node_id`` from now on."""
         self._flwr("supernode", "unregister", str(node_id))
 
-    def campaign(self, run_config: Mapping[str, str | int], on_line: Callable[[str], None]) -> int:
+    def campaign(self, run_config: Mapping[str, str | int], on_line: Callable[[str], None]) -> bool:
         """Run fedprag's Flower app on the SuperLink (``flwr run``), each line of its output (the
-        ServerApp's log) to ``on_line`` as it comes; returns ``flwr run``'s exit code."""
+        ServerApp's log) to ``on_line`` as it comes; returns whether the campaign ended with its
+        release. (``flwr run --stream`` exits 0 once the log ends, however the run ended, so the
+        ServerApp's own last word decides.)"""
         app_dir = self.home / "flower-app"
         atomic_write_text(app_dir / "pyproject.toml", FLOWER_APP)
         pairs = " ".join(f"{key}={_quoted(value) if isinstance(value, str) else value}"
                          for key, value in run_config.items())
         argv = [bin_path("flwr"), "run", str(app_dir), "fedprag", "--stream", *(["--run-config", pairs] if pairs else [])]
+        released = False
         with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=flower_env(self.home), cwd=self.home) as runner:
             for line in runner.stdout:
                 on_line(line)
-        return runner.returncode
+                released = released or RELEASED in line
+        return runner.returncode == 0 and released
 
 
 class SuperLink:

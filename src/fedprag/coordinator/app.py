@@ -18,10 +18,12 @@ Ray simulation), and the module-level ``server_app`` is what a deployed SuperLin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -31,8 +33,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedprag.coordinator.modes import FederationMode, mode_named
 from fedprag.coordinator.privacy import DPSettings, epsilon
-from fedprag.coordinator.registry import PoolRegistry
-from fedprag.shared.config import FederationSection, FedpragConfig, load_config
+from fedprag.coordinator.registry import PoolRegistry, registry_dir
+from fedprag.shared.config import CONFIG_ENV, FederationSection, FedpragConfig, load_config
 from fedprag.shared.log import configure as configure_logging
 from fedprag.shared.log import get_logger
 from fedprag.shared.wire import GeneratorUpdate, ReleaseAck, SiteUpdate, WireError, record_bytes
@@ -72,27 +74,48 @@ def _wait_for_sites(grid: Grid, minimum: int, timeout: float) -> list[int]:
         time.sleep(1.0)
 
 
-def run_rounds(grid: Grid, config: FedpragConfig) -> None:
-    """Run the remaining rounds up to ``federation.rounds`` of the federation's mode, then release
-    the result; each round's report goes to the registry."""
+def run_rounds(grid: Grid, config: FedpragConfig, more_rounds: int = 0) -> None:
+    """Run the remaining rounds up to ``federation.rounds`` of the federation's mode (with
+    ``more_rounds``: that many after the last completed one), then release the result; each
+    round's report goes to the registry. One campaign at a time per registry: a second is refused."""
     federation = config.federation
-    mode = mode_named(federation.mode).start(config)
-    for number in range(mode.done + 1, federation.rounds + 1):
-        nodes = sorted(_wait_for_sites(grid, federation.min_sites, federation.round_timeout))
-        started = time.perf_counter()
-        messages = [Message(task, dst_node_id=node, message_type=MessageType.TRAIN)
-                    for task, node in zip(mode.tasks(number, len(nodes)), nodes)]
-        log.info("coordinator.round.start", round=number, sites=len(nodes), mode=mode.name, version=mode.version)
-        replies = exchange(grid, messages, federation.round_timeout)
-        report = RoundReport(round=number, version=None)
-        updates = _collect(replies, mode.accept, report)
-        if len(updates) < federation.min_sites:
-            log.error("coordinator.round.incomplete", round=number, valid=len(updates), needed=federation.min_sites)
-        else:
-            aggregate_and_publish(mode, updates, report, len(nodes))
-        report.seconds = time.perf_counter() - started
-        mode.registry.record_round(dataclasses.asdict(report))
-    release(grid, mode, federation)
+    with campaign_lock(registry_dir(federation)):
+        mode = mode_named(federation.mode).start(config)
+        last = mode.done + more_rounds if more_rounds else federation.rounds
+        for number in range(mode.done + 1, last + 1):
+            run_round(grid, mode, federation, number)
+        release(grid, mode, federation)
+
+
+@contextlib.contextmanager
+def campaign_lock(registry: Path) -> Iterator[None]:
+    """Hold ``<registry>/.campaign.lock`` while a campaign runs; raises if another holds it."""
+    registry.mkdir(parents=True, exist_ok=True)
+    with open(registry / ".campaign.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another campaign is running on {registry}; this one starts nothing") from None
+        yield
+
+
+def run_round(grid: Grid, mode: FederationMode, federation: FederationSection, number: int) -> None:
+    """One round: the mode's tasks to the connected sites, their valid updates aggregated and
+    published (with enough of them), and the round's report recorded."""
+    nodes = sorted(_wait_for_sites(grid, federation.min_sites, federation.round_timeout))
+    started = time.perf_counter()
+    messages = [Message(task, dst_node_id=node, message_type=MessageType.TRAIN)
+                for task, node in zip(mode.tasks(number, len(nodes)), nodes)]
+    log.info("coordinator.round.start", round=number, sites=len(nodes), mode=mode.name, version=mode.version)
+    replies = exchange(grid, messages, federation.round_timeout)
+    report = RoundReport(round=number, version=None)
+    updates = _collect(replies, mode.accept, report)
+    if len(updates) < federation.min_sites:
+        log.error("coordinator.round.incomplete", round=number, valid=len(updates), needed=federation.min_sites)
+    else:
+        aggregate_and_publish(mode, updates, report, len(nodes))
+    report.seconds = time.perf_counter() - started
+    mode.registry.record_round(dataclasses.asdict(report))
 
 
 def exchange(grid: Grid, messages: Sequence[Message], timeout: float) -> list[Message]:
@@ -202,9 +225,6 @@ def make_server_app(config: FedpragConfig) -> ServerApp:
     return app
 
 
-CONFIG_ENV = "FEDPRAG_CONFIG"
-"""Names the coordinator's TOML file to the ServerApp where a campaign's run config names none."""
-
 server_app = ServerApp()
 
 
@@ -212,8 +232,10 @@ server_app = ServerApp()
 def deployed_main(grid: Grid, context: Context) -> None:
     """The coordinator as a SuperLink runs it: settings from the TOML file in ``run_config['config']``,
     else from the one :data:`CONFIG_ENV` names (the coordinator's own, for a campaign an operator
-    starts from elsewhere); ``run_config['rounds']``, when above 0, is the campaign's total rounds."""
+    starts from elsewhere). ``run_config['rounds']``, when above 0, is the campaign's total rounds;
+    ``run_config['more_rounds']``, when above 0, the rounds it runs after the last completed one."""
     configure_logging()  # this process is flwr-serverapp; its stderr streams to ``flwr run``
     rounds = int(context.run_config.get("rounds", 0))
     run_rounds(grid, load_config(str(context.run_config.get("config", "")) or os.environ.get(CONFIG_ENV) or None,
-                                 {"federation.rounds": rounds} if rounds > 0 else None))
+                                 {"federation.rounds": rounds} if rounds > 0 else None),
+               int(context.run_config.get("more_rounds", 0)))

@@ -41,6 +41,8 @@ from fedprag.shared.models.augment_config import AugmentConfig
 from fedprag.shared.retrieval import DTYPES as ENCODER_DTYPES
 
 ENV_PREFIX = "FEDPRAG__"
+CONFIG_ENV = "FEDPRAG_CONFIG"
+"""Names the coordinator's TOML file to the ServerApp where a campaign's run config names none."""
 
 
 class ConfigError(ValueError):

@@ -30,9 +30,6 @@ FLOWER_QUIET = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
 }
-FLOWER_POLL = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}
-"""How often a SuperExec looks for an app to launch (a ServerApp per campaign, a ClientApp per
-message): Flower's default, 1 s, adds up to a second to every exchange of a round."""
 
 
 def free_port() -> int:
@@ -51,7 +48,7 @@ def flower_env(home: Path) -> dict[str, str]:
     """This environment, plus a private Flower home, Flower's telemetry off, and this venv first on PATH."""
     home.mkdir(parents=True, exist_ok=True)
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, **FLOWER_QUIET, **FLOWER_POLL, "FLWR_HOME": str(home),
+    return {**os.environ, **FLOWER_QUIET, "FLWR_HOME": str(home),
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
@@ -126,13 +123,35 @@ class Processes:
         log.info("process.start", name=name, pid=started.process.pid)
         return started
 
+    def stop_leftovers(self) -> None:
+        """Stop what an earlier owner of ``<logs>/pids.json`` started and left running (it was
+        killed): each process still there and older than the file is stopped by PID."""
+        try:
+            listed = json.loads((self.logs / "pids.json").read_text())
+            written = (self.logs / "pids.json").stat().st_mtime
+        except (OSError, ValueError):
+            return
+        pids = [pid for name, pid in listed.items() if name != "descendants"] + listed.get("descendants", [])
+        left = []
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(pid)
+                if process.create_time() <= written:
+                    left.append(process)
+        _terminate(left)
+        if left:
+            log.warning("process.leftovers_stopped", pids=[p.pid for p in left])
+
     def forget(self, started: Started) -> None:
         """Stop tracking a process that has exited and was reaped: its pid is never signalled again."""
         self.started = [s for s in self.started if s is not started]
 
     def _write_pids(self) -> None:
-        pids = {s.name: s.process.pid for s in self.started}
-        atomic_write_text(self.logs / "pids.json", json.dumps({**pids, "descendants": sorted(self.descendants)}, indent=2))
+        """List the processes running now (one that exited is left out, so that its pid, once used
+        again, is never taken for it: see :meth:`stop_leftovers`)."""
+        pids = {s.name: s.process.pid for s in self.started if s.process.poll() is None}
+        live = sorted(pid for pid, process in self.descendants.items() if process.is_running())
+        atomic_write_text(self.logs / "pids.json", json.dumps({**pids, "descendants": live}, indent=2))
 
     def remember_descendants(self) -> None:
         """Note every live descendant of the processes started here."""
@@ -152,14 +171,19 @@ class Processes:
         self.remember_descendants()
         for started, code in zip(self.started, stop_all([s.process for s in self.started])):
             log.info("process.stop", name=started.name, pid=started.process.pid, code=code)
-        left = list(self.descendants.values())
-        for child in left:  # psutil checks each is still the process we saw (pid and start time)
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.terminate()
-        _, alive = psutil.wait_procs(left, timeout=10)
-        for child in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()
-        psutil.wait_procs(alive, timeout=10)
+        _terminate(list(self.descendants.values()))
         self.started.clear()
         self.descendants.clear()
+
+
+def _terminate(processes: list[psutil.Process], timeout: float = 10.0) -> None:
+    """SIGTERM each, SIGKILL what is left after ``timeout`` s. psutil checks that each is still the
+    process it saw (pid and start time), so a pid used again by another process is left alone."""
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=timeout)
