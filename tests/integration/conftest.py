@@ -21,7 +21,7 @@ def small_model_spec():
 def _ray(_work):
     import ray
 
-    from fedprag.cluster.serving.app import init_ray
+    from fedprag.cluster.serving.ray_start import init_ray
 
     init_ray(None, num_cpus=2)  # retried: on a busy machine a raylet can miss Ray's start-up deadline
     try:

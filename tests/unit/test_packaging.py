@@ -6,6 +6,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
 
@@ -91,6 +93,10 @@ def test_the_rule_catches_an_upward_import_a_peer_import_and_a_cycle():
     assert not upward_imports({"fedprag.cluster.serving.app": "from fedprag.shared.query import QueryEngine"})
 
 
-def test_the_ingress_which_holds_no_model_loads_no_torch():
-    code = "import sys, fedprag.cluster.serving.ingress; print('torch' in sys.modules)"
+@pytest.mark.parametrize("modules", [
+    "fedprag.cluster.serving.ingress",  # the ingress holds no model
+    "fedprag.cluster.coordinator, fedprag.cluster.serving.ray_start",  # the driver of the coordinator's actor
+])
+def test_processes_that_hold_no_model_load_no_torch(modules):
+    code = f"import sys, {modules}; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

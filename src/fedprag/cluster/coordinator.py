@@ -204,7 +204,7 @@ def run(config: FedpragConfig, on_ready: Callable[[str], None] = print) -> int:
     import ray
     from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
 
-    from fedprag.cluster.serving.app import init_ray
+    from fedprag.cluster.serving.ray_start import init_ray
 
     init_ray(config.coordinator.ray_address or None, num_cpus=None)
     stopped = threading.Event()

@@ -26,6 +26,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from fedprag.cluster.serving.ingress import Ingress, IngressSettings
 from fedprag.cluster.serving.modes import serving_mode
+from fedprag.cluster.serving.ray_start import init_ray
 from fedprag.cluster.serving.replica import Batching, replica_deployment
 from fedprag.cluster.serving.router import RoutingSettings
 from fedprag.coordinator.registry import registry_dir
@@ -68,22 +69,6 @@ class Endpoints:
 
     http: str
     grpc: str | None
-
-
-def init_ray(address: str | None, num_cpus: int | None) -> None:
-    """Start (or join) Ray, tried up to three times: on a busy machine a new Ray's own GCS server or raylet can
-    miss its start-up deadline ("Timed out waiting for file .../gcs_server_port_...", "The current
-    node timed out during startup")."""
-    for attempt in (1, 2, 3):
-        try:
-            ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-                     log_to_driver=False)
-            return
-        except Exception as exc:  # Ray raises a bare Exception for a raylet's start-up timeout
-            if attempt == 3 or "timed out" not in str(exc).lower():
-                raise
-            log.warning("serve.ray_start.retry", reason=str(exc)[:200])
-            ray.shutdown()
 
 
 def app_builder(args: dict[str, str]) -> serve.Application:
